@@ -1,0 +1,171 @@
+"""DaskClusterStack: one Dask cluster of spot instances, its image, network, identity and TLS."""
+
+from __future__ import annotations
+
+from cdktf import (
+    AssetType,
+    Fn,
+    TerraformAsset,
+    TerraformOutput,
+    TerraformStack,
+    TerraformVariable,
+    TerraformVariableValidationConfig,
+)
+from cdktf_cdktf_provider_aws.data_aws_ssm_parameter import DataAwsSsmParameter
+from cdktf_cdktf_provider_aws.provider import AwsProvider, AwsProviderDefaultTags
+from cdktf_cdktf_provider_tls.provider import TlsProvider
+from constructs import Construct
+
+from stacks import userdata
+from stacks.access import NodeRole
+from stacks.config import ARM_TYPE_RE, INSTANCE_TYPE_RE, PRICE_RE, ClusterSettings
+from stacks.image import ComputationImage
+from stacks.network import DASHBOARD_PORT, SCHEDULER_PORT, ClusterNetwork
+from stacks.nodes import NodeCommon, Scheduler, WorkerGroup
+from stacks.tls import ClusterTls
+
+# Amazon Linux 2023, resolved at deploy time so nodes always boot a patched image. It ships
+# the AWS CLI and the SSM agent; Docker comes from its own repositories at boot.
+AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+
+def _hcl(pattern: str) -> str:
+    """A Python regex as a quoted HCL string, so Terraform checks overrides by the same rule."""
+    return '"' + pattern.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def default_tags(settings: ClusterSettings) -> dict[str, str]:
+    return {"Project": "dask-spot-cluster", "DaskCluster": settings.name, "ManagedBy": "cdktf", **settings.tags}
+
+
+class DaskClusterStack(TerraformStack):
+    """Everything one cluster needs; `cdktf destroy` removes all of it."""
+
+    def __init__(self, scope: Construct, id: str, *, settings: ClusterSettings) -> None:
+        super().__init__(scope, id)
+        tags = default_tags(settings)
+        AwsProvider(self, "aws", region=settings.region, default_tags=[AwsProviderDefaultTags(tags=tags)])
+        TlsProvider(self, "tls")
+
+        workers, instance_types, spot_price = self._deploy_time_variables(settings)
+
+        network = ClusterNetwork(self, "network", settings=settings)
+        image = ComputationImage(self, "image", settings=settings)
+        role = NodeRole(self, "access", settings=settings, repository_arn=image.repository.arn)
+        tls = ClusterTls(self, "tls-material", settings=settings)
+        ami = DataAwsSsmParameter(self, "ami", name=AMI_PARAMETER)
+
+        price = spot_price.friendly_unique_id
+        common = NodeCommon(
+            settings=settings,
+            ami_id=ami.insecure_value,
+            instance_profile_name=role.instance_profile.name,
+            instance_profile_arn=role.instance_profile.arn,
+            security_group_id=network.security_group.id,
+            image_uri=image.uri,
+            registry=Fn.element(Fn.split("/", image.repository.repository_url), 0),
+            # Written out: cdktf's Op.eq renders a comparison with "" as `undefined`.
+            spot_max_price=f'${{var.{price} == "" ? null : var.{price}}}',
+            tags=tags,
+            templates=TerraformAsset(self, "userdata", path=str(userdata.TEMPLATE_DIR), type=AssetType.DIRECTORY).path,
+            boot_after=[image.pushed, *tls.parameters],
+        )
+        scheduler = Scheduler(self, "scheduler", common=common, subnet_id=network.scheduler_subnet_id)
+        workers_group = WorkerGroup(
+            self,
+            "worker-group",
+            common=common,
+            subnet_ids=network.subnet_ids,
+            scheduler_private_ip=scheduler.instance.private_ip,
+            workers=workers.number_value,
+            instance_types=instance_types.list_value,
+        )
+        role.allow_scaling(workers_group.group.arn)
+
+        public_ip = scheduler.instance.public_ip
+        private_ip = scheduler.instance.private_ip
+        outputs = {
+            "scheduler_address": (f"tls://{public_ip}:{SCHEDULER_PORT}", "Connect clients here (mutual TLS)"),
+            "scheduler_private_address": (f"tls://{private_ip}:{SCHEDULER_PORT}", "Address inside the VPC"),
+            "dashboard_url": (f"http://{public_ip}:{DASHBOARD_PORT}/status", "Dask dashboard"),
+            "image_uri": (image.uri, "The exact image every node runs"),
+            "ecr_repository_url": (image.repository.repository_url, "ECR repository of the image"),
+            "worker_group_name": (workers_group.group.name, "Auto Scaling group of the workers"),
+            "workers": (workers.number_value, "Desired number of worker nodes"),
+            "region": (settings.region, "AWS region"),
+        }
+        for name, (value, description) in outputs.items():
+            TerraformOutput(self, name, value=value, description=description)
+        secrets = {
+            "tls_ca_pem": tls.ca.cert_pem,
+            "tls_client_cert_pem": tls.client_cert.cert_pem,
+            "tls_client_key_pem": tls.client_key.private_key_pem,
+        }
+        for name, value in secrets.items():
+            TerraformOutput(self, name, value=value, sensitive=True, description="Client mutual TLS material")
+
+    def _deploy_time_variables(
+        self, settings: ClusterSettings
+    ) -> tuple[TerraformVariable, TerraformVariable, TerraformVariable]:
+        """Values a user may override with `cdktf deploy --var NAME=VALUE` (or TF_VAR_NAME).
+
+        Terraform checks overrides with the same rules stacks/config.py applies to cdktf.json,
+        and fails at plan, before anything is created.
+        """
+        workers = TerraformVariable(
+            self,
+            "workers-variable",
+            type="number",
+            default=settings.workers,
+            description="Number of worker nodes",
+            validation=[
+                TerraformVariableValidationConfig(
+                    condition="${var.workers >= 1 && var.workers <= 500 && floor(var.workers) == var.workers}",
+                    error_message="workers: must be a whole number from 1 to 500.",
+                )
+            ],
+        )
+        instance_types = TerraformVariable(
+            self,
+            "worker_instance_types",
+            type="list(string)",
+            default=list(settings.worker_instance_types),
+            description="Interchangeable x86_64 instance types for the workers",
+            validation=[
+                TerraformVariableValidationConfig(
+                    condition="${length(var.worker_instance_types) > 0}",
+                    error_message="worker_instance_types: must not be empty.",
+                ),
+                TerraformVariableValidationConfig(
+                    condition=(
+                        "${alltrue([for t in var.worker_instance_types : "
+                        f"can(regex({_hcl(INSTANCE_TYPE_RE.pattern)}, t)) && "
+                        f"!can(regex({_hcl(ARM_TYPE_RE.pattern)}, t))])}}"
+                    ),
+                    error_message=(
+                        "worker_instance_types: each entry must be an x86_64 EC2 instance type such as "
+                        "c6i.xlarge (the image is built for linux/amd64; Graviton types cannot run it)."
+                    ),
+                ),
+            ],
+        )
+        spot_price = TerraformVariable(
+            self,
+            "spot_max_price",
+            type="string",
+            default=settings.spot_max_price or "",
+            description="Highest spot price in USD per hour per node; empty caps at the on-demand price",
+            validation=[
+                TerraformVariableValidationConfig(
+                    condition=(
+                        '${var.spot_max_price == "" || '
+                        f"(can(regex({_hcl(PRICE_RE.pattern)}, var.spot_max_price)) && "
+                        "try(tonumber(var.spot_max_price) > 0, false))}"
+                    ),
+                    error_message='spot_max_price: must be empty or a positive price in USD per hour such as "0.25".',
+                )
+            ],
+        )
+        # The output of the same name exists too; construct ids must differ, Terraform names need not.
+        workers.override_logical_id("workers")
+        return workers, instance_types, spot_price

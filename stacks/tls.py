@@ -1,0 +1,93 @@
+"""Mutual TLS for one cluster: its own CA, and certificates for scheduler, workers and client.
+
+Node keys travel through SSM SecureString parameters that only the node role can read, never
+through user-data (readable with ec2:DescribeInstanceAttribute, capped at 16 KB). The client's
+key leaves only as a sensitive output. Every key is in the Terraform state: keep the state
+private (it is git-ignored here) or move it to an encrypted backend.
+"""
+
+from __future__ import annotations
+
+from cdktf_cdktf_provider_aws.ssm_parameter import SsmParameter
+from cdktf_cdktf_provider_tls.cert_request import CertRequest, CertRequestSubject
+from cdktf_cdktf_provider_tls.locally_signed_cert import LocallySignedCert
+from cdktf_cdktf_provider_tls.private_key import PrivateKey
+from cdktf_cdktf_provider_tls.self_signed_cert import SelfSignedCert, SelfSignedCertSubject
+from constructs import Construct
+
+from stacks.access import ssm_prefix
+from stacks.config import ClusterSettings
+
+# Certificates outlive any sensible cluster; the CA is per cluster and per deployment, and
+# `cdktf destroy` throws it away with everything it signed.
+VALIDITY_HOURS = 24 * 90
+NODE_ROLES = ("scheduler", "worker")
+
+
+class ClusterTls(Construct):
+    """The CA, three certificates, and the SSM parameters the nodes read theirs from."""
+
+    def __init__(self, scope: Construct, id: str, *, settings: ClusterSettings) -> None:
+        super().__init__(scope, id)
+        ca_key = PrivateKey(self, "ca-key", algorithm="ECDSA", ecdsa_curve="P256")
+        self.ca = SelfSignedCert(
+            self,
+            "ca",
+            private_key_pem=ca_key.private_key_pem,
+            subject=[SelfSignedCertSubject(common_name=f"{settings.resource_prefix} CA", organization="Dask cluster")],
+            is_ca_certificate=True,
+            validity_period_hours=VALIDITY_HOURS,
+            allowed_uses=["cert_signing", "crl_signing"],
+        )
+        self.client_key, self.client_cert = self._signed(settings, "client", ca_key)
+        prefix = ssm_prefix(settings)
+        self.parameters: list[SsmParameter] = [
+            SsmParameter(
+                self,
+                "ca-param",
+                name=f"/{prefix}/ca.pem",
+                description="Cluster CA certificate",
+                type="String",
+                value=self.ca.cert_pem,
+            )
+        ]
+        for role in NODE_ROLES:
+            key, cert = self._signed(settings, role, ca_key)
+            self.parameters += [
+                SsmParameter(
+                    self,
+                    f"{role}-cert-param",
+                    name=f"/{prefix}/{role}.pem",
+                    description=f"Dask {role} certificate",
+                    type="String",
+                    value=cert.cert_pem,
+                ),
+                SsmParameter(
+                    self,
+                    f"{role}-key-param",
+                    name=f"/{prefix}/{role}.key",
+                    description=f"Dask {role} private key",
+                    type="SecureString",
+                    value=key.private_key_pem,
+                ),
+            ]
+
+    def _signed(self, settings: ClusterSettings, role: str, ca_key: PrivateKey) -> tuple[PrivateKey, LocallySignedCert]:
+        key = PrivateKey(self, f"{role}-key", algorithm="ECDSA", ecdsa_curve="P256")
+        request = CertRequest(
+            self,
+            f"{role}-csr",
+            private_key_pem=key.private_key_pem,
+            subject=[CertRequestSubject(common_name=f"{settings.resource_prefix}-{role}", organization="Dask cluster")],
+        )
+        cert = LocallySignedCert(
+            self,
+            f"{role}-cert",
+            cert_request_pem=request.cert_request_pem,
+            ca_private_key_pem=ca_key.private_key_pem,
+            ca_cert_pem=self.ca.cert_pem,
+            validity_period_hours=VALIDITY_HOURS,
+            # Dask connections are mutual: every party is both a TLS client and a TLS server.
+            allowed_uses=["digital_signature", "key_encipherment", "server_auth", "client_auth"],
+        )
+        return key, cert

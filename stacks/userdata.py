@@ -1,0 +1,108 @@
+"""Which user-data templates a node runs and the values the stack renders them with.
+
+The templates live in userdata/ and are rendered by Terraform's templatefile at deploy time,
+so Terraform values (the scheduler's private IP) fill them. Nothing secret is ever passed:
+nodes fetch their TLS keys from SSM with their instance role.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from stacks.access import ssm_prefix
+from stacks.config import ClusterSettings
+from stacks.network import DASHBOARD_PORT, JUPYTER_PORT, SCHEDULER_PORT
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "userdata"
+TLS_DIR = "/etc/dask/tls"  # on the node, mounted read-only at the same path in containers
+CONTAINER_UID = 10001  # the image's non-root user; it must be able to read its TLS key
+# How long a node keeps retrying the image pull or the scheduler before it gives up and
+# powers itself off (which terminates it): a broken cluster must not bill for hours.
+MAX_WAIT_SECONDS = 900
+# Workers exit when their scheduler has been unreachable this long; their node then stops.
+DEATH_TIMEOUT_SECONDS = 300
+
+
+def template_files(role: str) -> list[str]:
+    """The template files, in order, that make up one node role's user-data."""
+    return ["common.sh.tftpl", f"{role}.sh.tftpl", "main.sh.tftpl"]
+
+
+def worker_group_name(settings: ClusterSettings) -> str:
+    # A literal name rather than a reference: the scheduler's user-data needs it, and the
+    # group depends on the scheduler's address, so a reference would be a cycle.
+    return f"{settings.resource_prefix}-workers"
+
+
+def tls_options(role: str, tls_dir: str = TLS_DIR) -> list[str]:
+    return [
+        f"--tls-ca-file={tls_dir}/ca.pem",
+        f"--tls-cert={tls_dir}/{role}.pem",
+        f"--tls-key={tls_dir}/{role}.key",
+    ]
+
+
+def scheduler_command(settings: ClusterSettings, *, tls_dir: str = TLS_DIR, host: str = "") -> list[str]:
+    """The `dask scheduler` command line the scheduler container runs."""
+    return [
+        "dask", "scheduler",
+        "--protocol=tls",
+        *([f"--host={host}"] if host else []),
+        f"--port={SCHEDULER_PORT}",
+        f"--dashboard-address=:{DASHBOARD_PORT}",
+        f"--idle-timeout={settings.idle_timeout_minutes} minutes",
+        *tls_options("scheduler", tls_dir),
+    ]  # fmt: skip
+
+
+def worker_options(settings: ClusterSettings, *, tls_dir: str = TLS_DIR) -> list[str]:
+    """Options of the `dask worker` command (nanny included) the worker container runs."""
+    shape = [f"--nworkers={settings.worker_processes}"]
+    if settings.worker_threads != "auto":
+        shape.append(f"--nthreads={settings.worker_threads}")
+    return [
+        "--nanny",
+        *shape,
+        "--memory-limit=auto",
+        f"--death-timeout={DEATH_TIMEOUT_SECONDS}",
+        *tls_options("worker", tls_dir),
+    ]
+
+
+def _common(settings: ClusterSettings, role: str, image_uri: str, registry: str) -> dict[str, object]:
+    return {
+        "role": role,
+        "cluster_name": settings.name,
+        "image_uri": image_uri,
+        "registry": registry,
+        "ssm_prefix": ssm_prefix(settings),
+        "container_uid": CONTAINER_UID,
+        "max_wait_seconds": MAX_WAIT_SECONDS,
+        "max_lifetime_minutes": settings.max_lifetime_hours * 60,
+        "worker_group_name": worker_group_name(settings),
+        "scheduler_port": SCHEDULER_PORT,
+    }
+
+
+def scheduler_variables(settings: ClusterSettings, image_uri: str, registry: str) -> dict[str, object]:
+    return {
+        **_common(settings, "scheduler", image_uri, registry),
+        "dashboard_port": DASHBOARD_PORT,
+        "idle_timeout_minutes": settings.idle_timeout_minutes,
+        "scheduler_command": shlex.join(scheduler_command(settings)),
+        "jupyter": settings.jupyter,
+        "jupyter_port": JUPYTER_PORT,
+    }
+
+
+def worker_variables(
+    settings: ClusterSettings, image_uri: str, registry: str, scheduler_private_ip: str
+) -> dict[str, object]:
+    # The template builds the scheduler's address from scheduler_host, a Terraform value.
+    return {
+        **_common(settings, "worker", image_uri, registry),
+        "scheduler_host": scheduler_private_ip,
+        "death_timeout_seconds": DEATH_TIMEOUT_SECONDS,
+        "worker_options": shlex.join(worker_options(settings)),
+    }
