@@ -121,7 +121,7 @@ class DaskClusterStack(TerraformStack):
             validation=[
                 TerraformVariableValidationConfig(
                     condition="${var.workers >= 1 && var.workers <= 500 && floor(var.workers) == var.workers}",
-                    error_message="workers: must be a whole number from 1 to 500.",
+                    error_message="workers: must be a whole number from 1 to 500, got ${jsonencode(var.workers)}.",
                 )
             ],
         )
@@ -134,7 +134,7 @@ class DaskClusterStack(TerraformStack):
             validation=[
                 TerraformVariableValidationConfig(
                     condition="${length(var.worker_instance_types) > 0}",
-                    error_message="worker_instance_types: must not be empty.",
+                    error_message="worker_instance_types: must not be empty, got [].",
                 ),
                 TerraformVariableValidationConfig(
                     condition=(
@@ -144,7 +144,8 @@ class DaskClusterStack(TerraformStack):
                     ),
                     error_message=(
                         "worker_instance_types: each entry must be an x86_64 EC2 instance type such as "
-                        "c6i.xlarge (the image is built for linux/amd64; Graviton types cannot run it)."
+                        "c6i.xlarge (the image is built for linux/amd64; Graviton types cannot run it), "
+                        "got ${jsonencode(var.worker_instance_types)}."
                     ),
                 ),
             ],
@@ -162,7 +163,10 @@ class DaskClusterStack(TerraformStack):
                         f"(can(regex({_hcl(PRICE_RE.pattern)}, var.spot_max_price)) && "
                         "try(tonumber(var.spot_max_price) > 0, false))}"
                     ),
-                    error_message='spot_max_price: must be empty or a positive price in USD per hour such as "0.25".',
+                    error_message=(
+                        'spot_max_price: must be empty or a positive price in USD per hour such as "0.25", '
+                        "got ${jsonencode(var.spot_max_price)}."
+                    ),
                 )
             ],
         )

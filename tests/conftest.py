@@ -1,0 +1,55 @@
+"""Shared fixtures. The AWS provider's jsii import costs ~20 s: stacks are synthesized once
+per test session, and only by the tests that ask for them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+os.environ.setdefault("CHECKPOINT_DISABLE", "1")
+
+from stacks.config import parse_cluster  # noqa: E402
+
+ALLOWED = ["198.51.100.0/24"]
+
+# Settings of each synthesized variant, as a user would write them in cdktf.json.
+VARIANTS: dict[str, dict] = {
+    "default": {"allowed_cidrs": ALLOWED},
+    "ondemand": {"allowed_cidrs": ALLOWED, "scheduler_market": "on-demand", "workers": 4},
+    "custom": {
+        "allowed_cidrs": ["198.51.100.7/32", "2001:db8::/48"],
+        "region": "eu-west-1",
+        "subnet_ids": ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"],
+        "tags": {"Department": "Data science", "contact": "ml-team"},
+        "worker_instance_types": ["c6i.2xlarge", "c5.2xlarge"],
+        "spot_max_price": "0.35",
+        "worker_processes": 4,
+        "worker_threads": 2,
+        "idle_timeout_minutes": 15,
+        "jupyter": True,
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def settings():
+    return {name: parse_cluster(name, raw) for name, raw in VARIANTS.items()}
+
+
+@pytest.fixture(scope="session")
+def synthesized(settings) -> dict[str, dict]:
+    """Each variant's Terraform JSON, from cdktf's Testing.synth, keyed by variant name."""
+    from cdktf import Testing
+
+    from stacks.cluster import DaskClusterStack
+
+    app = Testing.app()
+    stacks = {name: DaskClusterStack(app, name, settings=s) for name, s in settings.items()}
+    return {name: json.loads(Testing.synth(stack)) for name, stack in stacks.items()}

@@ -1,0 +1,117 @@
+"""Settings from cdktf.json: defaults, and one clear line for every value we refuse."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from stacks.config import DEFAULT_WORKER_TYPES, SettingsError, load_clusters, parse_cluster, parse_clusters
+
+from .conftest import ALLOWED, ROOT
+
+
+def test_only_the_allowed_networks_are_required():
+    settings = parse_cluster("dask", {"allowed_cidrs": ALLOWED})
+    assert settings.allowed_cidrs == tuple(ALLOWED)
+    assert settings.scheduler_market == "spot"
+    assert settings.worker_instance_types == DEFAULT_WORKER_TYPES
+    assert len(settings.worker_instance_types) > 1, "several interchangeable types by default"
+    assert settings.workers >= 1 and settings.spot_max_price is None
+    assert settings.resource_prefix == "dask-dask"
+
+
+def test_settings_are_frozen():
+    settings = parse_cluster("dask", {"allowed_cidrs": ALLOWED})
+    with pytest.raises(AttributeError):
+        settings.workers = 5  # type: ignore[misc]
+
+
+BAD = [
+    ({"workers": 0}, "clusters.dask.workers: must be a positive whole number, got 0"),
+    ({"workers": -3}, "clusters.dask.workers: must be a positive whole number, got -3"),
+    ({"workers": 2.5}, "clusters.dask.workers: must be a positive whole number, got 2.5"),
+    ({"workers": "4"}, 'clusters.dask.workers: must be a positive whole number, got "4"'),
+    ({"scheduler_market": "reserved"}, 'clusters.dask.scheduler_market: must be "spot" or "on-demand", got "reserved"'),
+    ({"allowed_cidrs": ["10.0.0.300/32"]}, 'clusters.dask.allowed_cidrs: each entry must be a network such as 203.0.113.7/32, got "10.0.0.300/32"'),
+    ({"allowed_cidrs": ["198.51.100.7/24"]}, 'clusters.dask.allowed_cidrs: each entry must be a network such as 203.0.113.7/32, got "198.51.100.7/24"'),
+    ({"allowed_cidrs": ["0.0.0.0/0"]}, 'clusters.dask.allowed_cidrs: opens the scheduler to the whole internet; set allow_public_access: true to insist, got "0.0.0.0/0"'),
+    ({"allowed_cidrs": ["::/0"]}, 'clusters.dask.allowed_cidrs: opens the scheduler to the whole internet; set allow_public_access: true to insist, got "::/0"'),
+    ({"allowed_cidrs": []}, "clusters.dask.allowed_cidrs: add the networks allowed to reach the cluster, such as your public IP as 203.0.113.7/32, got []"),
+    ({"allowed_cidrs": "198.51.100.0/24"}, 'clusters.dask.allowed_cidrs: must be a list of strings, got "198.51.100.0/24"'),
+    ({"spot_max_price": "cheap"}, 'clusters.dask.spot_max_price: must be a positive price in USD per hour such as "0.25", got "cheap"'),
+    ({"spot_max_price": "-0.1"}, 'clusters.dask.spot_max_price: must be a positive price in USD per hour such as "0.25", got "-0.1"'),
+    ({"spot_max_price": "0"}, 'clusters.dask.spot_max_price: must be a positive price in USD per hour such as "0.25", got "0"'),
+    ({"spot_max_price": True}, 'clusters.dask.spot_max_price: must be a price in USD per hour such as "0.25", got true'),
+    ({"worker_instance_types": []}, "clusters.dask.worker_instance_types: must not be empty, got []"),
+    ({"worker_instance_types": ["c6i.xlarge", "large"]}, 'clusters.dask.worker_instance_types: must be an EC2 instance type such as c6i.xlarge, got "large"'),
+    ({"worker_instance_types": ["c7g.xlarge"]}, 'clusters.dask.worker_instance_types: is an Arm (Graviton) type; the image is built for linux/amd64, got "c7g.xlarge"'),
+    ({"scheduler_instance_type": "t4g.small"}, 'clusters.dask.scheduler_instance_type: is an Arm (Graviton) type; the image is built for linux/amd64, got "t4g.small"'),
+    ({"region": "Europe"}, 'clusters.dask.region: must be an AWS region such as eu-west-1, got "Europe"'),
+    ({"region": "eu-west"}, 'clusters.dask.region: must be an AWS region such as eu-west-1, got "eu-west"'),
+    ({"idle_timeout_minutes": 0}, "clusters.dask.idle_timeout_minutes: must be a positive whole number, got 0"),
+    ({"max_lifetime_hours": 1000}, "clusters.dask.max_lifetime_hours: must be at most 336, got 1000"),
+    ({"worker_processes": "many"}, 'clusters.dask.worker_processes: must be a positive whole number, got "many"'),
+    ({"worker_threads": 0}, "clusters.dask.worker_threads: must be a positive whole number, got 0"),
+    ({"root_volume_gb": -1}, "clusters.dask.root_volume_gb: must be a positive whole number, got -1"),
+    ({"subnet_ids": ["vpc-123"]}, 'clusters.dask.subnet_ids: each entry must be a subnet id such as subnet-0abc12345def67890, got "vpc-123"'),
+    ({"tags": {"aws:owner": "me"}}, 'clusters.dask.tags: tag names must be 1-128 characters and not start with aws:, got "aws:owner"'),
+    ({"tags": {"contact": 7}}, "clusters.dask.tags.contact: must be a string of at most 256 characters, got 7"),
+    ({"jupyter": "yes"}, 'clusters.dask.jupyter: must be true or false, got "yes"'),
+    ({"wrokers": 3}, "clusters.dask: unknown setting"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "message"), BAD, ids=[next(iter(c)) + "=" + json.dumps(c[next(iter(c))]) for c, _ in BAD]
+)
+def test_bad_values_get_one_line_naming_setting_and_value(change, message):
+    raw = {"allowed_cidrs": ALLOWED, **change}
+    with pytest.raises(SettingsError) as caught:
+        parse_cluster("dask", raw)
+    text = str(caught.value)
+    assert "\n" not in text
+    assert text.startswith(message), f"expected {message!r}, got {text!r}"
+
+
+def test_public_access_needs_an_explicit_opt_in():
+    settings = parse_cluster("dask", {"allowed_cidrs": ["0.0.0.0/0"], "allow_public_access": True})
+    assert settings.allowed_cidrs == ("0.0.0.0/0",)
+
+
+def test_missing_cidrs_and_bad_cluster_names_are_named():
+    with pytest.raises(SettingsError, match=r"^clusters\.dask\.allowed_cidrs: required"):
+        parse_cluster("dask", {})
+    with pytest.raises(SettingsError, match=r'^clusters: cluster names must be .*, got "Big_One"'):
+        parse_cluster("Big_One", {"allowed_cidrs": ALLOWED})
+    with pytest.raises(SettingsError, match=r"^clusters: add at least one cluster"):
+        parse_clusters({"clusters": {}})
+
+
+def test_several_clusters_keep_file_order(tmp_path):
+    config = tmp_path / "cdktf.json"
+    clusters = {"big": {"allowed_cidrs": ALLOWED, "workers": 20}, "small": {"allowed_cidrs": ALLOWED}}
+    config.write_text(json.dumps({"app": "python main.py", "context": {"clusters": clusters}}))
+    assert [c.name for c in load_clusters(config)] == ["big", "small"]
+    assert load_clusters(config)[0].workers == 20
+
+
+def test_the_committed_config_asks_for_the_allowed_networks():
+    """Out of the box nothing deploys until the user names the networks allowed in."""
+    with pytest.raises(SettingsError, match=r"^clusters\.dask\.allowed_cidrs: add the networks"):
+        load_clusters(ROOT / "cdktf.json")
+
+
+def test_main_prints_one_line_and_exits_non_zero_on_bad_settings(tmp_path):
+    """The app never reaches jsii with a bad value, so nothing is half-synthesized."""
+    (tmp_path / "cdktf.json").write_text(
+        json.dumps({"context": {"clusters": {"dask": {"allowed_cidrs": ALLOWED, "workers": 0}}}})
+    )
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "main.py")], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 2
+    assert run.stderr == "error: clusters.dask.workers: must be a positive whole number, got 0\n"
+    assert not (tmp_path / "cdktf.out").exists()

@@ -1,0 +1,297 @@
+"""The synthesized Terraform JSON: snapshots, and each security and spot property asserted."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from stacks.cluster import AMI_PARAMETER
+from stacks.image import image_content_hash
+from stacks.network import DASHBOARD_PORT, JUPYTER_PORT, SCHEDULER_PORT
+
+OUTPUTS = {
+    "scheduler_address", "scheduler_private_address", "dashboard_url", "image_uri", "ecr_repository_url",
+    "worker_group_name", "workers", "region", "tls_ca_pem", "tls_client_cert_pem", "tls_client_key_pem",
+}  # fmt: skip
+SENSITIVE = {"tls_ca_pem", "tls_client_cert_pem", "tls_client_key_pem"}
+
+
+def only(doc: dict, kind: str) -> dict:
+    (resource,) = doc["resource"][kind].values()
+    return resource
+
+
+def everything(doc: dict, kind: str) -> list[dict]:
+    return list(doc["resource"].get(kind, {}).values())
+
+
+def without_metadata(value):
+    """Drop cdktf's per-resource metadata and the image content hash: snapshots must not
+    churn whenever an experiment file changes (test_image_tag_is_the_content_hash covers it)."""
+    text = json.dumps(value, sort_keys=True).replace(image_content_hash(), "<image-content-hash>")
+    return json.loads(text)
+
+
+@pytest.mark.parametrize("variant", ["default", "ondemand", "custom"])
+def test_snapshot(variant, synthesized, snapshot):
+    assert without_metadata(synthesized[variant]) == snapshot
+
+
+def test_no_absolute_paths_or_timestamps(synthesized):
+    text = json.dumps(synthesized)
+    assert "/work/" not in text and "/home/" not in text and "/tmp/" not in text
+    assert not re.search(r"20\d\d-\d\d-\d\dT\d\d:", text), "a timestamp makes snapshots machine-dependent"
+
+
+def test_outputs_follow_the_contract(synthesized):
+    for variant, doc in synthesized.items():
+        outputs = doc["output"]
+        assert set(outputs) == OUTPUTS, f"{variant}: outputs differ from shared/DESIGN.md"
+        for name in SENSITIVE:
+            assert outputs[name].get("sensitive") is True, f"{variant}: {name} must be sensitive"
+        for name in OUTPUTS - SENSITIVE:
+            assert not outputs[name].get("sensitive"), f"{variant}: {name} should be readable"
+    outputs = synthesized["default"]["output"]
+    assert re.fullmatch(r"tls://\$\{aws_instance\.\w+\.public_ip\}:8786", outputs["scheduler_address"]["value"])
+    assert re.fullmatch(
+        r"tls://\$\{aws_instance\.\w+\.private_ip\}:8786", outputs["scheduler_private_address"]["value"]
+    )
+    assert re.fullmatch(r"http://\$\{aws_instance\.\w+\.public_ip\}:8787/status", outputs["dashboard_url"]["value"])
+    assert outputs["workers"]["value"] == "${var.workers}"
+    assert outputs["region"]["value"] == "us-east-1"
+
+
+def test_provider_default_tags_reach_instances_and_volumes(synthesized):
+    doc = synthesized["custom"]
+    (provider,) = doc["provider"]["aws"]
+    tags = provider["default_tags"][0]["tags"]
+    assert tags["Department"] == "Data science" and tags["contact"] == "ml-team"
+    assert provider["region"] == "eu-west-1"
+    template = only(doc, "aws_launch_template")
+    kinds = {spec["resource_type"]: spec["tags"] for spec in template["tag_specifications"]}
+    for kind in ("instance", "volume"):
+        assert kind in kinds, f"launch template does not tag {kind}s: default tags stop at the template"
+        assert tags.items() <= kinds[kind].items(), f"{kind}s launched by the group miss default tags"
+    group_tags = {t["key"]: t for t in only(doc, "aws_autoscaling_group")["tag"]}
+    for key in tags:
+        assert group_tags[key]["propagate_at_launch"] is True, f"group tag {key} does not propagate"
+    volume_tags = only(doc, "aws_instance")["root_block_device"]["tags"]
+    assert tags.items() <= volume_tags.items(), "scheduler root volume misses default tags"
+
+
+def test_ami_is_looked_up_at_deploy_time(synthesized):
+    doc = synthesized["default"]
+    (parameter,) = doc["data"]["aws_ssm_parameter"].values()
+    assert parameter["name"] == AMI_PARAMETER
+    assert only(doc, "aws_instance")["ami"].startswith("${data.aws_ssm_parameter.")
+    assert only(doc, "aws_launch_template")["image_id"].startswith("${data.aws_ssm_parameter.")
+    assert not re.search(r'"ami-[0-9a-f]+"', json.dumps(doc)), "hard-coded AMI id"
+
+
+def ingress(doc: dict) -> list[dict]:
+    return everything(doc, "aws_vpc_security_group_ingress_rule")
+
+
+def test_dask_ports_only_from_allowed_networks_and_no_ssh(synthesized, settings):
+    for variant, doc in synthesized.items():
+        allowed = set(settings[variant].allowed_cidrs)
+        ports = [SCHEDULER_PORT, DASHBOARD_PORT] + ([JUPYTER_PORT] if settings[variant].jupyter else [])
+        for port in ports:
+            sources = {r.get("cidr_ipv4") or r.get("cidr_ipv6") for r in ingress(doc) if r.get("from_port") == port}
+            assert sources == allowed, f"{variant}: port {port} open to {sources}, expected {allowed}"
+        for rule in ingress(doc):
+            assert (
+                rule.get("from_port") != 22 and rule["ip_protocol"] != "-1" or "referenced_security_group_id" in rule
+            ), f"{variant}: rule {rule} opens more than the Dask ports to outside networks"
+            if "cidr_ipv4" in rule or "cidr_ipv6" in rule:
+                assert rule["from_port"] == rule["to_port"] and rule["from_port"] in ports, f"{variant}: {rule}"
+                assert rule.get("cidr_ipv4") != "0.0.0.0/0", f"{variant}: world-open rule {rule}"
+
+
+def test_cluster_members_reach_each_other_on_any_port(synthesized):
+    doc = synthesized["default"]
+    group = "${aws_security_group." + next(iter(doc["resource"]["aws_security_group"])) + ".id}"
+    internal = [r for r in ingress(doc) if r.get("referenced_security_group_id") == group]
+    assert internal and internal[0]["ip_protocol"] == "-1", "workers cannot talk to each other"
+    egress = everything(doc, "aws_vpc_security_group_egress_rule")
+    assert any(r.get("referenced_security_group_id") == group and r["ip_protocol"] == "-1" for r in egress)
+    outside = [r for r in egress if "cidr_ipv4" in r]
+    assert all(r["from_port"] == r["to_port"] == 443 for r in outside), f"egress beyond HTTPS: {outside}"
+
+
+def policy(resource: dict) -> dict:
+    return json.loads(resource["policy"])
+
+
+def test_node_role_has_only_what_a_node_needs(synthesized):
+    doc = synthesized["default"]
+    role = only(doc, "aws_iam_role")
+    trust = json.loads(role["assume_role_policy"])
+    assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+    attachments = [a["policy_arn"] for a in everything(doc, "aws_iam_role_policy_attachment")]
+    assert len(attachments) == 1
+    assert re.fullmatch(
+        r"arn:\$\{data\.aws_partition\.\w+\.partition\}:iam::aws:policy/AmazonSSMManagedInstanceCore", attachments[0]
+    )
+    statements = [s for p in everything(doc, "aws_iam_role_policy") for s in policy(p)["Statement"]]
+    by_sid = {s["Sid"]: s for s in statements}
+    assert set(by_sid) == {"EcrLogin", "PullThisClusterImage", "ReadThisClusterTls", "ScaleThisWorkerGroup"}
+    assert by_sid["EcrLogin"]["Action"] == "ecr:GetAuthorizationToken"
+    assert by_sid["PullThisClusterImage"]["Resource"].startswith("${aws_ecr_repository.")
+    assert not any(
+        a.startswith("ecr:Put") or a.startswith("ecr:Delete") for a in by_sid["PullThisClusterImage"]["Action"]
+    )
+    assert by_sid["ReadThisClusterTls"]["Resource"].endswith(":parameter/dask-default/tls/*")
+    assert set(by_sid["ReadThisClusterTls"]["Action"]) == {"ssm:GetParameter", "ssm:GetParameters"}
+    (group,) = doc["resource"]["aws_autoscaling_group"]
+    assert by_sid["ScaleThisWorkerGroup"] == {
+        "Sid": "ScaleThisWorkerGroup",
+        "Effect": "Allow",
+        "Action": "autoscaling:SetDesiredCapacity",
+        "Resource": f"${{aws_autoscaling_group.{group}.arn}}",
+    }
+    for statement in statements:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        assert not any(a.endswith("*") for a in actions), f"wildcard action in {statement}"
+        if statement["Resource"] == "*":
+            assert actions == ["ecr:GetAuthorizationToken"], f"unscoped statement {statement}"
+
+
+def test_no_aws_access_keys_anywhere(synthesized):
+    text = json.dumps(synthesized)
+    assert not re.search(r"AKIA[0-9A-Z]{16}", text)
+    for forbidden in ("aws_access_key", "aws_secret", "access_key", "secret_key", "AWS_SECRET_ACCESS_KEY"):
+        assert forbidden not in text, f"{forbidden} appears in the configuration"
+    for doc in synthesized.values():
+        assert "aws_iam_access_key" not in doc["resource"]
+        for variable in doc["variable"]:
+            assert "key" not in variable and "secret" not in variable
+
+
+def test_ecr_repository_scans_is_immutable_and_is_destroyed_with_the_stack(synthesized):
+    doc = synthesized["default"]
+    repo = only(doc, "aws_ecr_repository")
+    assert repo["image_scanning_configuration"]["scan_on_push"] is True
+    assert repo["image_tag_mutability"] == "IMMUTABLE"
+    assert repo["force_delete"] is True
+    rule = json.loads(only(doc, "aws_ecr_lifecycle_policy")["policy"])["rules"][0]
+    assert rule["selection"]["countType"] == "imageCountMoreThan" and rule["action"]["type"] == "expire"
+
+
+def test_image_is_built_for_amd64_and_pushed_by_deploy(synthesized):
+    doc = synthesized["default"]
+    build = only(doc, "docker_image")
+    assert build["build"]["platform"] == "linux/amd64"
+    assert build["build"]["dockerfile"] == "image/Dockerfile"
+    push = only(doc, "docker_registry_image")
+    assert push["name"].startswith("${docker_image.")
+    (docker,) = doc["provider"]["docker"]
+    auth = docker["registry_auth"][0]
+    assert auth["password"].startswith("${data.aws_ecr_authorization_token."), (
+        "ECR credentials must come from the token"
+    )
+
+
+def test_image_tag_is_the_content_hash(synthesized):
+    doc = synthesized["default"]
+    tag = image_content_hash()
+    assert re.fullmatch(r"[0-9a-f]{16}", tag)
+    assert only(doc, "docker_image")["name"].endswith(f'"{tag}"])}}')
+    assert only(doc, "docker_image")["triggers"] == {"content": tag}
+    assert doc["output"]["image_uri"]["value"] == only(doc, "docker_image")["name"]
+    assert tag in only(doc, "aws_instance")["user_data"], "the scheduler must run exactly this image"
+    assert tag in only(doc, "aws_launch_template")["user_data"], "the workers must run exactly this image"
+
+
+def test_node_keys_travel_through_secure_ssm_parameters(synthesized):
+    doc = synthesized["default"]
+    parameters = {p["name"]: p for p in everything(doc, "aws_ssm_parameter")}
+    for role in ("scheduler", "worker"):
+        key = parameters[f"/dask-default/tls/{role}.key"]
+        assert key["type"] == "SecureString"
+        assert key["value"].startswith("${tls_private_key.")
+        assert parameters[f"/dask-default/tls/{role}.pem"]["value"].startswith("${tls_locally_signed_cert.")
+    assert "client.key" not in json.dumps(parameters), "the client key stays with the client"
+    user_data = only(doc, "aws_instance")["user_data"] + only(doc, "aws_launch_template")["user_data"]
+    assert "tls_private_key" not in user_data and "private_key_pem" not in user_data
+
+
+def test_tls_certificates_are_signed_by_the_cluster_ca(synthesized):
+    doc = synthesized["default"]
+    ca = only(doc, "tls_self_signed_cert")
+    assert ca["is_ca_certificate"] is True and "cert_signing" in ca["allowed_uses"]
+    certs = everything(doc, "tls_locally_signed_cert")
+    assert len(certs) == 3
+    for cert in certs:
+        assert cert["ca_cert_pem"].startswith("${tls_self_signed_cert.")
+        assert {"server_auth", "client_auth"} <= set(cert["allowed_uses"])
+
+
+def test_scheduler_is_a_hardened_spot_instance(synthesized):
+    scheduler = only(synthesized["default"], "aws_instance")
+    market = scheduler["instance_market_options"]
+    assert market["market_type"] == "spot"
+    assert market["spot_options"]["instance_interruption_behavior"] == "terminate"
+    assert "aws_spot_instance_request" not in synthesized["default"]["resource"]
+    assert scheduler["metadata_options"]["http_tokens"] == "required", "IMDSv2 must be required"
+    root = scheduler["root_block_device"]
+    assert root["encrypted"] is True and root["volume_type"] == "gp3"
+    assert scheduler["instance_initiated_shutdown_behavior"] == "terminate"
+    assert scheduler["user_data_replace_on_change"] is True
+    assert "templatefile(" in scheduler["user_data"]
+    assert "key_name" not in scheduler, "no SSH key: shell access is through SSM"
+
+
+def test_on_demand_scheduler_has_no_market_options(synthesized):
+    assert "instance_market_options" not in only(synthesized["ondemand"], "aws_instance")
+
+
+def test_spot_price_cap_reaches_scheduler_and_workers(synthesized):
+    doc = synthesized["custom"]
+    assert doc["variable"]["spot_max_price"]["default"] == "0.35"
+    cap = '${var.spot_max_price == "" ? null : var.spot_max_price}'
+    assert only(doc, "aws_instance")["instance_market_options"]["spot_options"]["max_price"] == cap
+    distribution = only(doc, "aws_autoscaling_group")["mixed_instances_policy"]["instances_distribution"]
+    assert distribution["spot_max_price"] == cap
+
+
+def test_workers_are_a_100_percent_spot_mixed_group(synthesized):
+    doc = synthesized["custom"]
+    group = only(doc, "aws_autoscaling_group")
+    policy_ = group["mixed_instances_policy"]
+    distribution = policy_["instances_distribution"]
+    assert distribution["on_demand_base_capacity"] == 0
+    assert distribution["on_demand_percentage_above_base_capacity"] == 0
+    assert distribution["spot_allocation_strategy"] == "price-capacity-optimized"
+    assert group["capacity_rebalance"] is True
+    override = policy_["launch_template"]["dynamic"]["override"]
+    assert override["for_each"] == "${toset(var.worker_instance_types)}"
+    assert doc["variable"]["worker_instance_types"]["default"] == ["c6i.2xlarge", "c5.2xlarge"]
+    assert group["desired_capacity"] == group["max_size"] == "${var.workers}"
+    assert group["vpc_zone_identifier"] == ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"]
+    default_group = only(synthesized["default"], "aws_autoscaling_group")
+    assert default_group["vpc_zone_identifier"].startswith("${data.aws_subnets."), "default VPC subnets"
+
+
+def test_worker_launch_template_is_hardened(synthesized):
+    template = only(synthesized["default"], "aws_launch_template")
+    assert template["metadata_options"]["http_tokens"] == "required"
+    (device,) = template["block_device_mappings"]
+    assert device["ebs"]["encrypted"] == "true" and device["ebs"]["volume_type"] == "gp3"
+    assert "key_name" not in template
+    assert template["user_data"].startswith("${base64encode(join(")
+    (scheduler,) = synthesized["default"]["resource"]["aws_instance"]
+    assert f"aws_instance.{scheduler}.private_ip" in template["user_data"], (
+        "workers must get the scheduler's private address from Terraform"
+    )
+
+
+def test_several_clusters_do_not_collide(synthesized):
+    names = {}
+    for variant, doc in synthesized.items():
+        for kind in ("aws_ecr_repository", "aws_iam_role", "aws_launch_template", "aws_security_group"):
+            name = only(doc, kind)["name"]
+            assert name not in names, f"{variant} and {names.get(name)} both name a {kind} {name}"
+            names[name] = variant
