@@ -1,6 +1,7 @@
 """Mutual TLS for one cluster: its own CA, and certificates for scheduler, workers and client.
 
-Node keys travel through SSM SecureString parameters that only the node role can read, never
+Node keys (and, for uniformity, certificates) travel through SSM SecureString parameters that
+only the node role can read, never
 through user-data (readable with ec2:DescribeInstanceAttribute, capped at 16 KB). The client's
 key leaves only as a sensitive output. Every key is in the Terraform state: keep the state
 private (it is git-ignored here) or move it to an encrypted backend.
@@ -47,7 +48,7 @@ class ClusterTls(Construct):
                 "ca-param",
                 name=f"/{prefix}/ca.pem",
                 description="Cluster CA certificate",
-                type="String",
+                type="SecureString",
                 value=self.ca.cert_pem,
             )
         ]
@@ -59,7 +60,7 @@ class ClusterTls(Construct):
                     f"{role}-cert-param",
                     name=f"/{prefix}/{role}.pem",
                     description=f"Dask {role} certificate",
-                    type="String",
+                    type="SecureString",
                     value=cert.cert_pem,
                 ),
                 SsmParameter(
