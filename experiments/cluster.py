@@ -1,0 +1,279 @@
+"""Where an experiment runs: a local Dask cluster by default, or a deployed one over mutual TLS.
+
+Any experiment script uses it the same way::
+
+    parser = argparse.ArgumentParser()
+    cluster.add_arguments(parser)
+    args = parser.parse_args()
+    with cluster.connect(args) as (client, where):
+        ...
+
+Problems a user can meet (no outputs file, unknown stack, unreachable scheduler, TLS
+rejected, too few workers, mismatched versions) raise ClusterError with one line that says
+what to do; ``run`` turns it into that line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import ssl
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_OUTPUTS = Path("outputs.json")
+DEPLOY_HINT = "cdktf deploy {stack} --outputs-file outputs.json --outputs-file-include-sensitive-outputs"
+REQUIRED_OUTPUTS = (
+    "scheduler_address",
+    "dashboard_url",
+    "workers",
+    "tls_ca_pem",
+    "tls_client_cert_pem",
+    "tls_client_key_pem",
+)
+# What must be identical on the client and every node, or pickled work breaks in odd ways.
+MATCHED_PACKAGES = ("python", "dask", "distributed", "sklearn", "numpy", "cloudpickle")
+
+
+class ClusterError(Exception):
+    """A problem the user can fix; the message is one line that says how."""
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where the experiment ran, for the summary and the console."""
+
+    kind: str  # "local" or "remote"
+    scheduler: str
+    dashboard: str | None
+    worker_nodes: int
+    threads: int
+    stack: str | None = None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("where to run (default: a local Dask cluster, no cloud)")
+    target = group.add_mutually_exclusive_group()
+    target.add_argument("--stack", metavar="NAME", help="a deployed stack, read from the outputs file")
+    target.add_argument("--scheduler", metavar="ADDRESS", help="a scheduler address such as tls://203.0.113.7:8786")
+    group.add_argument(
+        "--outputs", metavar="FILE", type=Path, default=DEFAULT_OUTPUTS, help="cdktf outputs (default: %(default)s)"
+    )
+    group.add_argument("--tls-ca", metavar="FILE", help="CA certificate (with --scheduler)")
+    group.add_argument("--tls-cert", metavar="FILE", help="client certificate (with --scheduler)")
+    group.add_argument("--tls-key", metavar="FILE", help="client private key (with --scheduler)")
+    group.add_argument("--workers", metavar="N", type=int, help="worker nodes to wait for (default: the stack's count)")
+    group.add_argument(
+        "--timeout", metavar="SECONDS", type=float, default=600.0, help="how long to wait for the cluster"
+    )
+
+
+def read_outputs(path: Path, stack: str) -> dict:
+    """The outputs of one stack, as written by `cdktf deploy --outputs-file`."""
+    hint = DEPLOY_HINT.format(stack=stack)
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ClusterError(f"{path}: not found; deploy first with `{hint}`, or pass --outputs FILE") from None
+    except json.JSONDecodeError as error:
+        raise ClusterError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    if not isinstance(document, dict) or stack not in document:
+        found = ", ".join(sorted(document)) if isinstance(document, dict) and document else "none"
+        raise ClusterError(f"{path}: no stack named {stack!r} (stacks found: {found})")
+    outputs = document[stack]
+    for key in REQUIRED_OUTPUTS:
+        if key not in outputs:
+            extra = (
+                " (sensitive outputs need --outputs-file-include-sensitive-outputs)" if key.startswith("tls_") else ""
+            )
+            raise ClusterError(f"{path}: stack {stack!r} has no output {key!r}; redeploy with `{hint}`{extra}")
+    return outputs
+
+
+@contextlib.contextmanager
+def private_tls_files(outputs: dict) -> Iterator[dict[str, str]]:
+    """The client's TLS material as files only this user can read, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="dask-tls-") as folder:  # created with mode 0700
+        paths = {}
+        for name, key in (("ca", "tls_ca_pem"), ("cert", "tls_client_cert_pem"), ("key", "tls_client_key_pem")):
+            path = Path(folder) / f"{name}.pem"
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                file.write(outputs[key])
+            paths[name] = str(path)
+        yield paths
+
+
+def security_for(ca: str | None, cert: str | None, key: str | None):
+    """Mutual TLS from the given files, or from Dask's own configuration when none are given."""
+    from distributed.security import Security
+
+    if not (ca or cert or key):
+        security = Security()  # distributed.comm.tls.* from ~/.config/dask or DASK_ environment
+        if not security.tls_ca_file:
+            raise ClusterError(
+                "no TLS files: pass --tls-ca, --tls-cert and --tls-key, or set distributed.comm.tls in Dask's config"
+            )
+        return security
+    missing = [flag for flag, value in (("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key)) if not value]
+    if missing:
+        raise ClusterError(f"{', '.join(missing)}: required with the other TLS options")
+    for flag, value in (("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key)):
+        if not Path(value).is_file():
+            raise ClusterError(f"{flag}: no such file {value}")
+    return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+
+
+def probe(address: str, security, timeout: float) -> None:
+    """Tell an unreachable scheduler from a TLS rejection before Dask retries either for long."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    scheme, location = parse_address(address)
+    if scheme != "tls":
+        raise ClusterError(f"{address}: the cluster only accepts tls:// addresses")
+    host, port = parse_host_port(location)
+    context: ssl.SSLContext = security.get_connection_args("client")["ssl_context"]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(10.0, timeout)) as raw:
+                with context.wrap_socket(raw, server_hostname=host) as tls:
+                    tls.recv(0)  # TLS 1.3 servers reject a client certificate after the handshake
+                return
+        except ssl.SSLError as error:
+            raise ClusterError(
+                f"{address}: TLS rejected ({error.reason or error}); use the certificates of this cluster's deployment"
+            ) from None
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise ClusterError(
+                    f"{address}: scheduler not reachable within {timeout:g} s; is the cluster up, "
+                    "and is your address in allowed_cidrs?"
+                ) from None
+            time.sleep(1.0)
+
+
+def worker_nodes(client) -> int:
+    """Worker nodes, not processes: a node may run several Dask workers."""
+    from distributed.comm.addressing import get_address_host
+
+    return len({get_address_host(address) for address in client.scheduler_info(n_workers=-1)["workers"]})
+
+
+def wait_for_nodes(client, expected: int, timeout: float, report: Callable[[int, int], None]) -> None:
+    deadline = time.monotonic() + timeout
+    seen = -1
+    while (count := worker_nodes(client)) < expected:
+        if count != seen:
+            report(count, expected)
+            seen = count
+        if time.monotonic() >= deadline:
+            raise ClusterError(
+                f"only {count} of {expected} worker nodes joined within {timeout:g} s; check the worker "
+                "group in the AWS console, or pass --workers/--timeout"
+            )
+        time.sleep(1.0)
+    report(count, expected)
+
+
+def version_mismatches(versions: dict) -> list[str]:
+    """'package: client X, <where> Y' for every matched package that differs anywhere."""
+
+    def normalized(package: str, version: str | None) -> str | None:
+        # Python patch releases pickle alike; minor releases do not.
+        return ".".join(version.split(".")[:2]) if package == "python" and version else version
+
+    client = versions["client"]["packages"]
+    nodes = {"scheduler": versions["scheduler"]["packages"]}
+    nodes.update({address: info["packages"] for address, info in versions["workers"].items()})
+    problems = []
+    for package in MATCHED_PACKAGES:
+        mine = normalized(package, client.get(package))
+        theirs = {where: normalized(package, p.get(package)) for where, p in nodes.items()}
+        different = {where: v for where, v in theirs.items() if v != mine}
+        if different:
+            where, version = next(iter(sorted(different.items())))
+            more = f" (and {len(different) - 1} more)" if len(different) > 1 else ""
+            name = "scikit-learn" if package == "sklearn" else package
+            problems.append(f"{name}: client {mine}, {where} {version}{more}")
+    return problems
+
+
+def check_versions(client) -> None:
+    problems = version_mismatches(client.get_versions(packages=["sklearn"]))
+    if problems:
+        raise ClusterError(
+            "client and cluster differ: " + "; ".join(problems) + " - install requirements.txt and redeploy"
+        )
+
+
+def console(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def connect(args: argparse.Namespace) -> Iterator[tuple[object, Where]]:
+    """A connected Client and where it runs; local unless --stack or --scheduler is given."""
+    if args.stack is None and args.scheduler is None:
+        yield from _local()
+    elif args.stack is not None:
+        outputs = read_outputs(args.outputs, args.stack)
+        expected = args.workers if args.workers is not None else int(outputs["workers"])
+        with private_tls_files(outputs) as tls:
+            security = security_for(tls["ca"], tls["cert"], tls["key"])
+            yield from _remote(
+                outputs["scheduler_address"], security, expected, args.timeout, args.stack, outputs["dashboard_url"]
+            )
+    else:
+        security = security_for(args.tls_ca, args.tls_cert, args.tls_key)
+        yield from _remote(args.scheduler, security, args.workers or 1, args.timeout, None, None)
+
+
+def _local() -> Iterator[tuple[object, Where]]:
+    from distributed import Client, LocalCluster
+
+    # One process with a thread per core: scikit-learn's compiled estimators release the GIL,
+    # so threads run fits in parallel without starting and feeding worker processes.
+    threads = os.cpu_count() or 1
+    with (
+        LocalCluster(
+            processes=False, n_workers=1, threads_per_worker=threads, dashboard_address="127.0.0.1:0"
+        ) as local,
+        Client(local) as client,
+    ):
+        yield client, Where("local", local.scheduler_address, client.dashboard_link, 1, threads)
+
+
+def _remote(
+    address: str, security, expected: int, timeout: float, stack: str | None, dashboard: str | None
+) -> Iterator[tuple[object, Where]]:
+    from distributed import Client
+
+    probe(address, security, timeout)
+    with Client(address, security=security, timeout=f"{max(timeout, 10):g}s") as client:
+        console(f"connected to {address}; waiting for {expected} worker node(s)")
+        wait_for_nodes(client, expected, timeout, lambda n, of: console(f"  worker nodes: {n}/{of}"))
+        check_versions(client)
+        info = client.scheduler_info(n_workers=-1)
+        threads = sum(w["nthreads"] for w in info["workers"].values())
+        dashboard = dashboard or client.dashboard_link
+        yield client, Where("remote", address, dashboard, worker_nodes(client), threads, stack)
+
+
+def run(main: Callable[[], int | None]) -> None:
+    """Run an experiment's main: user-fixable problems end as one line and exit status 2."""
+    try:
+        sys.exit(main() or 0)
+    except ClusterError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,90 @@
+"""What a search leaves behind in results/<run>/: CV table, heatmap, Dask report, summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from experiments.cluster import Where
+from experiments.search import SearchResult
+
+CV_TABLE = "cv_results.csv"
+HEATMAP = "heatmap.png"
+DASK_REPORT = "dask-report.html"
+SUMMARY = "summary.json"
+
+
+def new_run_folder(results: Path, experiment: str, where: Where) -> Path:
+    """results/<experiment>-<UTC time>-<local|stack name>, never reused."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    base = results / f"{experiment}-{stamp}-{where.stack or where.kind}"
+    folder, n = base, 1
+    while folder.exists():
+        n += 1
+        folder = base.with_name(f"{base.name}.{n}")
+    folder.mkdir(parents=True)
+    return folder
+
+
+def write_cv_table(path: Path, result: SearchResult) -> None:
+    rows = result.table()
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "params": json.dumps(row["params"])})
+
+
+def write_heatmap(path: Path, result: SearchResult, *, rows: str, columns: str, panels: str, title: str) -> None:
+    """Mean test score over rows x columns, one panel per value of `panels`."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, faster to import
+
+    def values(name: str) -> list:
+        return list(dict.fromkeys(params[name] for params in result.candidates))
+
+    means = {
+        (params[rows], params[columns], params[panels]): score
+        for params, score in zip(result.candidates, result.mean_test_scores, strict=True)
+    }
+    row_values, column_values, panel_values = values(rows), values(columns), values(panels)
+    figure = Figure(figsize=(4.2 * len(panel_values), 4), layout="constrained")
+    axes = figure.subplots(1, len(panel_values), squeeze=False)[0]
+    for ax, panel in zip(axes, panel_values, strict=True):
+        grid = [[means[r, c, panel] for c in column_values] for r in row_values]
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower")
+        ax.set_xticks(range(len(column_values)), [f"{c:g}" for c in column_values])
+        ax.set_yticks(range(len(row_values)), [f"{r:g}" for r in row_values])
+        ax.set(xlabel=columns, ylabel=rows, title=f"{panels}={panel}")
+        for i, row in enumerate(grid):
+            for j, score in enumerate(row):
+                ax.text(j, i, f"{score:.3f}", ha="center", va="center", color="white" if score < 0.6 else "black")
+    figure.colorbar(image, ax=list(axes), label="mean CV accuracy")
+    figure.suptitle(title)
+    figure.savefig(path, dpi=100)
+
+
+def write_summary(path: Path, **fields) -> None:
+    path.write_text(json.dumps(fields, indent=2, default=_jsonable) + "\n")
+
+
+def summary_fields(result: SearchResult, where: Where, timings: dict[str, float], **extra) -> dict:
+    return {
+        "best_params": result.best_params,
+        "best_cv_score": result.best_score,
+        "candidates": len(result.candidates),
+        "splits": int(result.test_scores.shape[1]),
+        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
+        "where": asdict(where),
+        "client": {"python": platform.python_version(), "machine": platform.machine()},
+        **extra,
+    }
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
