@@ -214,6 +214,21 @@ def check_versions(client) -> None:
         )
 
 
+def stale_code_warning(image_uri: str) -> str | None:
+    """A warning when the nodes run another version of experiments/ than this checkout."""
+    try:
+        from stacks.content import image_content_hash
+    except ImportError:  # experiments copied without the stacks package
+        return None
+    deployed, local = image_uri.rpartition(":")[2], image_content_hash()
+    if deployed == local:
+        return None
+    return (
+        f"warning: the nodes run image {deployed}, built from other code than this checkout ({local}); "
+        "functions from experiments/ run as deployed - run `cdktf deploy` to ship your changes"
+    )
+
+
 def console(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -226,6 +241,8 @@ def connect(args: argparse.Namespace) -> Iterator[tuple[object, Where]]:
     elif args.stack is not None:
         outputs = read_outputs(args.outputs, args.stack)
         expected = args.workers if args.workers is not None else int(outputs["workers"])
+        if warning := stale_code_warning(outputs.get("image_uri", "")):
+            console(warning)
         with private_tls_files(outputs) as tls:
             security = security_for(tls["ca"], tls["cert"], tls["key"])
             yield from _remote(
@@ -241,14 +258,23 @@ def _local() -> Iterator[tuple[object, Where]]:
 
     # One process with a thread per core: scikit-learn's compiled estimators release the GIL,
     # so threads run fits in parallel without starting and feeding worker processes.
+    # Every listening socket stays on loopback: nobody else on the network reaches a laptop's
+    # cluster, which would run any code sent to it.
     threads = os.cpu_count() or 1
+    loopback = "127.0.0.1:0"
     with (
         LocalCluster(
-            processes=False, n_workers=1, threads_per_worker=threads, dashboard_address="127.0.0.1:0"
+            processes=False,
+            n_workers=1,
+            threads_per_worker=threads,
+            dashboard_address=loopback,
+            worker_dashboard_address=loopback,
         ) as local,
         Client(local) as client,
     ):
-        yield client, Where("local", local.scheduler_address, client.dashboard_link, 1, threads)
+        # Dask's own link names the machine's address, not the loopback one it listens on.
+        dashboard = f"http://127.0.0.1:{client.scheduler_info()['services']['dashboard']}/status"
+        yield client, Where("local", local.scheduler_address, dashboard, 1, threads)
 
 
 def _remote(

@@ -92,8 +92,10 @@ def grid_search(
 
     candidates = list(ParameterGrid(param_grid))
     splits = list(check_cv(cv, y, classifier=is_classifier(estimator)).split(X, y))
-    # Shipped to every worker once, rather than once per task.
-    X_remote, y_remote = client.scatter([X, y], broadcast=True)
+    # Shipped to every worker once, rather than once per task, so that losing a node loses no
+    # data. Keys unique to this search: a content-hashed key shared with an earlier search may
+    # be released by that search's cleanup while this one still needs it.
+    X_remote, y_remote = client.scatter([X, y], broadcast=True, hash=False)
     futures = {}
     for i, params in enumerate(candidates):
         for j, (train, test) in enumerate(splits):

@@ -15,11 +15,6 @@ from constructs import Construct
 from stacks.config import ClusterSettings
 
 
-def ssm_prefix(settings: ClusterSettings) -> str:
-    """SSM parameter path holding this cluster's node TLS material (no leading slash)."""
-    return f"{settings.resource_prefix}/tls"
-
-
 class NodeRole(Construct):
     """Role and instance profile shared by the scheduler and the workers.
 
@@ -57,7 +52,7 @@ class NodeRole(Construct):
             role=self.role.name,
             policy_arn=f"arn:{partition}:iam::aws:policy/AmazonSSMManagedInstanceCore",
         )
-        parameters_arn = f"arn:{partition}:ssm:{settings.region}:{account}:parameter/{ssm_prefix(settings)}/*"
+        parameters_arn = f"arn:{partition}:ssm:{settings.region}:{account}:parameter/{settings.tls_parameter_path}/*"
         IamRolePolicy(
             self,
             "pull-and-read",

@@ -18,9 +18,9 @@ from constructs import Construct
 
 from stacks import userdata
 from stacks.access import NodeRole
-from stacks.config import ARM_TYPE_RE, INSTANCE_TYPE_RE, PRICE_RE, ClusterSettings
+from stacks.config import ARM_TYPE_RE, DASHBOARD_PORT, INSTANCE_TYPE_RE, PRICE_RE, SCHEDULER_PORT, ClusterSettings
 from stacks.image import ComputationImage
-from stacks.network import DASHBOARD_PORT, SCHEDULER_PORT, ClusterNetwork
+from stacks.network import ClusterNetwork
 from stacks.nodes import NodeCommon, Scheduler, WorkerGroup
 from stacks.tls import ClusterTls
 

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 CONFIG_FILE = "cdktf.json"
+SCHEDULER_PORT = 8786
+DASHBOARD_PORT = 8787
+JUPYTER_PORT = 8888
 
 # A comfortable spread of x86_64 types with 4 vCPUs: several interchangeable pools give
 # price-capacity-optimized room to avoid interruptions.
@@ -60,6 +63,11 @@ class ClusterSettings:
     def resource_prefix(self) -> str:
         """Prefix of every named AWS resource, so several clusters never collide."""
         return f"dask-{self.name}"
+
+    @property
+    def tls_parameter_path(self) -> str:
+        """SSM path (no leading slash) of the nodes' TLS material; the node role reads only this."""
+        return f"{self.resource_prefix}/tls"
 
 
 def _fail(where: str, message: str, value: Any) -> SettingsError:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 from cdktf import Fn
 from cdktf_cdktf_provider_aws.data_aws_ecr_authorization_token import DataAwsEcrAuthorizationToken
@@ -20,27 +18,11 @@ from cdktf_cdktf_provider_docker.registry_image import RegistryImage
 from constructs import Construct
 
 from stacks.config import ClusterSettings
+from stacks.content import image_content_hash
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# Everything the Dockerfile copies or reads: the tag changes exactly when one of these does.
-IMAGE_INPUTS = ("image", ".dockerignore", "experiments")
 # Terraform runs in cdktf.out/stacks/<stack>/; the build context is the project root.
 CONTEXT_FROM_STACK_DIR = "../../.."
 KEEP_IMAGES = 5
-
-
-def image_content_hash(root: Path = PROJECT_ROOT) -> str:
-    """A short sha256 over the names and bytes of every image input, in a stable order."""
-    digest = hashlib.sha256()
-    for top in IMAGE_INPUTS:
-        path = root / top
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            if "__pycache__" in file.parts or file.suffix == ".pyc":
-                continue
-            digest.update(file.relative_to(root).as_posix().encode() + b"\0")
-            digest.update(file.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
 
 
 class ComputationImage(Construct):

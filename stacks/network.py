@@ -13,11 +13,7 @@ from cdktf_cdktf_provider_aws.vpc_security_group_egress_rule import VpcSecurityG
 from cdktf_cdktf_provider_aws.vpc_security_group_ingress_rule import VpcSecurityGroupIngressRule
 from constructs import Construct
 
-from stacks.config import ClusterSettings
-
-SCHEDULER_PORT = 8786
-DASHBOARD_PORT = 8787
-JUPYTER_PORT = 8888
+from stacks.config import DASHBOARD_PORT, JUPYTER_PORT, SCHEDULER_PORT, ClusterSettings
 
 
 class ClusterNetwork(Construct):

@@ -16,7 +16,6 @@ from cdktf_cdktf_provider_tls.private_key import PrivateKey
 from cdktf_cdktf_provider_tls.self_signed_cert import SelfSignedCert, SelfSignedCertSubject
 from constructs import Construct
 
-from stacks.access import ssm_prefix
 from stacks.config import ClusterSettings
 
 # Certificates outlive any sensible cluster; the CA is per cluster and per deployment, and
@@ -41,7 +40,7 @@ class ClusterTls(Construct):
             allowed_uses=["cert_signing", "crl_signing"],
         )
         self.client_key, self.client_cert = self._signed(settings, "client", ca_key)
-        prefix = ssm_prefix(settings)
+        prefix = settings.tls_parameter_path
         self.parameters: list[SsmParameter] = [
             SsmParameter(
                 self,

@@ -10,9 +10,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from stacks.access import ssm_prefix
-from stacks.config import ClusterSettings
-from stacks.network import DASHBOARD_PORT, JUPYTER_PORT, SCHEDULER_PORT
+from stacks.config import DASHBOARD_PORT, JUPYTER_PORT, SCHEDULER_PORT, ClusterSettings
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "userdata"
 TLS_DIR = "/etc/dask/tls"  # on the node, mounted read-only at the same path in containers
@@ -43,14 +41,21 @@ def tls_options(role: str, tls_dir: str = TLS_DIR) -> list[str]:
     ]
 
 
-def scheduler_command(settings: ClusterSettings, *, tls_dir: str = TLS_DIR, host: str = "") -> list[str]:
-    """The `dask scheduler` command line the scheduler container runs."""
+def scheduler_command(
+    settings: ClusterSettings,
+    *,
+    tls_dir: str = TLS_DIR,
+    host: str = "",
+    port: int = SCHEDULER_PORT,
+    dashboard_port: int = DASHBOARD_PORT,
+) -> list[str]:
+    """The `dask scheduler` command line the scheduler container runs (tests run it on loopback)."""
     return [
         "dask", "scheduler",
         "--protocol=tls",
         *([f"--host={host}"] if host else []),
-        f"--port={SCHEDULER_PORT}",
-        f"--dashboard-address=:{DASHBOARD_PORT}",
+        f"--port={port}",
+        f"--dashboard-address={host}:{dashboard_port}",
         f"--idle-timeout={settings.idle_timeout_minutes} minutes",
         *tls_options("scheduler", tls_dir),
     ]  # fmt: skip
@@ -76,7 +81,7 @@ def _common(settings: ClusterSettings, role: str, image_uri: str, registry: str)
         "cluster_name": settings.name,
         "image_uri": image_uri,
         "registry": registry,
-        "ssm_prefix": ssm_prefix(settings),
+        "ssm_prefix": settings.tls_parameter_path,
         "container_uid": CONTAINER_UID,
         "max_wait_seconds": MAX_WAIT_SECONDS,
         "max_lifetime_minutes": settings.max_lifetime_hours * 60,

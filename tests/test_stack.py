@@ -8,8 +8,8 @@ import re
 import pytest
 
 from stacks.cluster import AMI_PARAMETER
-from stacks.image import image_content_hash
-from stacks.network import DASHBOARD_PORT, JUPYTER_PORT, SCHEDULER_PORT
+from stacks.config import DASHBOARD_PORT, JUPYTER_PORT, SCHEDULER_PORT
+from stacks.content import image_content_hash
 
 OUTPUTS = {
     "scheduler_address", "scheduler_private_address", "dashboard_url", "image_uri", "ecr_repository_url",

@@ -1,0 +1,338 @@
+"""svc_digits for real: locally, against a TLS cluster on loopback, through a lost worker, and
+with every mistake a user can make. No mocks of Dask."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments import cluster as connect_module
+from experiments.search import grid_search
+
+from . import loopback_cluster
+from .conftest import ROOT
+
+SCRIPT = ROOT / "experiments" / "svc_digits.py"
+BEST_LINE = "Best parameters: {'C': 1, 'class_weight': None, 'gamma': 0.001}"
+
+
+def run_experiment(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def only_run_folder(results: Path) -> Path:
+    (folder,) = results.iterdir()
+    return folder
+
+
+def cv_scores(folder: Path) -> dict[str, float]:
+    with (folder / "cv_results.csv").open() as file:
+        return {row["params"]: float(row["mean_test_score"]) for row in csv.DictReader(file)}
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("local")
+    run = run_experiment("--results", str(folder / "results"), cwd=folder)
+    assert run.returncode == 0, run.stderr
+    return run, only_run_folder(folder / "results")
+
+
+def test_local_run_prints_dashboard_progress_and_result(local_run):
+    run, _ = local_run
+    assert run.stdout.startswith("Dask dashboard: http://127.0.0.1:")
+    assert BEST_LINE in run.stdout
+    assert "Best mean CV accuracy: 0.98" in run.stdout
+    assert "Classification report on the held-out 30%" in run.stdout and "weighted avg" in run.stdout
+    assert "54/54" in run.stderr, "the progress bar counts the 54 fits"
+    assert "Traceback" not in run.stderr
+
+
+def test_local_run_matches_plain_scikit_learn(local_run):
+    """Same split, same grid: the same mean score for every candidate as GridSearchCV."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import GridSearchCV, train_test_split
+    from sklearn.svm import SVC
+
+    from experiments.svc_digits import PARAM_GRID
+
+    X, y = load_digits(return_X_y=True)
+    X_train, _, y_train, _ = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    reference = GridSearchCV(SVC(kernel="rbf"), PARAM_GRID, cv=3).fit(X_train, y_train)
+    ours = cv_scores(local_run[1])
+    theirs = {
+        json.dumps(p): s
+        for p, s in zip(reference.cv_results_["params"], reference.cv_results_["mean_test_score"], strict=True)
+    }
+    assert ours.keys() == theirs.keys()
+    for params, score in theirs.items():
+        assert ours[params] == pytest.approx(score, abs=1e-12), params
+    assert BEST_LINE.removeprefix("Best parameters: ") == str(reference.best_params_)
+
+
+def test_local_run_writes_every_result_file(local_run):
+    _, folder = local_run
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "cv_results.csv",
+        "dask-report.html",
+        "heatmap.png",
+        "summary.json",
+    ]
+    with (folder / "cv_results.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 18
+    assert {
+        "param_C",
+        "param_gamma",
+        "param_class_weight",
+        "split0_test_score",
+        "mean_test_score",
+        "rank_test_score",
+    } <= rows[0].keys()
+    assert sorted(int(r["rank_test_score"]) for r in rows)[0] == 1
+    png = (folder / "heatmap.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert width > height > 300, "two panels side by side, C x gamma each"
+    html = (folder / "dask-report.html").read_text()
+    assert "Dask Performance Report" in html and "Task Stream" in html
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["best_params"] == {"C": 1, "class_weight": None, "gamma": 0.001}
+    assert summary["candidates"] == 18 and summary["splits"] == 3 and summary["seed"] == 0
+    assert summary["where"]["kind"] == "local" and summary["where"]["threads"] >= 1
+    assert set(summary["timings_seconds"]) == {"connect", "search", "total"}
+    assert 0.9 < summary["test_accuracy"] <= 1
+
+
+def test_local_cluster_listens_on_loopback_only():
+    """A laptop's cluster runs any code sent to it: nothing may listen beyond loopback."""
+    import argparse
+
+    import psutil
+
+    args = argparse.Namespace(stack=None, scheduler=None)
+    with connect_module.connect(args) as (client, where):
+        listening = [c.laddr for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        assert client.submit(sum, [1, 2]).result() == 3
+    assert listening, "the dashboard should be listening"
+    assert all(address.ip == "127.0.0.1" for address in listening), listening
+    assert where.kind == "local" and where.dashboard.startswith("http://127.0.0.1:")
+
+
+@pytest.fixture(scope="module")
+def loopback(tmp_path_factory):
+    cluster = loopback_cluster.start(tmp_path_factory.mktemp("loopback"))
+    yield cluster
+    cluster.stop()
+
+
+def test_remote_run_through_an_outputs_file(loopback, local_run, tmp_path):
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    run = run_experiment(
+        "--stack", "loopback", "--outputs", str(outputs), "--timeout", "60", "--results", "results", cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    assert "worker nodes: 2/2" in run.stderr
+    assert f"Dask dashboard: http://127.0.0.1:{loopback.dashboard_port}/status" in run.stdout
+    assert BEST_LINE in run.stdout
+    folder = only_run_folder(tmp_path / "results")
+    assert cv_scores(folder) == cv_scores(local_run[1]), "the cluster must find exactly what the laptop finds"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["where"] | {"threads": 2} == {
+        "kind": "remote", "scheduler": loopback.address, "dashboard": f"http://127.0.0.1:{loopback.dashboard_port}/status",
+        "worker_nodes": 2, "threads": 2, "stack": "loopback",
+    }  # fmt: skip
+
+
+def test_remote_run_with_scheduler_address_and_tls_files(loopback, tmp_path):
+    tls = loopback.tls_dir
+    run = run_experiment(
+        "--scheduler", loopback.address, "--tls-ca", str(tls / "ca.pem"), "--tls-cert", str(tls / "client.pem"),
+        "--tls-key", str(tls / "client.key"), "--workers", "2", "--timeout", "60", "--results", "results", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert BEST_LINE in run.stdout
+
+
+def test_stale_image_is_reported(loopback, tmp_path):
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    document = json.loads(outputs.read_text())
+    document["loopback"]["image_uri"] = document["loopback"]["image_uri"].rpartition(":")[0] + ":0000000000000000"
+    outputs.write_text(json.dumps(document))
+    run = run_experiment(
+        "--stack", "loopback", "--outputs", str(outputs), "--workers", "5", "--timeout", "1", cwd=tmp_path
+    )
+    assert "warning: the nodes run image 0000000000000000, built from other code than this checkout" in run.stderr
+    assert "run `cdktf deploy` to ship your changes" in run.stderr
+
+
+def test_client_tls_files_are_private_and_removed(tmp_path):
+    outputs = {"tls_ca_pem": "ca", "tls_client_cert_pem": "cert", "tls_client_key_pem": "key"}
+    with connect_module.private_tls_files(outputs) as paths:
+        for path in paths.values():
+            assert Path(path).stat().st_mode & 0o777 == 0o600
+        assert Path(paths["key"]).parent.stat().st_mode & 0o777 == 0o700
+        assert Path(paths["key"]).read_text() == "key"
+    assert not Path(paths["key"]).exists()
+
+
+def test_search_survives_a_lost_worker_node(tmp_path):
+    """A node dies (nanny and worker killed) a few fits into the search: same answer."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.svm import SVC
+
+    from experiments.svc_digits import PARAM_GRID
+
+    X, y = load_digits(return_X_y=True)
+    X_train, _, y_train, _ = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    cluster = loopback_cluster.start(tmp_path)
+    try:
+        security = connect_module.security_for(
+            *(str(cluster.tls_dir / f) for f in ("ca.pem", "client.pem", "client.key"))
+        )
+        from distributed import Client
+
+        with Client(cluster.address, security=security, timeout="30s") as client:
+            connect_module.wait_for_nodes(client, 2, 60, lambda *_: None)
+            undisturbed = grid_search(client, SVC(kernel="rbf"), PARAM_GRID, X_train, y_train, cv=3)
+            done = []
+            killed = threading.Event()
+
+            def progress(n: int) -> None:
+                done.append(n)
+                if len(done) == 10 and not killed.is_set():
+                    cluster.kill("worker-127.0.0.3")
+                    killed.set()
+
+            disturbed = grid_search(client, SVC(kernel="rbf"), PARAM_GRID, X_train, y_train, cv=3, on_progress=progress)
+            assert killed.is_set() and len(done) == 54
+            assert connect_module.worker_nodes(client) == 1, "the killed node must really be gone"
+    finally:
+        cluster.stop()
+    assert disturbed.best_params == undisturbed.best_params
+    assert disturbed.best_score == undisturbed.best_score
+    np.testing.assert_array_equal(disturbed.test_scores, undisturbed.test_scores)
+
+
+# ---- what a user can get wrong: one line, exit status 2, no traceback ----
+
+
+def assert_one_line_error(run: subprocess.CompletedProcess, expected: str) -> None:
+    assert run.returncode == 2, run.stdout + run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in run.stderr
+
+
+def test_no_outputs_file(tmp_path):
+    run = run_experiment("--stack", "dask", cwd=tmp_path)
+    assert_one_line_error(
+        run, "outputs.json: not found; deploy first with `cdktf deploy dask --outputs-file outputs.json"
+    )
+
+
+def test_unknown_stack(loopback, tmp_path):
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    run = run_experiment("--stack", "big", "--outputs", str(outputs), cwd=tmp_path)
+    assert_one_line_error(run, "no stack named 'big' (stacks found: loopback)")
+
+
+def test_outputs_file_missing_a_key(loopback, tmp_path):
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    document = json.loads(outputs.read_text())
+    del document["loopback"]["tls_client_key_pem"]
+    outputs.write_text(json.dumps(document))
+    run = run_experiment("--stack", "loopback", "--outputs", str(outputs), cwd=tmp_path)
+    assert_one_line_error(
+        run,
+        "has no output 'tls_client_key_pem'; redeploy with `cdktf deploy loopback --outputs-file outputs.json --outputs-file-include-sensitive-outputs` (sensitive outputs need",
+    )
+
+
+def test_scheduler_unreachable_within_the_timeout(loopback, tmp_path):
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    document = json.loads(outputs.read_text())
+    address = f"tls://127.0.0.1:{loopback_cluster.free_port()}"
+    document["loopback"]["scheduler_address"] = address
+    outputs.write_text(json.dumps(document))
+    run = run_experiment("--stack", "loopback", "--outputs", str(outputs), "--timeout", "2", cwd=tmp_path)
+    assert_one_line_error(
+        run, f"{address}: scheduler not reachable within 2 s; is the cluster up, and is your address in allowed_cidrs?"
+    )
+
+
+def test_tls_rejected(loopback, tmp_path):
+    strangers = loopback_cluster.make_tls(tmp_path / "other-ca")
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    document = json.loads(outputs.read_text())
+    document["loopback"].update(
+        tls_ca_pem=strangers["ca.pem"],
+        tls_client_cert_pem=strangers["client.pem"],
+        tls_client_key_pem=strangers["client.key"],
+    )
+    outputs.write_text(json.dumps(document))
+    run = run_experiment("--stack", "loopback", "--outputs", str(outputs), "--timeout", "10", cwd=tmp_path)
+    assert_one_line_error(run, f"{loopback.address}: TLS rejected (")
+
+
+def test_too_few_workers_within_the_timeout(loopback, tmp_path):
+    outputs = loopback.outputs_file(tmp_path / "outputs.json", workers=3)
+    run = run_experiment("--stack", "loopback", "--outputs", str(outputs), "--timeout", "3", cwd=tmp_path)
+    assert run.returncode == 2
+    assert "worker nodes: 2/3" in run.stderr, "the user sees how many arrived"
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: only 2 of 3 worker nodes joined within 3 s; check the worker group in the AWS console, or pass --workers/--timeout"
+    )
+
+
+def test_missing_tls_files_with_a_scheduler_address(tmp_path):
+    run = run_experiment("--scheduler", "tls://127.0.0.1:8786", "--tls-ca", "ca.pem", cwd=tmp_path)
+    assert_one_line_error(run, "--tls-cert, --tls-key: required with the other TLS options")
+
+
+def test_version_mismatches_are_named():
+    def packages(**changes):
+        base = {
+            "python": "3.11.7.final.0",
+            "dask": "2026.8.0",
+            "distributed": "2026.8.0",
+            "sklearn": "1.9.1",
+            "numpy": "2.4.6",
+            "cloudpickle": "3.1.3",
+        }
+        return {"packages": base | changes}
+
+    versions = {
+        "client": packages(),
+        "scheduler": packages(python="3.11.14.final.0"),  # a patch release pickles alike
+        "workers": {
+            "tls://10.0.0.5:40000": packages(numpy="2.3.0", sklearn="1.8.0"),
+            "tls://10.0.0.6:40000": packages(numpy="2.3.0"),
+        },
+    }
+    assert connect_module.version_mismatches(versions) == [
+        "scikit-learn: client 1.9.1, tls://10.0.0.5:40000 1.8.0",
+        "numpy: client 2.4.6, tls://10.0.0.5:40000 2.3.0 (and 1 more)",
+    ]
+    versions["scheduler"] = packages(python="3.12.1.final.0")
+    assert connect_module.version_mismatches(versions)[0] == "python: client 3.11, scheduler 3.12"
+
+
+def test_matching_versions_pass_on_a_real_cluster(loopback):
+    from distributed import Client
+
+    security = connect_module.security_for(*(str(loopback.tls_dir / f) for f in ("ca.pem", "client.pem", "client.key")))
+    with Client(loopback.address, security=security, timeout="30s") as client:
+        connect_module.wait_for_nodes(client, 2, 60, lambda *_: None)
+        connect_module.check_versions(client)  # raises ClusterError on any difference
