@@ -95,6 +95,7 @@ def scheduler_variables(settings: ClusterSettings, image_uri: str, registry: str
         **_common(settings, "scheduler", image_uri, registry),
         "dashboard_port": DASHBOARD_PORT,
         "idle_timeout_minutes": settings.idle_timeout_minutes,
+        "scheduler_spot": settings.scheduler_market == "spot",
         "scheduler_command": shlex.join(scheduler_command(settings)),
         "jupyter": settings.jupyter,
         "jupyter_port": JUPYTER_PORT,

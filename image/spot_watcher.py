@@ -1,0 +1,122 @@
+"""Spot interruption watcher, run on every node next to Dask.
+
+EC2 announces a spot interruption two minutes ahead in the instance metadata
+(`spot/instance-action`). On a worker node this retires the node's Dask workers at once:
+the scheduler copies their results to other workers and reschedules their running tasks,
+well inside the two minutes, and the Auto Scaling group's capacity rebalancing brings a
+replacement. On the scheduler node nothing can be saved: it logs a clear warning.
+
+    python spot_watcher.py --role worker --scheduler tls://10.0.1.5:8786 --tls-dir /etc/dask/tls
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import urllib.error
+import urllib.request
+
+METADATA_URL = "http://169.254.169.254"
+POLL_SECONDS = 5.0
+log = logging.getLogger("spot-watcher")
+
+
+class Metadata:
+    """Instance metadata over IMDSv2: a session token on every read."""
+
+    def __init__(self, base_url: str = METADATA_URL, timeout: float = 2.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def _token(self) -> str:
+        request = urllib.request.Request(
+            f"{self.base_url}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 (fixed http URL)
+            return response.read().decode()
+
+    def get(self, path: str) -> str | None:
+        """The value at meta-data/<path>, or None where there is none (HTTP 404)."""
+        request = urllib.request.Request(
+            f"{self.base_url}/latest/meta-data/{path}", headers={"X-aws-ec2-metadata-token": self._token()}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                return response.read().decode()
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return None
+            raise
+
+
+def wait_for_notice(metadata: Metadata, interval: float = POLL_SECONDS) -> dict:
+    """Poll until EC2 announces an interruption; returns the notice ({"action", "time"})."""
+    while True:
+        try:
+            notice = metadata.get("spot/instance-action")
+        except OSError as error:  # metadata briefly unavailable: keep watching
+            log.warning("instance metadata not reachable (%s); retrying", error)
+            notice = None
+        if notice:
+            return json.loads(notice)
+        time.sleep(interval)
+
+
+def retire_local_workers(scheduler: str, security, host: str, timeout: float = 60.0) -> list[str]:
+    """Gracefully retire every Dask worker of this host; returns their addresses."""
+    from distributed import Client
+    from distributed.comm.addressing import get_address_host
+
+    with Client(scheduler, security=security, timeout=f"{timeout}s") as client:
+        workers = [w for w in client.scheduler_info(n_workers=-1)["workers"] if get_address_host(w) == host]
+        if workers:
+            # Moves their in-memory results to peers; running tasks go back to the queue.
+            client.retire_workers(workers=workers, close_workers=True)
+        return workers
+
+
+def security_from(tls_dir: str, role: str):
+    from distributed.security import Security
+
+    return Security(
+        tls_ca_file=f"{tls_dir}/ca.pem",
+        tls_client_cert=f"{tls_dir}/{role}.pem",
+        tls_client_key=f"{tls_dir}/{role}.key",
+        require_encryption=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--role", choices=["scheduler", "worker"], required=True)
+    parser.add_argument("--scheduler", help="the scheduler's address (workers only)")
+    parser.add_argument("--tls-dir", default="/etc/dask/tls")
+    parser.add_argument("--metadata-url", default=METADATA_URL)
+    parser.add_argument("--interval", type=float, default=POLL_SECONDS)
+    args = parser.parse_args(argv)
+    if args.role == "worker" and not args.scheduler:
+        parser.error("--scheduler is required for workers")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s spot-watcher: %(message)s", stream=sys.stdout)
+
+    metadata = Metadata(args.metadata_url)
+    log.info("watching for spot interruption notices every %g s", args.interval)
+    notice = wait_for_notice(metadata, args.interval)
+    log.warning("spot interruption notice: %s at %s", notice.get("action"), notice.get("time"))
+    if args.role == "scheduler":
+        log.warning(
+            "this is the scheduler: the cluster and any running search end with it at %s; "
+            "choose scheduler_market: on-demand for searches that must not be lost",
+            notice.get("time"),
+        )
+        return 0
+    host = metadata.get("local-ipv4")
+    retired = retire_local_workers(args.scheduler, security_from(args.tls_dir, "worker"), host)
+    log.warning("retired %d Dask worker(s) of %s before the interruption: %s", len(retired), host, ", ".join(retired))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
