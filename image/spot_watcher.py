@@ -28,19 +28,21 @@ class Metadata:
     """Instance metadata over IMDSv2: a session token on every read."""
 
     def __init__(self, base_url: str = METADATA_URL, timeout: float = 2.0) -> None:
+        if not base_url.startswith("http://"):
+            raise ValueError(f"--metadata-url: must be an http:// URL, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
 
     def _token(self) -> str:
-        request = urllib.request.Request(
+        request = urllib.request.Request(  # noqa: S310 (http:// checked in __init__)
             f"{self.base_url}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}
         )
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 (fixed http URL)
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
             return response.read().decode()
 
     def get(self, path: str) -> str | None:
         """The value at meta-data/<path>, or None where there is none (HTTP 404)."""
-        request = urllib.request.Request(
+        request = urllib.request.Request(  # noqa: S310 (http:// checked in __init__)
             f"{self.base_url}/latest/meta-data/{path}", headers={"X-aws-ec2-metadata-token": self._token()}
         )
         try:

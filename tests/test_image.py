@@ -90,7 +90,9 @@ def test_every_copied_file_is_hashed_into_the_tag_and_allowed_by_dockerignore():
         if name == "COPY":
             source = args.split()[0].rstrip("/")
             assert (ROOT / source).exists(), f"COPY of a missing {source}"
-            assert source.split("/")[0] in IMAGE_INPUTS or source in IMAGE_INPUTS, f"{source} is not in the content hash"
+            assert source.split("/")[0] in IMAGE_INPUTS or source in IMAGE_INPUTS, (
+                f"{source} is not in the content hash"
+            )
             assert any(fnmatch.fnmatch(source, pattern) or source == pattern for pattern in allowed), (
                 f"{source} is excluded from the build context by .dockerignore"
             )

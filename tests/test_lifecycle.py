@@ -65,7 +65,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def watcher(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(WATCHER), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(WATCHER), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def test_worker_watcher_retires_its_node_gracefully_on_a_notice(tmp_path):
@@ -76,7 +78,9 @@ def test_worker_watcher_retires_its_node_gracefully_on_a_notice(tmp_path):
     cluster = loopback_cluster.start(tmp_path)
     metadata = FakeMetadata(local_ipv4="127.0.0.3")
     try:
-        security = connect_module.security_for(*(str(cluster.tls_dir / f) for f in ("ca.pem", "client.pem", "client.key")))
+        security = connect_module.security_for(
+            *(str(cluster.tls_dir / f) for f in ("ca.pem", "client.pem", "client.key"))
+        )
         with Client(cluster.address, security=security, timeout="30s") as client:
             connect_module.wait_for_nodes(client, 2, 60, lambda *_: None)
             doomed = next(w for w in client.scheduler_info(n_workers=-1)["workers"] if "127.0.0.3" in w)
@@ -125,7 +129,9 @@ def test_scheduler_watcher_warns_that_the_search_is_lost():
 
 def test_watcher_keeps_watching_through_metadata_outages(tmp_path):
     """No metadata service at all: the watcher logs and keeps polling rather than dying."""
-    process = watcher("--role", "scheduler", "--metadata-url", f"http://127.0.0.1:{loopback_cluster.free_port()}", "--interval", "0.2")
+    process = watcher(
+        "--role", "scheduler", "--metadata-url", f"http://127.0.0.1:{loopback_cluster.free_port()}", "--interval", "0.2"
+    )
     try:
         time.sleep(2)
         assert process.poll() is None
@@ -145,7 +151,9 @@ def test_scheduler_exits_after_the_idle_timeout(tmp_path):
 
     cluster = loopback_cluster.start(tmp_path, workers=("127.0.0.2",), idle_timeout_minutes=1)
     try:
-        security = connect_module.security_for(*(str(cluster.tls_dir / f) for f in ("ca.pem", "client.pem", "client.key")))
+        security = connect_module.security_for(
+            *(str(cluster.tls_dir / f) for f in ("ca.pem", "client.pem", "client.key"))
+        )
         with Client(cluster.address, security=security, timeout="30s") as client:
             assert client.submit(sum, [1, 2, 3]).result() == 6
         finished = time.monotonic()

@@ -30,7 +30,7 @@ def with_sample_values(expression: str) -> str:
     return re.sub(r"assets/userdata/[0-9A-F]+/", f"{userdata.TEMPLATE_DIR.as_posix()}/", expression)
 
 
-@pytest.fixture(scope="module", params=["default", "custom"])
+@pytest.fixture(scope="module", params=["default", "ondemand", "custom"])
 def rendered(request, synthesized, tmp_path_factory) -> dict[str, str]:
     """The scheduler's and the workers' user-data of one variant, rendered by Terraform."""
     doc = synthesized[request.param]
@@ -139,3 +139,94 @@ def test_templates_are_all_rendered(rendered):
     for role in ("scheduler", "worker"):
         leftover = re.findall(r"\$\{[a-z_]+\}|%\{", rendered[role])
         assert not leftover, f"unrendered template syntax: {leftover}"
+
+
+# ---- the lifecycle subcommands, run for real by bash with stand-ins for aws, docker, curl ----
+
+STUBS = {
+    # IMDSv2: a token for the PUT, then values; 404 (curl -f exits 22) where EC2 has none.
+    "curl": """#!/bin/bash
+echo "curl $*" >>"$CALLS"
+case "$*" in
+  *"-X PUT"*) echo token ;;
+  *placement/region*) echo eu-central-1 ;;
+  *spot/instance-action*) [[ -n ${SPOT_NOTICE:-} ]] && echo "$SPOT_NOTICE" || exit 22 ;;
+  *) exit 22 ;;
+esac
+""",
+    "aws": '#!/bin/bash\necho "aws $*" >>"$CALLS"\n',
+    "systemctl": '#!/bin/bash\necho "systemctl $*" >>"$CALLS"\n',
+    "docker": """#!/bin/bash
+echo "docker $*" >>"$CALLS"
+case "$*" in
+  *State.Status*) echo "$DOCKER_STATE" ;;
+  *State.ExitCode*) echo "$DOCKER_EXIT" ;;
+esac
+""",
+}
+
+
+def run_subcommand(rendered, role: str, tmp_path, *args: str, **env: str) -> list[str]:
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    for name, text in STUBS.items():
+        (stubs / name).write_text(text)
+        (stubs / name).chmod(0o755)
+    calls, log = tmp_path / "calls", tmp_path / "node.log"
+    calls.touch()
+    environment = {"PATH": f"{stubs}:/usr/bin:/bin", "CALLS": str(calls), "DASK_NODE_LOG": str(log), **env}
+    run = subprocess.run(
+        ["bash", f"{rendered['folder']}/{role}.sh", *args], env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr + log.read_text()
+    return calls.read_text().splitlines() + ["LOG: " + line for line in log.read_text().splitlines()]
+
+
+SCALE_TO_ZERO = "aws autoscaling set-desired-capacity --region eu-central-1 --auto-scaling-group-name dask-{variant}-workers --desired-capacity 0"
+
+
+@pytest.mark.parametrize("role", ["scheduler", "worker"])
+def test_lifetime_cap_scales_workers_to_zero_and_powers_off(rendered, role, tmp_path):
+    hours = 12
+    assert f"--on-active={hours * 60}m" in rendered[role], "the lifetime cap timer is armed at boot"
+    calls = run_subcommand(rendered, role, tmp_path, "stop", "lifetime cap reached")
+    commands = [c for c in calls if not c.startswith(("curl", "LOG"))]
+    assert commands == [SCALE_TO_ZERO.format(variant=rendered["variant"]), "systemctl poweroff"]
+    assert any("stopping this node: lifetime cap reached" in c for c in calls)
+    token_reads = [c for c in calls if c.startswith("curl") and "meta-data" in c]
+    assert token_reads and all("X-aws-ec2-metadata-token: token" in c for c in token_reads)
+
+
+def test_scheduler_end_scales_workers_to_zero_and_powers_off(rendered, tmp_path):
+    calls = run_subcommand(rendered, "scheduler", tmp_path, "watch", DOCKER_STATE="exited", DOCKER_EXIT="0")
+    commands = [c for c in calls if c.startswith(("aws", "systemctl"))]
+    assert commands == [SCALE_TO_ZERO.format(variant=rendered["variant"]), "systemctl poweroff"]
+    assert any("scheduler ended (exited, exit code 0)" in c for c in calls)
+
+
+def test_worker_whose_scheduler_is_gone_ends_the_group(rendered, tmp_path):
+    calls = run_subcommand(rendered, "worker", tmp_path, "watch", DOCKER_STATE="exited", DOCKER_EXIT="0")
+    commands = [c for c in calls if c.startswith(("aws", "systemctl"))]
+    assert commands == [SCALE_TO_ZERO.format(variant=rendered["variant"]), "systemctl poweroff"]
+    assert any(f"scheduler gone for {userdata.DEATH_TIMEOUT_SECONDS} s" in c for c in calls)
+
+
+def test_interrupted_or_crashed_worker_stops_only_its_node(rendered, tmp_path):
+    notice = json.dumps({"action": "terminate", "time": "2026-11-26T12:00:00Z"})
+    calls = run_subcommand(
+        rendered, "worker", tmp_path, "watch", DOCKER_STATE="exited", DOCKER_EXIT="0", SPOT_NOTICE=notice
+    )
+    assert [c for c in calls if c.startswith(("aws", "systemctl"))] == ["systemctl poweroff"]
+    assert any("spot interruption" in c for c in calls)
+    (tmp_path / "calls").unlink()
+    calls = run_subcommand(rendered, "worker", tmp_path, "watch", DOCKER_STATE="exited", DOCKER_EXIT="137")
+    assert [c for c in calls if c.startswith(("aws", "systemctl"))] == ["systemctl poweroff"]
+    assert any("Dask worker failed (exited, exit code 137); the group replaces this node" in c for c in calls)
+
+
+def test_spot_watcher_runs_where_interruptions_can_happen(rendered):
+    assert "python /opt/dask/spot_watcher.py --role worker --scheduler 'tls://172.31.7.42:8786'" in rendered["worker"]
+    assert "start_spot_watcher ||" in rendered["worker"]
+    assert "python /opt/dask/spot_watcher.py --role scheduler" in rendered["scheduler"]
+    started = "  start_spot_watcher ||" in rendered["scheduler"]
+    assert started == (rendered["variant"] != "ondemand"), "the scheduler's watcher runs on spot schedulers only"
