@@ -30,6 +30,7 @@ from pathlib import Path
 
 DEFAULT_OUTPUTS = Path("outputs.json")
 DEPLOY_HINT = "cdktf deploy {stack} --outputs-file outputs.json --outputs-file-include-sensitive-outputs"
+COST_OUTPUTS = ("region", "worker_instance_types", "scheduler_instance_type", "scheduler_market")
 REQUIRED_OUTPUTS = (
     "scheduler_address",
     "dashboard_url",
@@ -56,6 +57,8 @@ class Where:
     worker_nodes: int
     threads: int
     stack: str | None = None
+    # Region, instance types and scheduler market from the stack's outputs, to price the run.
+    cost_basis: dict | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -245,12 +248,15 @@ def connect(args: argparse.Namespace) -> Iterator[tuple[object, Where]]:
             console(warning)
         with private_tls_files(outputs) as tls:
             security = security_for(tls["ca"], tls["cert"], tls["key"])
+            # Stacks deployed before the cost outputs existed still run; they are just not priced.
+            cost_basis = {k: outputs[k] for k in COST_OUTPUTS} if all(k in outputs for k in COST_OUTPUTS) else None
             yield from _remote(
-                outputs["scheduler_address"], security, expected, args.timeout, args.stack, outputs["dashboard_url"]
-            )
+                outputs["scheduler_address"], security, expected, args.timeout, args.stack, outputs["dashboard_url"],
+                cost_basis,
+            )  # fmt: skip
     else:
         security = security_for(args.tls_ca, args.tls_cert, args.tls_key)
-        yield from _remote(args.scheduler, security, args.workers or 1, args.timeout, None, None)
+        yield from _remote(args.scheduler, security, args.workers or 1, args.timeout, None, None, None)
 
 
 def _local() -> Iterator[tuple[object, Where]]:
@@ -278,7 +284,13 @@ def _local() -> Iterator[tuple[object, Where]]:
 
 
 def _remote(
-    address: str, security, expected: int, timeout: float, stack: str | None, dashboard: str | None
+    address: str,
+    security,
+    expected: int,
+    timeout: float,
+    stack: str | None,
+    dashboard: str | None,
+    cost_basis: dict | None,
 ) -> Iterator[tuple[object, Where]]:
     from distributed import Client
 
@@ -290,7 +302,7 @@ def _remote(
         info = client.scheduler_info(n_workers=-1)
         threads = sum(w["nthreads"] for w in info["workers"].values())
         dashboard = dashboard or client.dashboard_link
-        yield client, Where("remote", address, dashboard, worker_nodes(client), threads, stack)
+        yield client, Where("remote", address, dashboard, worker_nodes(client), threads, stack, cost_basis)
 
 
 def run(main: Callable[[], int | None]) -> None:

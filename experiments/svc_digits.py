@@ -12,7 +12,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/svc_digits.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments import cluster, report
+from experiments import cluster, cost, report
 from experiments.search import grid_search
 
 PARAM_GRID = {"C": [1e-4, 1, 1e4], "gamma": [1e-3, 1, 1e3], "class_weight": [None, "balanced"]}
@@ -59,6 +59,9 @@ def main() -> int:
         heatmap.result()
     timings = {"connect": connected - started, "search": searched - connected, "total": time.perf_counter() - started}
     fields = report.summary_fields(result, where, timings, seed=args.seed, test_accuracy=test_accuracy)
+    if estimate := cost.for_where(where, searched - connected):
+        fields["cost"] = estimate
+        print(cost.summary_line(estimate))
     report.write_summary(run / report.SUMMARY, **fields)
     print(f"Results in {run}")
     return 0

@@ -6,11 +6,14 @@ from cdktf import (
     AssetType,
     Fn,
     TerraformAsset,
+    TerraformIterator,
     TerraformOutput,
     TerraformStack,
     TerraformVariable,
     TerraformVariableValidationConfig,
+    Token,
 )
+from cdktf_cdktf_provider_aws.data_aws_ec2_spot_price import DataAwsEc2SpotPrice, DataAwsEc2SpotPriceFilter
 from cdktf_cdktf_provider_aws.data_aws_ssm_parameter import DataAwsSsmParameter
 from cdktf_cdktf_provider_aws.provider import AwsProvider, AwsProviderDefaultTags
 from cdktf_cdktf_provider_tls.provider import TlsProvider
@@ -36,6 +39,27 @@ def _hcl(pattern: str) -> str:
 
 def default_tags(settings: ClusterSettings) -> dict[str, str]:
     return {"Project": "dask-spot-cluster", "DaskCluster": settings.name, "ManagedBy": "cdktf", **settings.tags}
+
+
+def hourly_cost_estimate(
+    scope: Construct, settings: ClusterSettings, workers: TerraformVariable, instance_types: TerraformVariable
+) -> str:
+    """A Terraform expression: what the cluster costs per hour at today's spot prices."""
+    types = TerraformIterator.from_list(instance_types.list_value)
+    linux = [DataAwsEc2SpotPriceFilter(name="product-description", values=["Linux/UNIX"])]
+    worker_prices = DataAwsEc2SpotPrice(
+        scope, "worker-spot-prices", for_each=types, instance_type=Token.as_string(types.value), filter=linux
+    )
+    per_worker = (
+        f"max([for p in data.aws_ec2_spot_price.{worker_prices.friendly_unique_id} : tonumber(p.spot_price)]...)"
+    )
+    scheduler = "0"
+    if settings.scheduler_market == "spot":
+        price = DataAwsEc2SpotPrice(
+            scope, "scheduler-spot-price", instance_type=settings.scheduler_instance_type, filter=linux
+        )
+        scheduler = f"tonumber(data.aws_ec2_spot_price.{price.friendly_unique_id}.spot_price)"
+    return f'${{format("%.3f", var.{workers.friendly_unique_id} * {per_worker} + {scheduler})}}'
 
 
 class DaskClusterStack(TerraformStack):
@@ -93,6 +117,15 @@ class DaskClusterStack(TerraformStack):
             "worker_group_name": (workers_group.group.name, "Auto Scaling group of the workers"),
             "workers": (workers.number_value, "Desired number of worker nodes"),
             "region": (settings.region, "AWS region"),
+            # What experiments need to price a run (experiments/cost.py).
+            "worker_instance_types": (instance_types.list_value, "Instance types the workers may run on"),
+            "scheduler_instance_type": (settings.scheduler_instance_type, "Instance type of the scheduler"),
+            "scheduler_market": (settings.scheduler_market, "spot or on-demand"),
+            "estimated_hourly_cost_usd": (
+                hourly_cost_estimate(self, settings, workers, instance_types),
+                "Current spot prices: workers at the dearest allowed type, plus a spot scheduler "
+                "(an on-demand scheduler is not included)",
+            ),
         }
         for name, (value, description) in outputs.items():
             TerraformOutput(self, name, value=value, description=description)
@@ -127,7 +160,7 @@ class DaskClusterStack(TerraformStack):
         )
         instance_types = TerraformVariable(
             self,
-            "worker_instance_types",
+            "worker-instance-types-variable",
             type="list(string)",
             default=list(settings.worker_instance_types),
             description="Interchangeable x86_64 instance types for the workers",
@@ -170,6 +203,7 @@ class DaskClusterStack(TerraformStack):
                 )
             ],
         )
-        # The output of the same name exists too; construct ids must differ, Terraform names need not.
+        # Outputs of the same names exist too; construct ids must differ, Terraform names need not.
         workers.override_logical_id("workers")
+        instance_types.override_logical_id("worker_instance_types")
         return workers, instance_types, spot_price

@@ -20,6 +20,31 @@ from . import loopback_cluster
 from .conftest import ROOT
 
 SCRIPT = ROOT / "experiments" / "svc_digits.py"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def aws_on_loopback():
+    """EC2's API played by moto on loopback: runs price themselves against it, never against AWS."""
+    import os
+
+    from moto.server import ThreadedMotoServer
+
+    port = loopback_cluster.free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing"
+    )
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
 BEST_LINE = "Best parameters: {'C': 1, 'class_weight': None, 'gamma': 0.001}"
 
 
@@ -147,10 +172,17 @@ def test_remote_run_through_an_outputs_file(loopback, local_run, tmp_path):
     folder = only_run_folder(tmp_path / "results")
     assert cv_scores(folder) == cv_scores(local_run[1]), "the cluster must find exactly what the laptop finds"
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["where"] | {"threads": 2} == {
+    assert summary["where"] == {
         "kind": "remote", "scheduler": loopback.address, "dashboard": f"http://127.0.0.1:{loopback.dashboard_port}/status",
         "worker_nodes": 2, "threads": 2, "stack": "loopback",
+        "cost_basis": {"region": "us-east-1", "worker_instance_types": ["c6i.xlarge", "c5.xlarge"], "scheduler_instance_type": "m6i.large", "scheduler_market": "spot"},
     }  # fmt: skip
+    # Priced against moto's EC2 (it quotes every type at USD 0.00001 an hour).
+    cost = summary["cost"]
+    search_hours = summary["timings_seconds"]["search"] / 3600
+    assert cost["node_hours"] == pytest.approx(3 * search_hours, rel=0.01, abs=1e-4)
+    assert cost["worker_price_usd_per_hour"] == 0.00001 and cost["scheduler_price_usd_per_hour"] == 0.00001
+    assert "Cost: " in run.stdout and "node-hours, about USD" in run.stdout
 
 
 def test_remote_run_with_scheduler_address_and_tls_files(loopback, tmp_path):

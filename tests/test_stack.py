@@ -14,6 +14,8 @@ from stacks.content import image_content_hash
 OUTPUTS = {
     "scheduler_address", "scheduler_private_address", "dashboard_url", "image_uri", "ecr_repository_url",
     "worker_group_name", "workers", "region", "tls_ca_pem", "tls_client_cert_pem", "tls_client_key_pem",
+    # Added for cost figures: what a run needs to price itself, and the cluster's hourly estimate.
+    "worker_instance_types", "scheduler_instance_type", "scheduler_market", "estimated_hourly_cost_usd",
 }  # fmt: skip
 SENSITIVE = {"tls_ca_pem", "tls_client_cert_pem", "tls_client_key_pem"}
 
@@ -48,7 +50,7 @@ def test_no_absolute_paths_or_timestamps(synthesized):
 def test_outputs_follow_the_contract(synthesized):
     for variant, doc in synthesized.items():
         outputs = doc["output"]
-        assert set(outputs) == OUTPUTS, f"{variant}: outputs differ from shared/DESIGN.md"
+        assert set(outputs) == OUTPUTS, f"{variant}: outputs differ from shared/DESIGN.md and the cost outputs"
         for name in SENSITIVE:
             assert outputs[name].get("sensitive") is True, f"{variant}: {name} must be sensitive"
         for name in OUTPUTS - SENSITIVE:
@@ -297,3 +299,32 @@ def test_several_clusters_do_not_collide(synthesized):
             name = only(doc, kind)["name"]
             assert name not in names, f"{variant} and {names.get(name)} both name a {kind} {name}"
             names[name] = variant
+
+
+@pytest.mark.parametrize(("variant", "expected"), [("default", "0.350"), ("ondemand", "0.480")])
+def test_hourly_cost_estimate_evaluates_in_terraform(variant, expected, synthesized, tmp_path):
+    """The output's expression, run by real Terraform with today's spot prices as literals:
+    workers at the dearest allowed type, plus the scheduler when it is spot."""
+    import subprocess
+
+    from .test_deploy_time_variables import terraform_env
+
+    doc = synthesized[variant]
+    expression = doc["output"]["estimated_hourly_cost_usd"]["value"]
+    worker_prices = {t: {"spot_price": "0.09"} for t in doc["variable"]["worker_instance_types"]["default"]}
+    worker_prices["c6i.xlarge"] = {"spot_price": "0.12"}
+    expression = re.sub(
+        r"data\.aws_ec2_spot_price\.worker-spot-prices\b", json.dumps(worker_prices).replace(":", " ="), expression
+    )
+    expression = expression.replace("data.aws_ec2_spot_price.scheduler-spot-price.spot_price", '"0.11"')
+    variables = {"workers": doc["variable"]["workers"]}
+    (tmp_path / "main.tf.json").write_text(
+        json.dumps({"variable": variables, "output": {"cost": {"value": expression}}})
+    )
+    env = terraform_env(tmp_path)
+    for command in (["init", "-input=false"], ["apply", "-auto-approve", "-input=false"]):
+        subprocess.run(["terraform", *command], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+    value = subprocess.run(
+        ["terraform", "output", "-raw", "cost"], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
+    )
+    assert value.stdout == expected  # default: 2 x 0.12 + 0.11; ondemand: 4 x 0.12, scheduler not priced

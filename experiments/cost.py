@@ -1,0 +1,99 @@
+"""What a remote run cost: node-hours, priced at the current spot prices of the cluster's types.
+
+An estimate, not a bill: it assumes the Auto Scaling group's price-capacity-optimized choice
+pays about the average of the allowed types' lowest current prices, and it prices an
+on-demand scheduler at nothing it can look up (EC2's spot API has no on-demand prices).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+from statistics import mean
+
+
+def lowest_spot_prices(ec2, instance_types: Iterable[str]) -> dict[str, float]:
+    """The lowest current Linux spot price, across availability zones, of each instance type."""
+    types = sorted(set(instance_types))
+    now = datetime.datetime.now(datetime.UTC)
+    prices: dict[str, float] = {}
+    pages = ec2.get_paginator("describe_spot_price_history").paginate(
+        InstanceTypes=types, ProductDescriptions=["Linux/UNIX"], StartTime=now
+    )
+    for page in pages:
+        for entry in page["SpotPriceHistory"]:
+            price = float(entry["SpotPrice"])
+            kind = entry["InstanceType"]
+            prices[kind] = min(price, prices.get(kind, price))
+    return prices
+
+
+def estimate(
+    *,
+    prices: dict[str, float],
+    worker_types: list[str],
+    scheduler_type: str,
+    scheduler_market: str,
+    worker_nodes: int,
+    seconds: float,
+) -> dict:
+    """Node-hours of a run and their estimated cost in USD."""
+    hours = seconds / 3600
+    known = [prices[t] for t in worker_types if t in prices]
+    worker_price = mean(known) if known else None
+    scheduler_price = prices.get(scheduler_type) if scheduler_market == "spot" else None
+    cost = (worker_price or 0) * worker_nodes * hours + (scheduler_price or 0) * hours
+    notes = []
+    if worker_price is None:
+        notes.append("no spot price found for the worker types")
+    if scheduler_market != "spot":
+        notes.append("the on-demand scheduler is not included")
+    return {
+        "node_hours": round((worker_nodes + 1) * hours, 4),
+        "worker_node_hours": round(worker_nodes * hours, 4),
+        "estimated_cost_usd": round(cost, 4),
+        "worker_price_usd_per_hour": worker_price,
+        "scheduler_price_usd_per_hour": scheduler_price,
+        "notes": notes,
+    }
+
+
+def for_run(outputs: dict, worker_nodes: int, seconds: float, ec2=None) -> dict:
+    """The estimate of one run on a deployed stack; `ec2` is a boto3 EC2 client (one is made if None)."""
+    if ec2 is None:
+        import boto3
+
+        ec2 = boto3.client("ec2", region_name=outputs["region"])
+    worker_types = list(outputs["worker_instance_types"])
+    scheduler_type = outputs["scheduler_instance_type"]
+    prices = lowest_spot_prices(ec2, [*worker_types, scheduler_type])
+    return estimate(
+        prices=prices,
+        worker_types=worker_types,
+        scheduler_type=scheduler_type,
+        scheduler_market=outputs["scheduler_market"],
+        worker_nodes=worker_nodes,
+        seconds=seconds,
+    )
+
+
+def for_where(where, seconds: float) -> dict | None:
+    """The estimate of a run on a deployed stack, or why there is none; None for local runs."""
+    if where.kind != "remote" or where.cost_basis is None:
+        return None
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return for_run(where.cost_basis, where.worker_nodes, seconds)
+    except (BotoCoreError, ClientError) as error:
+        return {"error": f"not estimated: {error}"}
+
+
+def summary_line(estimate: dict) -> str:
+    if "error" in estimate:
+        return f"Cost: {estimate['error']}"
+    notes = f" ({'; '.join(estimate['notes'])})" if estimate["notes"] else ""
+    return (
+        f"Cost: {estimate['node_hours']:.3f} node-hours, about USD {estimate['estimated_cost_usd']:.4f} "
+        f"at current spot prices{notes}"
+    )

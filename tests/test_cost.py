@@ -1,0 +1,64 @@
+"""Cost figures of a run: spot prices from EC2 (moto plays it), node-hours, the estimate."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from experiments import cost
+
+
+@mock_aws
+def test_lowest_spot_prices_come_from_describe_spot_price_history(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    ec2 = boto3.client("ec2", region_name="eu-west-1")
+    prices = cost.lowest_spot_prices(ec2, ["c6i.xlarge", "c5.xlarge", "m6i.large", "c6i.xlarge"])
+    assert set(prices) == {"c6i.xlarge", "c5.xlarge", "m6i.large"}
+    assert all(price > 0 for price in prices.values())
+
+
+def test_estimate_prices_workers_at_the_average_and_a_spot_scheduler():
+    prices = {"c6i.xlarge": 0.08, "c5.xlarge": 0.06, "m6i.large": 0.04}
+    estimate = cost.estimate(
+        prices=prices, worker_types=["c6i.xlarge", "c5.xlarge"], scheduler_type="m6i.large",
+        scheduler_market="spot", worker_nodes=4, seconds=1800,
+    )  # fmt: skip
+    assert estimate["node_hours"] == 2.5  # (4 workers + the scheduler) x half an hour
+    assert estimate["worker_node_hours"] == 2.0
+    assert estimate["estimated_cost_usd"] == pytest.approx(0.07 * 2.0 + 0.04 * 0.5)
+    assert estimate["notes"] == []
+
+
+def test_estimate_says_what_it_leaves_out():
+    estimate = cost.estimate(
+        prices={}, worker_types=["c6i.xlarge"], scheduler_type="m6i.large",
+        scheduler_market="on-demand", worker_nodes=2, seconds=3600,
+    )  # fmt: skip
+    assert estimate["estimated_cost_usd"] == 0
+    assert estimate["notes"] == ["no spot price found for the worker types", "the on-demand scheduler is not included"]
+    assert "(no spot price found for the worker types; the on-demand scheduler is not included)" in cost.summary_line(
+        estimate
+    )
+
+
+def test_missing_credentials_do_not_fail_the_run(monkeypatch, tmp_path):
+    from experiments.cluster import Where
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    basis = {
+        "region": "eu-west-1",
+        "worker_instance_types": ["c6i.xlarge"],
+        "scheduler_instance_type": "m6i.large",
+        "scheduler_market": "spot",
+    }
+    where = Where("remote", "tls://127.0.0.1:8786", None, 2, 8, "dask", basis)
+    estimate = cost.for_where(where, 60)
+    assert estimate == {"error": "not estimated: Unable to locate credentials"}
+    assert cost.summary_line(estimate) == "Cost: not estimated: Unable to locate credentials"
+    assert cost.for_where(Where("local", "inproc://", None, 1, 2), 60) is None
