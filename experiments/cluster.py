@@ -223,7 +223,7 @@ def stale_code_warning(image_uri: str) -> str | None:
         from stacks.content import image_content_hash
     except ImportError:  # experiments copied without the stacks package
         return None
-    deployed, local = image_uri.rpartition(":")[2], image_content_hash()
+    deployed, local = image_uri.rpartition(":")[2].removesuffix("-lab"), image_content_hash()
     if deployed == local:
         return None
     return (

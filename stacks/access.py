@@ -52,12 +52,12 @@ class NodeRole(Construct):
             role=self.role.name,
             policy_arn=f"arn:{partition}:iam::aws:policy/AmazonSSMManagedInstanceCore",
         )
-        parameters_arn = f"arn:{partition}:ssm:{settings.region}:{account}:parameter/{settings.tls_parameter_path}/*"
+        parameters_arn = f"arn:{partition}:ssm:{settings.region}:{account}:parameter/{settings.node_parameter_path}/*"
         IamRolePolicy(
             self,
             "pull-and-read",
             role=self.role.id,
-            name="pull-image-read-tls",
+            name="pull-image-read-secrets",
             policy=json.dumps(
                 {
                     "Version": "2012-10-17",
@@ -76,7 +76,7 @@ class NodeRole(Construct):
                             "Resource": repository_arn,
                         },
                         {
-                            "Sid": "ReadThisClusterTls",
+                            "Sid": "ReadThisClusterSecrets",
                             "Effect": "Allow",
                             "Action": ["ssm:GetParameter", "ssm:GetParameters"],
                             "Resource": parameters_arn,

@@ -21,8 +21,17 @@ from constructs import Construct
 
 from stacks import userdata
 from stacks.access import NodeRole
-from stacks.config import ARM_TYPE_RE, DASHBOARD_PORT, INSTANCE_TYPE_RE, PRICE_RE, SCHEDULER_PORT, ClusterSettings
+from stacks.config import (
+    ARM_TYPE_RE,
+    DASHBOARD_PORT,
+    INSTANCE_TYPE_RE,
+    JUPYTER_PORT,
+    PRICE_RE,
+    SCHEDULER_PORT,
+    ClusterSettings,
+)
 from stacks.image import ComputationImage
+from stacks.jupyter import JupyterToken
 from stacks.network import ClusterNetwork
 from stacks.nodes import NodeCommon, Scheduler, WorkerGroup
 from stacks.tls import ClusterTls
@@ -78,6 +87,7 @@ class DaskClusterStack(TerraformStack):
         role = NodeRole(self, "access", settings=settings, repository_arn=image.repository.arn)
         tls = ClusterTls(self, "tls-material", settings=settings)
         ami = DataAwsSsmParameter(self, "ami", name=AMI_PARAMETER)
+        jupyter = JupyterToken(self, "jupyter", settings=settings) if settings.jupyter else None
 
         price = spot_price.friendly_unique_id
         common = NodeCommon(
@@ -92,7 +102,7 @@ class DaskClusterStack(TerraformStack):
             spot_max_price=f'${{var.{price} == "" ? null : var.{price}}}',
             tags=tags,
             templates=TerraformAsset(self, "userdata", path=str(userdata.TEMPLATE_DIR), type=AssetType.DIRECTORY).path,
-            boot_after=[image.pushed, *tls.parameters],
+            boot_after=[image.pushed, *tls.parameters, *([jupyter.parameter] if jupyter else [])],
         )
         scheduler = Scheduler(self, "scheduler", common=common, subnet_id=network.scheduler_subnet_id)
         workers_group = WorkerGroup(
@@ -127,8 +137,14 @@ class DaskClusterStack(TerraformStack):
                 "(an on-demand scheduler is not included)",
             ),
         }
+        if jupyter:
+            outputs["jupyter_url"] = (f"http://{public_ip}:{JUPYTER_PORT}/lab", "JupyterLab on the scheduler node")
         for name, (value, description) in outputs.items():
             TerraformOutput(self, name, value=value, description=description)
+        if jupyter:
+            TerraformOutput(
+                self, "jupyter_token", value=jupyter.password.result, sensitive=True, description="JupyterLab token"
+            )
         secrets = {
             "tls_ca_pem": tls.ca.cert_pem,
             "tls_client_cert_pem": tls.client_cert.cert_pem,

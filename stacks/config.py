@@ -65,9 +65,9 @@ class ClusterSettings:
         return f"dask-{self.name}"
 
     @property
-    def tls_parameter_path(self) -> str:
-        """SSM path (no leading slash) of the nodes' TLS material; the node role reads only this."""
-        return f"{self.resource_prefix}/tls"
+    def node_parameter_path(self) -> str:
+        """SSM path (no leading slash) of the nodes' secrets: TLS material, Jupyter token."""
+        return f"{self.resource_prefix}/node"
 
 
 def _fail(where: str, message: str, value: Any) -> SettingsError:

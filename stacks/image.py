@@ -71,7 +71,8 @@ class ComputationImage(Construct):
                 )
             ],
         )
-        self.tag = image_content_hash()
+        # Clusters with JupyterLab get a larger image of their own: "<content hash>-lab".
+        self.tag = image_content_hash() + ("-lab" if settings.jupyter else "")
         # A function rather than an f-string: the URI is passed into templatefile, where cdktf
         # cannot resolve a token embedded in a literal string.
         self.uri = Fn.join(":", [self.repository.repository_url, self.tag])
@@ -84,6 +85,7 @@ class ComputationImage(Construct):
                 context=CONTEXT_FROM_STACK_DIR,
                 dockerfile="image/Dockerfile",
                 platform="linux/amd64",
+                build_args={"JUPYTER": "1" if settings.jupyter else "0"},
             ),
             platform="linux/amd64",
             triggers={"content": self.tag},

@@ -40,7 +40,7 @@ class ClusterTls(Construct):
             allowed_uses=["cert_signing", "crl_signing"],
         )
         self.client_key, self.client_cert = self._signed(settings, "client", ca_key)
-        prefix = settings.tls_parameter_path
+        prefix = settings.node_parameter_path
         self.parameters: list[SsmParameter] = [
             SsmParameter(
                 self,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from stacks.config import DASHBOARD_PORT, JUPYTER_PORT, SCHEDULER_PORT, ClusterSettings
 
+JUPYTER_TOKEN_PARAMETER = "jupyter.token"  # noqa: S105 (an SSM parameter name, not a token)
+
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "userdata"
 TLS_DIR = "/etc/dask/tls"  # on the node, mounted read-only at the same path in containers
 CONTAINER_UID = 10001  # the image's non-root user; it must be able to read its TLS key
@@ -81,7 +83,7 @@ def _common(settings: ClusterSettings, role: str, image_uri: str, registry: str)
         "cluster_name": settings.name,
         "image_uri": image_uri,
         "registry": registry,
-        "ssm_prefix": settings.tls_parameter_path,
+        "ssm_prefix": settings.node_parameter_path,
         "container_uid": CONTAINER_UID,
         "max_wait_seconds": MAX_WAIT_SECONDS,
         "max_lifetime_minutes": settings.max_lifetime_hours * 60,
@@ -99,6 +101,7 @@ def scheduler_variables(settings: ClusterSettings, image_uri: str, registry: str
         "scheduler_command": shlex.join(scheduler_command(settings)),
         "jupyter": settings.jupyter,
         "jupyter_port": JUPYTER_PORT,
+        "jupyter_token_parameter": f"/{settings.node_parameter_path}/{JUPYTER_TOKEN_PARAMETER}",
     }
 
 

@@ -50,11 +50,22 @@ def test_base_is_slim_official_python_of_the_pinned_minor_version():
     assert f"{sys.version_info.major}.{sys.version_info.minor}" == pinned, "the client must run the pinned Python too"
 
 
-def test_image_installs_exactly_the_pinned_file_without_resolution():
+def test_image_installs_exactly_the_pinned_files_without_resolution():
     runs = [args for name, args in instructions() if name == "RUN" and "pip install" in args]
-    assert runs == ["pip install --no-cache-dir --no-deps -r /opt/dask/requirements.txt && pip check"]
+    assert runs[0] == "pip install --no-cache-dir --no-deps -r /opt/dask/requirements.txt && pip check"
+    assert runs[1] == (
+        'if [ "$JUPYTER" = 1 ]; then pip install --no-cache-dir --no-deps -r /opt/dask/requirements-jupyter.txt '
+        "&& pip check; fi"
+    )
+    assert len(runs) == 2
     copies = [args for name, args in instructions() if name == "COPY"]
-    assert "image/requirements.txt /opt/dask/requirements.txt" in copies
+    assert "image/requirements.txt image/requirements-jupyter.txt /opt/dask/" in copies
+
+
+def test_jupyter_pins_add_to_the_runtime_pins_and_never_change_them():
+    jupyter = pins(ROOT / "image" / "requirements-jupyter.txt")
+    assert "jupyterlab" in jupyter
+    assert not jupyter.keys() & pins(PINS).keys(), "requirements-jupyter.txt must not re-pin a runtime package"
 
 
 def test_client_runs_exactly_the_image_pins():

@@ -17,7 +17,7 @@ OUTPUTS = {
     # Added for cost figures: what a run needs to price itself, and the cluster's hourly estimate.
     "worker_instance_types", "scheduler_instance_type", "scheduler_market", "estimated_hourly_cost_usd",
 }  # fmt: skip
-SENSITIVE = {"tls_ca_pem", "tls_client_cert_pem", "tls_client_key_pem"}
+SENSITIVE = {"tls_ca_pem", "tls_client_cert_pem", "tls_client_key_pem", "jupyter_token"}
 
 
 def only(doc: dict, kind: str) -> dict:
@@ -47,13 +47,14 @@ def test_no_absolute_paths_or_timestamps(synthesized):
     assert not re.search(r"20\d\d-\d\d-\d\dT\d\d:", text), "a timestamp makes snapshots machine-dependent"
 
 
-def test_outputs_follow_the_contract(synthesized):
+def test_outputs_follow_the_contract(synthesized, settings):
     for variant, doc in synthesized.items():
         outputs = doc["output"]
-        assert set(outputs) == OUTPUTS, f"{variant}: outputs differ from shared/DESIGN.md and the cost outputs"
-        for name in SENSITIVE:
+        expected = OUTPUTS | ({"jupyter_url", "jupyter_token"} if settings[variant].jupyter else set())
+        assert set(outputs) == expected, f"{variant}: outputs differ from shared/DESIGN.md, cost and Jupyter outputs"
+        for name in SENSITIVE & set(outputs):
             assert outputs[name].get("sensitive") is True, f"{variant}: {name} must be sensitive"
-        for name in OUTPUTS - SENSITIVE:
+        for name in set(outputs) - SENSITIVE:
             assert not outputs[name].get("sensitive"), f"{variant}: {name} should be readable"
     outputs = synthesized["default"]["output"]
     assert re.fullmatch(r"tls://\$\{aws_instance\.\w+\.public_ip\}:8786", outputs["scheduler_address"]["value"])
@@ -141,14 +142,14 @@ def test_node_role_has_only_what_a_node_needs(synthesized):
     )
     statements = [s for p in everything(doc, "aws_iam_role_policy") for s in policy(p)["Statement"]]
     by_sid = {s["Sid"]: s for s in statements}
-    assert set(by_sid) == {"EcrLogin", "PullThisClusterImage", "ReadThisClusterTls", "ScaleThisWorkerGroup"}
+    assert set(by_sid) == {"EcrLogin", "PullThisClusterImage", "ReadThisClusterSecrets", "ScaleThisWorkerGroup"}
     assert by_sid["EcrLogin"]["Action"] == "ecr:GetAuthorizationToken"
     assert by_sid["PullThisClusterImage"]["Resource"].startswith("${aws_ecr_repository.")
     assert not any(
         a.startswith("ecr:Put") or a.startswith("ecr:Delete") for a in by_sid["PullThisClusterImage"]["Action"]
     )
-    assert by_sid["ReadThisClusterTls"]["Resource"].endswith(":parameter/dask-default/tls/*")
-    assert set(by_sid["ReadThisClusterTls"]["Action"]) == {"ssm:GetParameter", "ssm:GetParameters"}
+    assert by_sid["ReadThisClusterSecrets"]["Resource"].endswith(":parameter/dask-default/node/*")
+    assert set(by_sid["ReadThisClusterSecrets"]["Action"]) == {"ssm:GetParameter", "ssm:GetParameters"}
     (group,) = doc["resource"]["aws_autoscaling_group"]
     assert by_sid["ScaleThisWorkerGroup"] == {
         "Sid": "ScaleThisWorkerGroup",
@@ -213,10 +214,10 @@ def test_node_keys_travel_through_secure_ssm_parameters(synthesized):
     doc = synthesized["default"]
     parameters = {p["name"]: p for p in everything(doc, "aws_ssm_parameter")}
     for role in ("scheduler", "worker"):
-        key = parameters[f"/dask-default/tls/{role}.key"]
+        key = parameters[f"/dask-default/node/{role}.key"]
         assert key["type"] == "SecureString"
         assert key["value"].startswith("${tls_private_key.")
-        assert parameters[f"/dask-default/tls/{role}.pem"]["value"].startswith("${tls_locally_signed_cert.")
+        assert parameters[f"/dask-default/node/{role}.pem"]["value"].startswith("${tls_locally_signed_cert.")
     assert "client.key" not in json.dumps(parameters), "the client key stays with the client"
     user_data = only(doc, "aws_instance")["user_data"] + only(doc, "aws_launch_template")["user_data"]
     assert "tls_private_key" not in user_data and "private_key_pem" not in user_data
@@ -328,3 +329,23 @@ def test_hourly_cost_estimate_evaluates_in_terraform(variant, expected, synthesi
         ["terraform", "output", "-raw", "cost"], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
     )
     assert value.stdout == expected  # default: 2 x 0.12 + 0.11; ondemand: 4 x 0.12, scheduler not priced
+
+
+def test_jupyter_only_where_asked_with_a_token_from_ssm(synthesized):
+    custom, default = synthesized["custom"], synthesized["default"]
+    assert "random_password" not in default["resource"] and "jupyter_url" not in default["output"]
+    assert only(default, "docker_image")["build"]["build_args"] == {"JUPYTER": "0"}
+
+    token = only(custom, "random_password")
+    assert token["length"] >= 32 and token["special"] is False
+    parameters = {p["name"]: p for p in everything(custom, "aws_ssm_parameter")}
+    parameter = parameters["/dask-custom/node/jupyter.token"]
+    assert parameter["type"] == "SecureString" and parameter["value"].startswith("${random_password.")
+    assert custom["output"]["jupyter_token"]["value"].startswith("${random_password.")
+    assert re.fullmatch(r"http://\$\{aws_instance\.\w+\.public_ip\}:8888/lab", custom["output"]["jupyter_url"]["value"])
+    build = only(custom, "docker_image")
+    assert build["build"]["build_args"] == {"JUPYTER": "1"}
+    assert build["name"].endswith('-lab"])}'), "a JupyterLab image is tagged apart from the plain one"
+    scheduler = only(custom, "aws_instance")
+    assert "random_password" not in scheduler["user_data"], "the token must not travel in user-data"
+    assert any(d.startswith("aws_ssm_parameter.jupyter_token-param") for d in scheduler["depends_on"])

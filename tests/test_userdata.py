@@ -118,7 +118,7 @@ def test_node_bootstrap_uses_imdsv2_instance_role_and_bounded_retries(rendered, 
     )
     assert "aws ecr get-login-password" in script and "--password-stdin" in script
     assert "get-login " not in script and "get-login\n" not in script, "the removed `aws ecr get-login`"
-    assert f'--name "/dask-{rendered["variant"]}/tls/$name"' in script and "--with-decryption" in script
+    assert f'--name "/dask-{rendered["variant"]}/node/$name"' in script and "--with-decryption" in script
     assert f"for name in ca.pem {role}.pem {role}.key" in script
     assert f"deadline=$(($(date +%s) + {userdata.MAX_WAIT_SECONDS}))" in script
     assert 'retry "image pull" docker pull' in script
@@ -230,3 +230,14 @@ def test_spot_watcher_runs_where_interruptions_can_happen(rendered):
     assert "python /opt/dask/spot_watcher.py --role scheduler" in rendered["scheduler"]
     started = "  start_spot_watcher ||" in rendered["scheduler"]
     assert started == (rendered["variant"] != "ondemand"), "the scheduler's watcher runs on spot schedulers only"
+
+
+def test_jupyter_starts_with_its_token_from_ssm_only_where_asked(rendered):
+    script = rendered["scheduler"]
+    started = "  start_jupyter ||" in script
+    assert started == (rendered["variant"] == "custom")
+    if started:
+        assert "--name '/dask-custom/node/jupyter.token'" in script and "--with-decryption" in script
+        assert "--env-file /etc/dask/jupyter/env" in script and "install -d -m 0700 /etc/dask/jupyter" in script
+        assert "jupyter lab --ip=0.0.0.0 --port=8888 --no-browser" in script
+        assert "DASK_SCHEDULER_ADDRESS='tls://127.0.0.1:8786'" in script
