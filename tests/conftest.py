@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,6 +37,24 @@ VARIANTS: dict[str, dict] = {
         "jupyter": True,
     },
 }
+
+
+def terraform_env(folder: Path) -> dict[str, str]:
+    """Terraform offline in `folder`: no user configuration, no checkpoint calls."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    env.update(CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1", TF_CLI_CONFIG_FILE=os.devnull)
+    env["TF_DATA_DIR"] = str(folder / ".terraform")
+    return env
+
+
+def terraform_outputs(folder: Path, config: dict) -> dict:
+    """Apply a provider-less configuration with real Terraform; its outputs' values by name."""
+    (folder / "main.tf.json").write_text(json.dumps(config))
+    env = terraform_env(folder)
+    for command in (["init", "-input=false"], ["apply", "-auto-approve", "-input=false"]):
+        subprocess.run(["terraform", *command], cwd=folder, env=env, check=True, capture_output=True, timeout=120)
+    run = subprocess.run(["terraform", "output", "-json"], cwd=folder, env=env, check=True, capture_output=True)
+    return {name: output["value"] for name, output in json.loads(run.stdout).items()}
 
 
 @pytest.fixture(scope="session")

@@ -126,6 +126,19 @@ class LoopbackCluster:
         options = userdata.worker_options(cluster, tls_dir=str(self.tls_dir))
         self._start(f"worker-{host}", [DASK, "worker", self.address, *options, f"--host={host}"])
 
+    def client(self, wait_for_nodes: int = 0):
+        """A Client over mutual TLS with the client certificate, as an experiment connects."""
+        from distributed import Client
+
+        from experiments.cluster import security_for
+        from experiments.cluster import wait_for_nodes as wait
+
+        tls = [str(self.tls_dir / name) for name in ("ca.pem", "client.pem", "client.key")]
+        client = Client(self.address, security=security_for(*tls), timeout="30s")
+        if wait_for_nodes:
+            wait(client, wait_for_nodes, 60, lambda *_: None)
+        return client
+
     def kill(self, name: str) -> None:
         os.killpg(self.processes[name].pid, signal.SIGKILL)
         self.processes[name].wait(timeout=30)

@@ -7,17 +7,11 @@ provider: the stack's own `variable` blocks are planned on their own, offline.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
 
-
-def terraform_env(tmp_path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
-    env.update(CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1", TF_CLI_CONFIG_FILE=os.devnull)
-    env["TF_DATA_DIR"] = str(tmp_path / ".terraform")
-    return env
+from .conftest import terraform_env
 
 
 @pytest.fixture(scope="module")

@@ -229,13 +229,7 @@ def test_search_survives_a_lost_worker_node(tmp_path):
     X_train, _, y_train, _ = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
     cluster = loopback_cluster.start(tmp_path)
     try:
-        security = connect_module.security_for(
-            *(str(cluster.tls_dir / f) for f in ("ca.pem", "client.pem", "client.key"))
-        )
-        from distributed import Client
-
-        with Client(cluster.address, security=security, timeout="30s") as client:
-            connect_module.wait_for_nodes(client, 2, 60, lambda *_: None)
+        with cluster.client(wait_for_nodes=2) as client:
             undisturbed = grid_search(client, SVC(kernel="rbf"), PARAM_GRID, X_train, y_train, cv=3)
             done = []
             killed = threading.Event()
@@ -362,9 +356,5 @@ def test_version_mismatches_are_named():
 
 
 def test_matching_versions_pass_on_a_real_cluster(loopback):
-    from distributed import Client
-
-    security = connect_module.security_for(*(str(loopback.tls_dir / f) for f in ("ca.pem", "client.pem", "client.key")))
-    with Client(loopback.address, security=security, timeout="30s") as client:
-        connect_module.wait_for_nodes(client, 2, 60, lambda *_: None)
+    with loopback.client(wait_for_nodes=2) as client:
         connect_module.check_versions(client)  # raises ClusterError on any difference

@@ -71,18 +71,10 @@ def watcher(*args: str) -> subprocess.Popen:
 
 
 def test_worker_watcher_retires_its_node_gracefully_on_a_notice(tmp_path):
-    from distributed import Client
-
-    from experiments import cluster as connect_module
-
     cluster = loopback_cluster.start(tmp_path)
     metadata = FakeMetadata(local_ipv4="127.0.0.3")
     try:
-        security = connect_module.security_for(
-            *(str(cluster.tls_dir / f) for f in ("ca.pem", "client.pem", "client.key"))
-        )
-        with Client(cluster.address, security=security, timeout="30s") as client:
-            connect_module.wait_for_nodes(client, 2, 60, lambda *_: None)
+        with cluster.client(wait_for_nodes=2) as client:
             doomed = next(w for w in client.scheduler_info(n_workers=-1)["workers"] if "127.0.0.3" in w)
             result = client.submit(lambda: list(range(1000)), workers=[doomed], pure=False)
             assert result.result() == list(range(1000))
@@ -145,16 +137,9 @@ def test_watcher_keeps_watching_through_metadata_outages(tmp_path):
 def test_scheduler_exits_after_the_idle_timeout(tmp_path):
     """The node's own `dask scheduler` command with idle_timeout_minutes=1: it exits by itself
     once nothing has run for a minute, which is what stops the node and the worker group."""
-    from distributed import Client
-
-    from experiments import cluster as connect_module
-
     cluster = loopback_cluster.start(tmp_path, workers=("127.0.0.2",), idle_timeout_minutes=1)
     try:
-        security = connect_module.security_for(
-            *(str(cluster.tls_dir / f) for f in ("ca.pem", "client.pem", "client.key"))
-        )
-        with Client(cluster.address, security=security, timeout="30s") as client:
+        with cluster.client() as client:
             assert client.submit(sum, [1, 2, 3]).result() == 6
         finished = time.monotonic()
         code = cluster.processes["scheduler"].wait(timeout=180)

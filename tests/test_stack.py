@@ -11,6 +11,8 @@ from stacks.cluster import AMI_PARAMETER
 from stacks.config import DASHBOARD_PORT, JUPYTER_PORT, SCHEDULER_PORT
 from stacks.content import image_content_hash
 
+from .conftest import terraform_outputs
+
 OUTPUTS = {
     "scheduler_address", "scheduler_private_address", "dashboard_url", "image_uri", "ecr_repository_url",
     "worker_group_name", "workers", "region", "tls_ca_pem", "tls_client_cert_pem", "tls_client_key_pem",
@@ -306,10 +308,6 @@ def test_several_clusters_do_not_collide(synthesized):
 def test_hourly_cost_estimate_evaluates_in_terraform(variant, expected, synthesized, tmp_path):
     """The output's expression, run by real Terraform with today's spot prices as literals:
     workers at the dearest allowed type, plus the scheduler when it is spot."""
-    import subprocess
-
-    from .test_deploy_time_variables import terraform_env
-
     doc = synthesized[variant]
     expression = doc["output"]["estimated_hourly_cost_usd"]["value"]
     worker_prices = {t: {"spot_price": "0.09"} for t in doc["variable"]["worker_instance_types"]["default"]}
@@ -319,16 +317,8 @@ def test_hourly_cost_estimate_evaluates_in_terraform(variant, expected, synthesi
     )
     expression = expression.replace("data.aws_ec2_spot_price.scheduler-spot-price.spot_price", '"0.11"')
     variables = {"workers": doc["variable"]["workers"]}
-    (tmp_path / "main.tf.json").write_text(
-        json.dumps({"variable": variables, "output": {"cost": {"value": expression}}})
-    )
-    env = terraform_env(tmp_path)
-    for command in (["init", "-input=false"], ["apply", "-auto-approve", "-input=false"]):
-        subprocess.run(["terraform", *command], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
-    value = subprocess.run(
-        ["terraform", "output", "-raw", "cost"], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
-    )
-    assert value.stdout == expected  # default: 2 x 0.12 + 0.11; ondemand: 4 x 0.12, scheduler not priced
+    outputs = terraform_outputs(tmp_path, {"variable": variables, "output": {"cost": {"value": expression}}})
+    assert outputs["cost"] == expected  # default: 2 x 0.12 + 0.11; ondemand: 4 x 0.12, scheduler not priced
 
 
 def test_jupyter_only_where_asked_with_a_token_from_ssm(synthesized):

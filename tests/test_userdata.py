@@ -16,8 +16,7 @@ import pytest
 
 from stacks import userdata
 
-from .conftest import ROOT
-from .test_deploy_time_variables import terraform_env
+from .conftest import ROOT, terraform_outputs
 
 REPOSITORY = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/dask-custom"
 SCHEDULER_IP = "172.31.7.42"
@@ -41,16 +40,10 @@ def rendered(request, synthesized, tmp_path_factory) -> dict[str, str]:
         "scheduler": {"value": with_sample_values(scheduler["user_data"])},
         "worker": {"value": with_sample_values(template["user_data"])},
     }
-    (folder / "main.tf.json").write_text(json.dumps({"output": outputs}))
-    env = terraform_env(folder)
-    for command in (["init", "-input=false"], ["apply", "-auto-approve", "-input=false"]):
-        subprocess.run(["terraform", *command], cwd=folder, env=env, check=True, capture_output=True, timeout=120)
-    values = json.loads(
-        subprocess.run(["terraform", "output", "-json"], cwd=folder, env=env, check=True, capture_output=True).stdout
-    )
+    values = terraform_outputs(folder, {"output": outputs})
     scripts = {
-        "scheduler": values["scheduler"]["value"],
-        "worker": base64.b64decode(values["worker"]["value"]).decode(),
+        "scheduler": values["scheduler"],
+        "worker": base64.b64decode(values["worker"]).decode(),
         "variant": request.param,
     }
     for role in ("scheduler", "worker"):
