@@ -115,3 +115,15 @@ def test_main_prints_one_line_and_exits_non_zero_on_bad_settings(tmp_path):
     assert run.returncode == 2
     assert run.stderr == "error: clusters.dask.workers: must be a positive whole number, got 0\n"
     assert not (tmp_path / "cdktf.out").exists()
+
+
+def test_secrets_on_disk_stay_out_of_git():
+    """outputs.json and the Terraform state hold the cluster's TLS keys."""
+    paths = [
+        "outputs.json",
+        "terraform.dask.tfstate",
+        "terraform.dask.tfstate.backup",
+        "cdktf.out/stacks/dask/cdk.tf.json",
+    ]
+    run = subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert run.stdout.split() == paths, f"not ignored: {set(paths) - set(run.stdout.split())}"

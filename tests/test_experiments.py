@@ -358,3 +358,27 @@ def test_version_mismatches_are_named():
 def test_matching_versions_pass_on_a_real_cluster(loopback):
     with loopback.client(wait_for_nodes=2) as client:
         connect_module.check_versions(client)  # raises ClusterError on any difference
+
+
+def test_differing_versions_refuse_to_run_naming_them():
+    class Cluster:  # stands in for a Client; only get_versions is asked for
+        def get_versions(self, packages):
+            assert packages == ["sklearn"]
+            client = {
+                "packages": {
+                    "python": "3.11.7.final.0",
+                    "dask": "2026.8.0",
+                    "distributed": "2026.8.0",
+                    "sklearn": "1.9.1",
+                    "numpy": "2.4.6",
+                    "cloudpickle": "3.1.3",
+                }
+            }
+            worker = {"packages": {**client["packages"], "dask": "2025.1.0"}}
+            return {"client": client, "scheduler": client, "workers": {"tls://10.0.0.5:4000": worker}}
+
+    with pytest.raises(connect_module.ClusterError) as caught:
+        connect_module.check_versions(Cluster())
+    assert str(caught.value) == (
+        "client and cluster differ: dask: client 2026.8.0, tls://10.0.0.5:4000 2025.1.0 - install requirements.txt and redeploy"
+    )
