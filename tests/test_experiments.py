@@ -327,31 +327,33 @@ def test_missing_tls_files_with_a_scheduler_address(tmp_path):
     assert_one_line_error(run, "--tls-cert, --tls-key: required with the other TLS options")
 
 
-def test_version_mismatches_are_named():
-    def packages(**changes):
-        base = {
-            "python": "3.11.7.final.0",
-            "dask": "2026.8.0",
-            "distributed": "2026.8.0",
-            "sklearn": "1.9.1",
-            "numpy": "2.4.6",
-            "cloudpickle": "3.1.3",
-        }
-        return {"packages": base | changes}
+def versions_of(**changes) -> dict:
+    """One party's part of Client.get_versions(), with some versions changed."""
+    base = {
+        "python": "3.11.7.final.0",
+        "dask": "2026.8.0",
+        "distributed": "2026.8.0",
+        "sklearn": "1.9.1",
+        "numpy": "2.4.6",
+        "cloudpickle": "3.1.3",
+    }
+    return {"packages": base | changes}
 
+
+def test_version_mismatches_are_named():
     versions = {
-        "client": packages(),
-        "scheduler": packages(python="3.11.14.final.0"),  # a patch release pickles alike
+        "client": versions_of(),
+        "scheduler": versions_of(python="3.11.14.final.0"),  # a patch release pickles alike
         "workers": {
-            "tls://10.0.0.5:40000": packages(numpy="2.3.0", sklearn="1.8.0"),
-            "tls://10.0.0.6:40000": packages(numpy="2.3.0"),
+            "tls://10.0.0.5:40000": versions_of(numpy="2.3.0", sklearn="1.8.0"),
+            "tls://10.0.0.6:40000": versions_of(numpy="2.3.0"),
         },
     }
     assert connect_module.version_mismatches(versions) == [
         "scikit-learn: client 1.9.1, tls://10.0.0.5:40000 1.8.0",
         "numpy: client 2.4.6, tls://10.0.0.5:40000 2.3.0 (and 1 more)",
     ]
-    versions["scheduler"] = packages(python="3.12.1.final.0")
+    versions["scheduler"] = versions_of(python="3.12.1.final.0")
     assert connect_module.version_mismatches(versions)[0] == "python: client 3.11, scheduler 3.12"
 
 
@@ -364,18 +366,8 @@ def test_differing_versions_refuse_to_run_naming_them():
     class Cluster:  # stands in for a Client; only get_versions is asked for
         def get_versions(self, packages):
             assert packages == ["sklearn"]
-            client = {
-                "packages": {
-                    "python": "3.11.7.final.0",
-                    "dask": "2026.8.0",
-                    "distributed": "2026.8.0",
-                    "sklearn": "1.9.1",
-                    "numpy": "2.4.6",
-                    "cloudpickle": "3.1.3",
-                }
-            }
-            worker = {"packages": {**client["packages"], "dask": "2025.1.0"}}
-            return {"client": client, "scheduler": client, "workers": {"tls://10.0.0.5:4000": worker}}
+            worker = {"tls://10.0.0.5:4000": versions_of(dask="2025.1.0")}
+            return {"client": versions_of(), "scheduler": versions_of(), "workers": worker}
 
     with pytest.raises(connect_module.ClusterError) as caught:
         connect_module.check_versions(Cluster())
