@@ -10,9 +10,19 @@ from cdktf_cdktf_provider_aws.iam_instance_profile import IamInstanceProfile
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
+from cdktf_cdktf_provider_aws.ssm_parameter import SsmParameter
 from constructs import Construct
 
 from stacks.config import ClusterSettings
+
+
+def node_secret(
+    scope: Construct, id: str, *, settings: ClusterSettings, name: str, description: str, value: str
+) -> SsmParameter:
+    """A SecureString under the one SSM path the node role may read (see NodeRole)."""
+    return SsmParameter(
+        scope, id, name=settings.node_parameter(name), description=description, type="SecureString", value=value
+    )
 
 
 class NodeRole(Construct):

@@ -69,6 +69,10 @@ class ClusterSettings:
         """SSM path (no leading slash) of the nodes' secrets: TLS material, Jupyter token."""
         return f"{self.resource_prefix}/node"
 
+    def node_parameter(self, name: str) -> str:
+        """Full SSM name of one of the nodes' secrets, such as /dask-dask/node/worker.key."""
+        return f"/{self.node_parameter_path}/{name}"
+
 
 def _fail(where: str, message: str, value: Any) -> SettingsError:
     return SettingsError(f"{where}: {message}, got {json.dumps(value)}")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from cdktf_cdktf_provider_aws.ssm_parameter import SsmParameter
 from cdktf_cdktf_provider_random.password import Password
 from cdktf_cdktf_provider_random.provider import RandomProvider
 from constructs import Construct
 
+from stacks.access import node_secret
 from stacks.config import ClusterSettings
 from stacks.userdata import JUPYTER_TOKEN_PARAMETER
 
@@ -18,11 +18,11 @@ class JupyterToken(Construct):
         super().__init__(scope, id)
         RandomProvider(self, "random")
         self.password = Password(self, "token", length=48, special=False)
-        self.parameter = SsmParameter(
+        self.parameter = node_secret(
             self,
             "token-param",
-            name=f"/{settings.node_parameter_path}/{JUPYTER_TOKEN_PARAMETER}",
+            settings=settings,
+            name=JUPYTER_TOKEN_PARAMETER,
             description="JupyterLab token",
-            type="SecureString",
             value=self.password.result,
         )

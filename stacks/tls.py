@@ -16,6 +16,7 @@ from cdktf_cdktf_provider_tls.private_key import PrivateKey
 from cdktf_cdktf_provider_tls.self_signed_cert import SelfSignedCert, SelfSignedCertSubject
 from constructs import Construct
 
+from stacks.access import node_secret
 from stacks.config import ClusterSettings
 
 # Certificates outlive any sensible cluster; the CA is per cluster and per deployment, and
@@ -40,37 +41,24 @@ class ClusterTls(Construct):
             allowed_uses=["cert_signing", "crl_signing"],
         )
         self.client_key, self.client_cert = self._signed(settings, "client", ca_key)
-        prefix = settings.node_parameter_path
         self.parameters: list[SsmParameter] = [
-            SsmParameter(
+            node_secret(
                 self,
                 "ca-param",
-                name=f"/{prefix}/ca.pem",
+                settings=settings,
+                name="ca.pem",
                 description="Cluster CA certificate",
-                type="SecureString",
                 value=self.ca.cert_pem,
             )
         ]
         for role in NODE_ROLES:
             key, cert = self._signed(settings, role, ca_key)
             self.parameters += [
-                SsmParameter(
-                    self,
-                    f"{role}-cert-param",
-                    name=f"/{prefix}/{role}.pem",
-                    description=f"Dask {role} certificate",
-                    type="SecureString",
-                    value=cert.cert_pem,
-                ),
-                SsmParameter(
-                    self,
-                    f"{role}-key-param",
-                    name=f"/{prefix}/{role}.key",
-                    description=f"Dask {role} private key",
-                    type="SecureString",
-                    value=key.private_key_pem,
-                ),
-            ]
+                node_secret(self, f"{role}-cert-param", settings=settings, name=f"{role}.pem",
+                            description=f"Dask {role} certificate", value=cert.cert_pem),
+                node_secret(self, f"{role}-key-param", settings=settings, name=f"{role}.key",
+                            description=f"Dask {role} private key", value=key.private_key_pem),
+            ]  # fmt: skip
 
     def _signed(self, settings: ClusterSettings, role: str, ca_key: PrivateKey) -> tuple[PrivateKey, LocallySignedCert]:
         key = PrivateKey(self, f"{role}-key", algorithm="ECDSA", ecdsa_curve="P256")

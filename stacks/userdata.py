@@ -101,7 +101,7 @@ def scheduler_variables(settings: ClusterSettings, image_uri: str, registry: str
         "scheduler_command": shlex.join(scheduler_command(settings)),
         "jupyter": settings.jupyter,
         "jupyter_port": JUPYTER_PORT,
-        "jupyter_token_parameter": f"/{settings.node_parameter_path}/{JUPYTER_TOKEN_PARAMETER}",
+        "jupyter_token_parameter": settings.node_parameter(JUPYTER_TOKEN_PARAMETER),
     }
 
 
