@@ -58,12 +58,11 @@ def estimate(
     }
 
 
-def for_run(outputs: dict, worker_nodes: int, seconds: float, ec2=None) -> dict:
-    """The estimate of one run on a deployed stack; `ec2` is a boto3 EC2 client (one is made if None)."""
-    if ec2 is None:
-        import boto3
+def for_run(outputs: dict, worker_nodes: int, seconds: float) -> dict:
+    """The estimate of one run on a deployed stack, from the spot prices in its region."""
+    import boto3
 
-        ec2 = boto3.client("ec2", region_name=outputs["region"])
+    ec2 = boto3.client("ec2", region_name=outputs["region"])
     worker_types = list(outputs["worker_instance_types"])
     scheduler_type = outputs["scheduler_instance_type"]
     prices = lowest_spot_prices(ec2, [*worker_types, scheduler_type])
