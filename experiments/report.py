@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import multiprocessing
 import platform
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from experiments.cluster import Where
-from experiments.search import SearchResult
+
+if TYPE_CHECKING:  # not at run time: the plotting process need not load scikit-learn
+    from experiments.search import SearchResult
 
 CV_TABLE = "cv_results.csv"
 HEATMAP = "heatmap.png"
@@ -41,16 +45,18 @@ def write_cv_table(path: Path, result: SearchResult) -> None:
             writer.writerow({**row, "params": json.dumps(row["params"])})
 
 
-def write_heatmap(path: Path, result: SearchResult, *, rows: str, columns: str, panels: str, title: str) -> None:
-    """Mean test score over rows x columns, one panel per value of `panels`."""
+def write_heatmap(
+    path: Path, candidates: list[dict], mean_scores: list[float], *, rows: str, columns: str, panels: str, title: str
+) -> None:
+    """Mean test score of each candidate over rows x columns, one panel per value of `panels`."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, faster to import
 
     def values(name: str) -> list:
-        return list(dict.fromkeys(params[name] for params in result.candidates))
+        return list(dict.fromkeys(params[name] for params in candidates))
 
     means = {
         (params[rows], params[columns], params[panels]): score
-        for params, score in zip(result.candidates, result.mean_test_scores, strict=True)
+        for params, score in zip(candidates, mean_scores, strict=True)
     }
     row_values, column_values, panel_values = values(rows), values(columns), values(panels)
     figure = Figure(figsize=(4.2 * len(panel_values), 4), layout="constrained")
@@ -72,13 +78,18 @@ def write_heatmap(path: Path, result: SearchResult, *, rows: str, columns: str, 
 def _load_matplotlib() -> None:
     import matplotlib.figure  # noqa: F401
 
+    # This process draws a few plots and exits: keep what matplotlib loaded out of every
+    # collection, above all the interpreter's last ones at exit.
+    gc.freeze()
+
 
 class Plotter:
     """Draws plots in a helper process started before anything heavy is imported.
 
     Loading Dask and scikit-learn keeps one core busy while the other idles: the helper loads
-    matplotlib there, and later draws while the main process writes Dask's report. On two
-    cores this takes ~0.7 s off every run (see experiments/benchmark_local.py).
+    matplotlib there, and later draws while the main process writes Dask's report. It is
+    handed plain lists, so it never loads scikit-learn; a script that starts it should import
+    scikit-learn inside main, not at the top, since the helper re-imports the script's top.
     """
 
     def __init__(self) -> None:
@@ -87,7 +98,8 @@ class Plotter:
         self._pool.submit(_load_matplotlib)
 
     def heatmap(self, path: Path, result: SearchResult, **options) -> Future:
-        return self._pool.submit(write_heatmap, path, replace(result, best_estimator=None), **options)
+        means = [float(score) for score in result.mean_test_scores]
+        return self._pool.submit(write_heatmap, path, result.candidates, means, **options)
 
     def __enter__(self) -> Plotter:
         return self

@@ -3,7 +3,9 @@ with every mistake a user can make. No mocks of Dask."""
 
 from __future__ import annotations
 
+import argparse
 import csv
+import gc
 import json
 import subprocess
 import sys
@@ -45,6 +47,7 @@ def aws_on_loopback():
     server.stop()
 
 
+LOCAL = argparse.Namespace(stack=None, scheduler=None)  # connect's arguments for a local run
 BEST_LINE = "Best parameters: {'C': 1, 'class_weight': None, 'gamma': 0.001}"
 
 
@@ -140,17 +143,73 @@ def test_local_run_writes_every_result_file(local_run):
 
 def test_local_cluster_listens_on_loopback_only():
     """A laptop's cluster runs any code sent to it: nothing may listen beyond loopback."""
-    import argparse
-
     import psutil
 
-    args = argparse.Namespace(stack=None, scheduler=None)
-    with connect_module.connect(args) as (client, where):
+    with connect_module.connect(LOCAL) as (client, where):
         listening = [c.laddr for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
         assert client.submit(sum, [1, 2]).result() == 3
     assert listening, "the dashboard should be listening"
     assert all(address.ip == "127.0.0.1" for address in listening), listening
     assert where.kind == "local" and where.dashboard.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.parametrize("outcome", ["success", "user error"])
+def test_run_starts_without_the_garbage_collector_and_connect_turns_it_back_on(outcome):
+    seen = {}
+
+    def main():
+        seen["starting"] = gc.isenabled()
+        with connect_module.connect(LOCAL):
+            seen["connected"] = gc.isenabled()
+        if outcome == "user error":
+            raise connect_module.ClusterError("something the user can fix")
+        return 0
+
+    try:
+        with pytest.raises(SystemExit) as exited:
+            connect_module.run(main)
+    finally:
+        gc.unfreeze()
+    assert exited.value.code == (0 if outcome == "success" else 2)
+    assert seen == {"starting": False, "connected": True}
+    assert gc.isenabled()
+
+
+def test_connect_leaves_the_collector_of_a_caller_that_runs_it_alone():
+    """A notebook keeps its collector as it was: nothing it holds is frozen out of collection."""
+    frozen = gc.get_freeze_count()
+    with connect_module.connect(LOCAL):
+        assert gc.isenabled()
+    assert gc.get_freeze_count() == frozen
+
+
+def test_plotting_helper_loads_neither_scikit_learn_nor_dask(tmp_path):
+    """It loads matplotlib on the core the main process's startup leaves free; loading those
+    as well would take that core back."""
+    from experiments import report
+    from experiments.search import SearchResult
+
+    candidates = [
+        {"C": c, "gamma": g, "class_weight": w} for c in (1, 10) for g in (0.1, 1) for w in (None, "balanced")
+    ]
+    scores = np.linspace(0.1, 0.9, 2 * len(candidates)).reshape(-1, 2)
+    result = SearchResult(candidates, scores, scores, scores, best_estimator=None)
+    with report.Plotter() as plotter:
+        options = {"rows": "C", "columns": "gamma", "panels": "class_weight", "title": "test"}
+        plotter.heatmap(tmp_path / "heatmap.png", result, **options).result()
+        loaded = plotter._pool.submit(eval, "list(__import__('sys').modules)").result()
+    assert (tmp_path / "heatmap.png").read_bytes().startswith(b"\x89PNG")
+    assert "matplotlib" in loaded
+    assert not {name.split(".")[0] for name in loaded} & {"sklearn", "scipy", "dask", "distributed"}
+
+
+def test_script_top_loads_nothing_heavy():
+    """The plotting helper re-imports the top of the script: the heavy imports live in main."""
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import experiments.svc_digits; print(*sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True)
+    loaded = {name.split(".")[0] for name in run.stdout.split()}
+    assert "experiments" in loaded
+    assert not loaded & {"sklearn", "numpy", "dask", "distributed", "matplotlib"}
 
 
 @pytest.fixture(scope="module")
