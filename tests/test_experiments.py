@@ -433,3 +433,23 @@ def test_differing_versions_refuse_to_run_naming_them():
     assert str(caught.value) == (
         "client and cluster differ: dask: client 2026.8.0, tls://10.0.0.5:4000 2025.1.0 - install requirements.txt and redeploy"
     )
+
+
+def test_benchmark_times_both_commands_and_compares_them(tmp_path):
+    """One round of the README's speed benchmark, end to end: both commands run and are compared."""
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "benchmark_local.py"), "--runs", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and "median" not in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| svc_digits.py (Dask, local)", "| GridSearchCV(n_jobs=-1)"]
+    for row in rows:
+        cells = [float(cell) for cell in row.strip(" |").split(" | ")[1:]]
+        assert len(cells) == 4 and all(cell > 0 for cell in cells), row
+    assert "ratio of medians (ours / scikit-learn): whole process" in run.stdout
+    assert "median of the 1 per-round ratios" in run.stdout
+    assert not list(tmp_path.iterdir()), "its runs write their results in a folder of their own"
