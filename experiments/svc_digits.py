@@ -12,7 +12,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/svc_digits.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments import cluster
+from experiments import cluster, cost, report
 
 PARAM_GRID = {"C": [1e-4, 1, 1e4], "gamma": [1e-3, 1, 1e3], "class_weight": [None, "balanced"]}
 
@@ -23,12 +23,10 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=Path("results"), help="where runs are written")
     cluster.add_arguments(parser)
     args = parser.parse_args()
+    plotter = report.Plotter()  # first: it loads matplotlib while Dask and scikit-learn load here
+
     # Imported here, not at the top: the plotting helper re-imports the top of this script, and
-    # it starts first so that it loads matplotlib while this process loads Dask and scikit-learn.
-    from experiments import report
-
-    plotter = report.Plotter()
-
+    # loading scikit-learn there would take the core it loads matplotlib on.
     from distributed import performance_report
     from sklearn.datasets import load_digits
     from sklearn.metrics import classification_report
@@ -36,7 +34,6 @@ def main() -> int:
     from sklearn.svm import SVC
     from tqdm import tqdm
 
-    from experiments import cost
     from experiments.search import grid_search
 
     X, y = load_digits(return_X_y=True)
