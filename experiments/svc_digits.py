@@ -15,6 +15,7 @@ if __package__ in (None, ""):  # run as `python experiments/svc_digits.py`
 from experiments import cluster, cost, report
 
 PARAM_GRID = {"C": [1e-4, 1, 1e4], "gamma": [1e-3, 1, 1e3], "class_weight": [None, "balanced"]}
+CV_FOLDS = 3
 
 
 def main() -> int:
@@ -30,7 +31,7 @@ def main() -> int:
     from distributed import performance_report
     from sklearn.datasets import load_digits
     from sklearn.metrics import classification_report
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import ParameterGrid, train_test_split
     from sklearn.svm import SVC
     from tqdm import tqdm
 
@@ -43,11 +44,11 @@ def main() -> int:
         connected = time.perf_counter()
         print(f"Dask dashboard: {where.dashboard}", flush=True)
         run = report.new_run_folder(args.results, "svc_digits", where)
-        fits = len(PARAM_GRID["C"]) * len(PARAM_GRID["gamma"]) * len(PARAM_GRID["class_weight"]) * 3
+        fits = len(ParameterGrid(PARAM_GRID)) * CV_FOLDS
         with performance_report(filename=str(run / report.DASK_REPORT)):
             with tqdm(total=fits, desc="fits", unit="fit") as bar:
                 result = grid_search(
-                    client, SVC(kernel="rbf"), PARAM_GRID, X_train, y_train, cv=3, on_progress=bar.update
+                    client, SVC(kernel="rbf"), PARAM_GRID, X_train, y_train, cv=CV_FOLDS, on_progress=bar.update
                 )
             searched = time.perf_counter()
             # Drawn in the helper process while Dask writes its report.

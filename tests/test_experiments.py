@@ -156,11 +156,15 @@ def test_local_cluster_listens_on_loopback_only():
 @pytest.mark.parametrize("outcome", ["success", "user error"])
 def test_run_starts_without_the_garbage_collector_and_connect_turns_it_back_on(outcome):
     seen = {}
+    frozen_when_connected: list[int] = []
+    made_after_connecting: list[object] = []
 
     def main():
         seen["starting"] = gc.isenabled()
         with connect_module.connect(LOCAL):
             seen["connected"] = gc.isenabled()
+        frozen_when_connected.append(gc.get_freeze_count())
+        made_after_connecting.extend([] for _ in range(1000))  # tracked by the collector, alive at exit
         if outcome == "user error":
             raise connect_module.ClusterError("something the user can fix")
         return 0
@@ -168,11 +172,13 @@ def test_run_starts_without_the_garbage_collector_and_connect_turns_it_back_on(o
     try:
         with pytest.raises(SystemExit) as exited:
             connect_module.run(main)
+        frozen_at_exit = gc.get_freeze_count()
     finally:
         gc.unfreeze()
     assert exited.value.code == (0 if outcome == "success" else 2)
     assert seen == {"starting": False, "connected": True}
     assert gc.isenabled()
+    assert frozen_at_exit >= frozen_when_connected[0] + len(made_after_connecting), "the heap is frozen at exit"
 
 
 def test_connect_leaves_the_collector_of_a_caller_that_runs_it_alone():
