@@ -1,10 +1,10 @@
 """Mutual TLS for one cluster: its own CA, and certificates for scheduler, workers and client.
 
 Node keys (and, for uniformity, certificates) travel through SSM SecureString parameters that
-only the node role can read, never
-through user-data (readable with ec2:DescribeInstanceAttribute, capped at 16 KB). The client's
-key leaves only as a sensitive output. Every key is in the Terraform state: keep the state
-private (it is git-ignored here) or move it to an encrypted backend.
+only the node role can read, never through user-data (readable with
+ec2:DescribeInstanceAttribute, capped at 16 KB). The client's key leaves only as a sensitive
+output. Every key is in the Terraform state: keep the state private (it is git-ignored here)
+or move it to an encrypted backend.
 """
 
 from __future__ import annotations
