@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """The cdktf app: one DaskClusterStack per cluster configured in cdktf.json."""
 
+import os
 import sys
 
 from stacks.config import SettingsError, load_clusters
@@ -13,6 +14,8 @@ def main() -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     # Imported only after the settings are known to be good: jsii takes ~20 s to load.
+    # jsii warns in red on Node.js 20, which works and is what this project is tested with.
+    os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
     from cdktf import App
 
     from stacks.cluster import DaskClusterStack

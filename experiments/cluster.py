@@ -75,7 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-key", metavar="FILE", help="client private key (with --scheduler)")
     group.add_argument("--workers", metavar="N", type=int, help="worker nodes to wait for (default: the stack's count)")
     group.add_argument(
-        "--timeout", metavar="SECONDS", type=float, default=600.0, help="how long to wait for the cluster"
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=600.0,
+        help="how long to wait for the scheduler and the worker nodes (default: %(default)g)",
     )
 
 
@@ -145,6 +149,8 @@ def probe(address: str, security, timeout: float) -> None:
     host, port = parse_host_port(location)
     context: ssl.SSLContext = security.get_connection_args("client")["ssl_context"]
     deadline = time.monotonic() + timeout
+    console(f"connecting to {address} (for up to {timeout:g} s)")
+    waiting = Heartbeat(f"waiting for the scheduler at {address}", deadline)
     while True:
         try:
             with socket.create_connection((host, port), timeout=min(10.0, timeout)) as raw:
@@ -161,6 +167,7 @@ def probe(address: str, security, timeout: float) -> None:
                     f"{address}: scheduler not reachable within {timeout:g} s; is the cluster up, "
                     "and is your address in allowed_cidrs?"
                 ) from None
+            waiting.beat()
             time.sleep(1.0)
 
 
@@ -171,13 +178,31 @@ def worker_nodes(client) -> int:
     return len({get_address_host(address) for address in client.scheduler_info(n_workers=-1)["workers"]})
 
 
+class Heartbeat:
+    """Says what the client waits for, with the time left, at most every `every` seconds."""
+
+    def __init__(self, what: str, deadline: float, every: float = 10.0) -> None:
+        self.what, self.deadline, self.every = what, deadline, every
+        self.last = time.monotonic()
+
+    def beat(self, detail: str = "") -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            console(f"  still {self.what}{detail}: {max(0.0, self.deadline - now):.0f} s left (Ctrl-C to stop)")
+
+
 def wait_for_nodes(client, expected: int, timeout: float, report: Callable[[int, int], None]) -> None:
     deadline = time.monotonic() + timeout
+    waiting = Heartbeat(f"waiting for {expected} worker node(s)", deadline)
     seen = -1
     while (count := worker_nodes(client)) < expected:
         if count != seen:
             report(count, expected)
             seen = count
+            waiting.last = time.monotonic()
+        else:
+            waiting.beat(f", {count} joined")
         if time.monotonic() >= deadline:
             raise ClusterError(
                 f"only {count} of {expected} worker nodes joined within {timeout:g} s; check the worker "

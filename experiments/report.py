@@ -7,6 +7,7 @@ import gc
 import json
 import multiprocessing
 import platform
+import signal
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict
@@ -47,9 +48,13 @@ def write_cv_table(path: Path, result: SearchResult) -> None:
 
 def write_heatmap(
     path: Path, candidates: list[dict], mean_scores: list[float], *, rows: str, columns: str, panels: str, title: str
-) -> None:
-    """Mean test score of each candidate over rows x columns, one panel per value of `panels`."""
+) -> list[dict]:
+    """Mean test score of each candidate over rows x columns, one panel per value of `panels`.
+
+    Cells of the best score are framed and starred, ties included; returns their parameters.
+    """
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, faster to import
+    from matplotlib.patches import Rectangle
 
     def values(name: str) -> list:
         return list(dict.fromkeys(params[name] for params in candidates))
@@ -59,6 +64,7 @@ def write_heatmap(
         for params, score in zip(candidates, mean_scores, strict=True)
     }
     row_values, column_values, panel_values = values(rows), values(columns), values(panels)
+    best = max(mean_scores)
     figure = Figure(figsize=(4.2 * len(panel_values), 4), layout="constrained")
     axes = figure.subplots(1, len(panel_values), squeeze=False)[0]
     for ax, panel in zip(axes, panel_values, strict=True):
@@ -69,13 +75,26 @@ def write_heatmap(
         ax.set(xlabel=columns, ylabel=rows, title=f"{panels}={panel}")
         for i, row in enumerate(grid):
             for j, score in enumerate(row):
-                ax.text(j, i, f"{score:.3f}", ha="center", va="center", color="white" if score < 0.6 else "black")
+                label = f"{score:.3f}"
+                if score == best:  # every candidate tied for best is marked, not just the first
+                    label = f"★ {label}"
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+                ax.text(j, i, label, ha="center", va="center", color="white" if score < 0.6 else "black")
     figure.colorbar(image, ax=list(axes), label="mean CV accuracy")
-    figure.suptitle(title)
+    ties = sum(score == best for score in mean_scores)
+    figure.suptitle(f"{title}\n★ best mean CV accuracy {best:.4f}" + (f" ({ties} candidates tied)" if ties > 1 else ""))
     figure.savefig(path, dpi=100)
+    return [
+        {rows: params[rows], columns: params[columns], panels: params[panels]}
+        for params, score in zip(candidates, mean_scores, strict=True)
+        if score == best
+    ]
 
 
 def _load_matplotlib() -> None:
+    # Ctrl-C reaches every process of the terminal's group: the main process handles it and
+    # shuts this one down, which must not print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import matplotlib.figure  # noqa: F401
 
     # This process draws a few plots and exits: keep what matplotlib loaded out of every
@@ -94,8 +113,10 @@ class Plotter:
 
     def __init__(self) -> None:
         # spawn, not fork: the main process runs Dask's threads by the time plots are drawn.
-        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        self._pool.submit(_load_matplotlib)
+        self._pool = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_load_matplotlib
+        )
+        self._pool.submit(int)  # the pool starts its process on the first task: start it now
 
     def heatmap(self, path: Path, result: SearchResult, **options) -> Future:
         means = [float(score) for score in result.mean_test_scores]

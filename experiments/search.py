@@ -43,6 +43,11 @@ class SearchResult:
         return self.candidates[self.best_index]
 
     @property
+    def tied_for_best(self) -> list[dict]:
+        """Every candidate with the best mean score, in grid order."""
+        return [params for params, rank in zip(self.candidates, self.ranks, strict=True) if rank == 1]
+
+    @property
     def best_score(self) -> float:
         return float(self.mean_test_scores[self.best_index])
 

@@ -21,7 +21,9 @@ CV_FOLDS = 3
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/test split (default: %(default)s)")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="where runs are written")
+    parser.add_argument(
+        "--results", type=Path, default=Path("results"), help="where runs are written (default: %(default)s)"
+    )
     cluster.add_arguments(parser)
     args = parser.parse_args()
     plotter = report.Plotter()  # first: it loads matplotlib while Dask and scikit-learn load here
@@ -45,7 +47,8 @@ def main() -> int:
         print(f"Dask dashboard: {where.dashboard}", flush=True)
         run = report.new_run_folder(args.results, "svc_digits", where)
         fits = len(ParameterGrid(PARAM_GRID)) * CV_FOLDS
-        with performance_report(filename=str(run / report.DASK_REPORT)):
+        # Inline: the report embeds Bokeh, so it opens offline and years from now.
+        with performance_report(filename=str(run / report.DASK_REPORT), mode="inline"):
             with tqdm(total=fits, desc="fits", unit="fit") as bar:
                 result = grid_search(
                     client, SVC(kernel="rbf"), PARAM_GRID, X_train, y_train, cv=CV_FOLDS, on_progress=bar.update
@@ -57,7 +60,10 @@ def main() -> int:
             )
         test_accuracy = result.best_estimator.score(X_test, y_test)
         test_report = classification_report(y_test, result.best_estimator.predict(X_test), digits=3)
-        print(f"\nBest parameters: {result.best_params}\nBest mean CV accuracy: {result.best_score:.4f}\n")
+        print(f"\nBest parameters: {result.best_params}\nBest mean CV accuracy: {result.best_score:.4f}")
+        if len(tied := result.tied_for_best) > 1:
+            print(f"Tied for best ({len(tied)}, the first is kept as scikit-learn does): " + "; ".join(map(str, tied)))
+        print()
         print(f"Classification report on the held-out 30%:\n{test_report}")
         report.write_cv_table(run / report.CV_TABLE, result)
         heatmap.result()

@@ -1,4 +1,10 @@
-"""The nodes' identity: one IAM role and instance profile with only what a node needs."""
+"""The nodes' identities: one IAM role per node kind (scheduler, worker) with only what it needs.
+
+Every Dask task runs with its node's role (containers share the host's network, so the
+instance metadata service is within their reach): a role grants nothing a task should not
+have. No AWS managed policy is attached; each grants far more than its name says
+(AmazonSSMManagedInstanceCore reads every SSM parameter in the account).
+"""
 
 from __future__ import annotations
 
@@ -9,39 +15,55 @@ from cdktf_cdktf_provider_aws.data_aws_partition import DataAwsPartition
 from cdktf_cdktf_provider_aws.iam_instance_profile import IamInstanceProfile
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
-from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from cdktf_cdktf_provider_aws.ssm_parameter import SsmParameter
 from constructs import Construct
 
-from stacks.config import ClusterSettings
+from stacks.config import NODE_ROLES, ClusterSettings
+from stacks.userdata import worker_group_name
+
+# What the SSM agent needs for Session Manager, the only way onto a node (no SSH key, no SSH
+# port). These actions have no resource to scope them to.
+SESSION_MANAGER_CHANNELS = [
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+]
 
 
 def node_secret(
-    scope: Construct, id: str, *, settings: ClusterSettings, name: str, description: str, value: str
+    scope: Construct, id: str, *, settings: ClusterSettings, role: str, name: str, description: str, value: str
 ) -> SsmParameter:
-    """A SecureString under the one SSM path the node role may read (see NodeRole)."""
+    """A SecureString under the SSM path that only `role`'s nodes may read (see NodeRole)."""
     return SsmParameter(
-        scope, id, name=settings.node_parameter(name), description=description, type="SecureString", value=value
+        scope,
+        id,
+        name=settings.secret_parameter(role, name),
+        description=description,
+        type="SecureString",
+        value=value,
     )
 
 
 class NodeRole(Construct):
-    """Role and instance profile shared by the scheduler and the workers.
+    """The role and instance profile of one node kind.
 
-    The worker group's ARN is only known once the group exists, so the group permission is
-    granted afterwards with :meth:`allow_scaling`.
+    Both kinds pull this cluster's image, read their own secrets, and may set the desired
+    capacity of this cluster's worker group (to 0 when the cluster ends).
     """
 
-    def __init__(self, scope: Construct, id: str, *, settings: ClusterSettings, repository_arn: str) -> None:
+    def __init__(
+        self, scope: Construct, id: str, *, settings: ClusterSettings, role: str, repository_arn: str
+    ) -> None:
         super().__init__(scope, id)
-        self._settings = settings
+        assert role in NODE_ROLES, role
         partition = DataAwsPartition(self, "partition").partition
         account = DataAwsCallerIdentity(self, "account").account_id
         self.role = IamRole(
             self,
             "role",
-            name=f"{settings.resource_prefix}-node",
-            description=f"Nodes of Dask cluster {settings.name}",
+            name=f"{settings.resource_prefix}-{role}",
+            description=f"{role.capitalize()} nodes of Dask cluster {settings.name}",
             assume_role_policy=json.dumps(
                 {
                     "Version": "2012-10-17",
@@ -55,68 +77,49 @@ class NodeRole(Construct):
                 }
             ),
         )
-        # Session Manager is the only way in: there is no SSH key and no SSH port.
-        IamRolePolicyAttachment(
-            self,
-            "ssm-core",
-            role=self.role.name,
-            policy_arn=f"arn:{partition}:iam::aws:policy/AmazonSSMManagedInstanceCore",
+        region_account = f"{settings.region}:{account}"
+        secrets_arn = f"arn:{partition}:ssm:{region_account}:parameter/{settings.secret_path(role)}/*"
+        group_arn = (
+            f"arn:{partition}:autoscaling:{region_account}:autoScalingGroup:*:"
+            f"autoScalingGroupName/{worker_group_name(settings)}"
         )
-        parameters_arn = f"arn:{partition}:ssm:{settings.region}:{account}:parameter/{settings.node_parameter_path}/*"
+        statements = [
+            # GetAuthorizationToken has no resource scope in IAM; the token only lets the
+            # node pull what the next statement allows.
+            {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+            {
+                "Sid": "PullThisClusterImage",
+                "Effect": "Allow",
+                "Action": ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+                "Resource": repository_arn,
+            },
+            {
+                "Sid": "ReadOwnSecrets",
+                "Effect": "Allow",
+                "Action": ["ssm:GetParameter", "ssm:GetParameters"],
+                "Resource": secrets_arn,
+            },
+            {
+                "Sid": "ScaleThisWorkerGroup",
+                "Effect": "Allow",
+                "Action": "autoscaling:SetDesiredCapacity",
+                "Resource": group_arn,
+            },
+            {
+                "Sid": "SessionManagerRegistration",
+                "Effect": "Allow",
+                "Action": "ssm:UpdateInstanceInformation",
+                "Resource": f"arn:{partition}:ec2:{region_account}:instance/*",
+            },
+            {"Sid": "SessionManagerChannels", "Effect": "Allow", "Action": SESSION_MANAGER_CHANNELS, "Resource": "*"},
+        ]
         IamRolePolicy(
             self,
-            "pull-and-read",
+            "policy",
             role=self.role.id,
-            name="pull-image-read-secrets",
-            policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        # GetAuthorizationToken has no resource scope in IAM; the token only
-                        # lets the node pull what the statement below allows.
-                        {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
-                        {
-                            "Sid": "PullThisClusterImage",
-                            "Effect": "Allow",
-                            "Action": [
-                                "ecr:BatchCheckLayerAvailability",
-                                "ecr:BatchGetImage",
-                                "ecr:GetDownloadUrlForLayer",
-                            ],
-                            "Resource": repository_arn,
-                        },
-                        {
-                            "Sid": "ReadThisClusterSecrets",
-                            "Effect": "Allow",
-                            "Action": ["ssm:GetParameter", "ssm:GetParameters"],
-                            "Resource": parameters_arn,
-                        },
-                    ],
-                }
-            ),
+            name=f"{role}-node",
+            policy=json.dumps({"Version": "2012-10-17", "Statement": statements}),
         )
         self.instance_profile = IamInstanceProfile(
-            self, "profile", name=f"{settings.resource_prefix}-node", role=self.role.name
-        )
-
-    def allow_scaling(self, worker_group_arn: str) -> None:
-        """Let nodes set the desired capacity of this cluster's worker group, and only that."""
-        IamRolePolicy(
-            self,
-            "scale-workers",
-            role=self.role.id,
-            name="scale-this-worker-group",
-            policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Sid": "ScaleThisWorkerGroup",
-                            "Effect": "Allow",
-                            "Action": "autoscaling:SetDesiredCapacity",
-                            "Resource": worker_group_arn,
-                        }
-                    ],
-                }
-            ),
+            self, "profile", name=f"{settings.resource_prefix}-{role}", role=self.role.name
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from cdktf import (
     AssetType,
     Fn,
@@ -22,13 +24,13 @@ from constructs import Construct
 from stacks import userdata
 from stacks.access import NodeRole
 from stacks.config import (
-    ARM_TYPE_RE,
     DASHBOARD_PORT,
-    INSTANCE_TYPE_RE,
     JUPYTER_PORT,
+    MAX_WORKER_TYPES,
     PRICE_RE,
     SCHEDULER_PORT,
     ClusterSettings,
+    node_instance_types,
 )
 from stacks.image import ComputationImage
 from stacks.jupyter import JupyterToken
@@ -186,14 +188,24 @@ class DaskClusterStack(TerraformStack):
                     error_message="worker_instance_types: must not be empty, got [].",
                 ),
                 TerraformVariableValidationConfig(
+                    # The same list stacks/config.py checks cdktf.json against, from botocore.
                     condition=(
                         "${alltrue([for t in var.worker_instance_types : "
-                        f"can(regex({_hcl(INSTANCE_TYPE_RE.pattern)}, t)) && "
-                        f"!can(regex({_hcl(ARM_TYPE_RE.pattern)}, t))])}}"
+                        f"contains({json.dumps(node_instance_types())}, t)])}}"
                     ),
                     error_message=(
                         "worker_instance_types: each entry must be an x86_64 EC2 instance type such as "
-                        "c6i.xlarge (the image is built for linux/amd64; Graviton types cannot run it), "
+                        "c6i.xlarge (the image is built for linux/amd64; Graviton, Apple, high-memory and "
+                        "Xen-era types cannot run a node), got ${jsonencode(var.worker_instance_types)}."
+                    ),
+                ),
+                TerraformVariableValidationConfig(
+                    condition=(
+                        "${length(distinct(var.worker_instance_types)) == length(var.worker_instance_types) && "
+                        f"length(var.worker_instance_types) <= {MAX_WORKER_TYPES}}}"
+                    ),
+                    error_message=(
+                        f"worker_instance_types: at most {MAX_WORKER_TYPES} types, each listed once, "
                         "got ${jsonencode(var.worker_instance_types)}."
                     ),
                 ),

@@ -6,6 +6,7 @@ or AWS surfaces as a traceback or as an error after resources were created.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -19,18 +20,62 @@ CONFIG_FILE = "cdktf.json"
 SCHEDULER_PORT = 8786
 DASHBOARD_PORT = 8787
 JUPYTER_PORT = 8888
+NODE_ROLES = ("scheduler", "worker")
 
 # A comfortable spread of x86_64 types with 4 vCPUs: several interchangeable pools give
 # price-capacity-optimized room to avoid interruptions.
 DEFAULT_WORKER_TYPES = ("c6i.xlarge", "c6a.xlarge", "c5.xlarge", "c5a.xlarge", "m6i.xlarge", "m6a.xlarge")
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
-REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[1-9]$")
+# Lowercase words joined by single hyphens: the name ends up in ECR's repository name
+# (dask-<name>), which allows no trailing or doubled separator, and in IAM and EC2 names.
+NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+NAME_MAX = 20
 INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
 # Graviton families carry a "g" after the generation digit (c7g, m6gd, t4g, im4gn); a1 is Arm too.
 ARM_TYPE_RE = re.compile(r"^([a-z]+[0-9]+g[a-z]*|a1)\.")
+# Families a node cannot run on although EC2 knows them: Apple hosts and high-memory "u-"
+# types launch only on dedicated hosts, and the Xen-era families cannot be EBS-optimized in
+# every size (the nodes ask for it) nor boot Amazon Linux 2023, which needs ENA and NVMe.
+UNSUITABLE_FAMILY_RE = re.compile(
+    r"^(mac[0-9a-z-]*|u-[0-9a-z]+|u7[a-z0-9-]*|t1|t2|m1|m2|m3|c1|c3|cc2|cg1|cr1|g2|hi1|hs1|i2|r3)\."
+)
 SUBNET_RE = re.compile(r"^subnet-([0-9a-f]{8}|[0-9a-f]{17})$")
 PRICE_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+# Partitions an AWS account can be opened in; the isolated ones need their own tooling.
+PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
+# What a security group takes: 60 inbound rules per address family, one per port and network.
+MAX_ALLOWED_NETWORKS = 15
+# Wider than this in total, the cluster is open to a large part of the internet: an IPv4 /8
+# (16.7 million addresses), or an IPv6 /32 (a whole provider's allocation).
+PUBLIC_BOUND = {4: 2**24, 6: 2**96}
+# The tags the stack itself relies on (filters, cost reports, the console's Name column).
+RESERVED_TAGS = ("Project", "DaskCluster", "ManagedBy", "Name", "DaskRole")
+MAX_USER_TAGS = 50 - len(RESERVED_TAGS)  # AWS allows 50 tags per resource
+# AWS tag keys and values: letters, digits, spaces and _ . : / = + - @ (EC2, IAM, ECR, SSM alike).
+TAG_TEXT_RE = re.compile(r"^[\w\s.:/=+\-@]*$", re.UNICODE)
+MAX_WORKER_TYPES = 40  # overrides in one mixed instances policy
+ROOT_VOLUME_MIN_GB = 8  # Amazon Linux 2023's root snapshot; EC2 refuses a smaller volume
+
+
+@functools.cache
+def _botocore_session():
+    import botocore.session  # boto3's own dependency: its service models ship AWS's lists
+
+    return botocore.session.get_session()
+
+
+@functools.cache
+def known_regions() -> frozenset[str]:
+    """Every region of the public partitions, from botocore's endpoint data (offline)."""
+    session = _botocore_session()
+    return frozenset(r for partition in PARTITIONS for r in session.get_available_regions("ec2", partition))
+
+
+@functools.cache
+def node_instance_types() -> tuple[str, ...]:
+    """EC2 instance types a node can run on: known to EC2's API model, x86_64, no dedicated host."""
+    every = _botocore_session().get_service_model("ec2").shape_for("InstanceType").enum
+    return tuple(t for t in every if not ARM_TYPE_RE.match(t) and not UNSUITABLE_FAMILY_RE.match(t))
 
 
 class SettingsError(ValueError):
@@ -64,14 +109,13 @@ class ClusterSettings:
         """Prefix of every named AWS resource, so several clusters never collide."""
         return f"dask-{self.name}"
 
-    @property
-    def node_parameter_path(self) -> str:
-        """SSM path (no leading slash) of the nodes' secrets: TLS material, Jupyter token."""
-        return f"{self.resource_prefix}/node"
+    def secret_path(self, role: str) -> str:
+        """SSM path (no leading slash) of one node role's secrets; only that role reads it."""
+        return f"{self.resource_prefix}/{role}"
 
-    def node_parameter(self, name: str) -> str:
-        """Full SSM name of one of the nodes' secrets, such as /dask-dask/node/worker.key."""
-        return f"/{self.node_parameter_path}/{name}"
+    def secret_parameter(self, role: str, name: str) -> str:
+        """Full SSM name of one of a role's secrets, such as /dask-dask/worker/worker.key."""
+        return f"/{self.secret_path(role)}/{name}"
 
 
 def _fail(where: str, message: str, value: Any) -> SettingsError:
@@ -105,7 +149,20 @@ def check_instance_type(where: str, value: Any) -> str:
         raise _fail(where, "must be an EC2 instance type such as c6i.xlarge", value)
     if ARM_TYPE_RE.match(value):
         raise _fail(where, "is an Arm (Graviton) type; the image is built for linux/amd64", value)
+    if UNSUITABLE_FAMILY_RE.match(value):
+        raise _fail(
+            where, "cannot run a node (dedicated hosts only, or a Xen-era type Amazon Linux 2023 cannot boot)", value
+        )
+    if value not in node_instance_types():
+        raise _fail(where, "is not an EC2 instance type (see `aws ec2 describe-instance-types`)", value)
     return value
+
+
+def _unique(where: str, values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        if values.count(value) > 1:
+            raise _fail(where, "lists the same entry twice", value)
+    return values
 
 
 def check_spot_price(where: str, value: Any) -> str | None:
@@ -123,24 +180,60 @@ def check_spot_price(where: str, value: Any) -> str | None:
     return text
 
 
+def _network(where: str, cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        address = ipaddress.ip_address(cidr)
+    except ValueError:
+        pass
+    else:  # a bare address, as checkip.amazonaws.com prints it: AWS wants a prefix length
+        raise _fail(where, f"a single address needs its prefix length, write {address}/{address.max_prefixlen}", cidr)
+    try:
+        return ipaddress.ip_network(cidr, strict=True)
+    except ValueError:
+        pass
+    try:
+        network = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        raise _fail(where, "each entry must be a network such as 203.0.113.7/32", cidr) from None
+    raise _fail(
+        where, f"has host bits set; the network is {network}, or write the address as /{network.max_prefixlen}", cidr
+    )
+
+
 def _cidrs(where: str, value: Any, allow_public: bool) -> tuple[str, ...]:
     if value == []:
         raise _fail(
             where, "add the networks allowed to reach the cluster, such as your public IP as 203.0.113.7/32", value
         )
     cidrs = _string_list(where, value)
-    for cidr in cidrs:
-        try:
-            network = ipaddress.ip_network(cidr, strict=True)
-        except ValueError:
-            raise _fail(where, "each entry must be a network such as 203.0.113.7/32", cidr) from None
-        if network.prefixlen == 0 and not allow_public:
-            raise _fail(
-                where,
-                "opens the scheduler to the whole internet; set allow_public_access: true to insist",
-                cidr,
-            )
+    if len(cidrs) > MAX_ALLOWED_NETWORKS:
+        raise _fail(where, f"at most {MAX_ALLOWED_NETWORKS} networks fit the security group's rules", len(cidrs))
+    networks = [_network(where, cidr) for cidr in cidrs]
+    for i, network in enumerate(networks):
+        for other in networks[:i]:
+            if network.version == other.version and (network.subnet_of(other) or other.subnet_of(network)):
+                raise _fail(where, f"overlaps {other}; AWS refuses duplicate rules, list each network once", cidrs[i])
+    if not allow_public:
+        for version, bound in PUBLIC_BOUND.items():
+            total = sum(n.num_addresses for n in networks if n.version == version)
+            if total > bound:
+                wide = ", ".join(str(n) for n in networks if n.version == version)
+                raise _fail(
+                    where,
+                    f"opens the cluster to {total:.3g} IPv{version} addresses, more than an "
+                    f"{'IPv4 /8' if version == 4 else 'IPv6 /32'}; set allow_public_access: true to insist",
+                    wide,
+                )
     return cidrs
+
+
+def _root_volume(where: str, value: Any) -> int:
+    size = _positive_int(where, value, maximum=16384)  # gp3's largest volume, in GiB
+    if size < ROOT_VOLUME_MIN_GB:
+        raise _fail(
+            where, f"must be at least {ROOT_VOLUME_MIN_GB} (the size of Amazon Linux 2023's root snapshot)", value
+        )
+    return size
 
 
 def _workers_shape(where: str, value: Any) -> int | Literal["auto"]:
@@ -152,19 +245,30 @@ def _workers_shape(where: str, value: Any) -> int | Literal["auto"]:
 def _tags(where: str, value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise _fail(where, "must be an object of tag names to values", value)
+    if len(value) > MAX_USER_TAGS:
+        raise _fail(where, f"at most {MAX_USER_TAGS} tags (AWS allows 50 per resource; the stack sets 5)", len(value))
+    reserved = {name.lower(): name for name in RESERVED_TAGS}
     for key, tag in value.items():
-        if not key or len(key) > 128 or key.lower().startswith("aws:"):
-            raise _fail(where, "tag names must be 1-128 characters and not start with aws:", key)
-        if not isinstance(tag, str) or len(tag) > 256:
-            raise _fail(f"{where}.{key}", "must be a string of at most 256 characters", tag)
+        if not key or len(key) > 128 or key.lower().startswith("aws:") or not TAG_TEXT_RE.match(key):
+            raise _fail(
+                where, "tag names must be 1-128 letters, digits, spaces or _.:/=+-@ and not start with aws:", key
+            )
+        if key.lower() in reserved:
+            raise _fail(where, f"{reserved[key.lower()]} is set by the stack itself; choose another tag name", key)
+        if not isinstance(tag, str) or len(tag) > 256 or not TAG_TEXT_RE.match(tag):
+            raise _fail(f"{where}.{key}", "must be a string of at most 256 letters, digits, spaces or _.:/=+-@", tag)
     return dict(value)
 
 
 def parse_cluster(name: str, raw: Any) -> ClusterSettings:
     """Validate one cluster's raw settings from cdktf.json."""
     where = f"clusters.{name}"
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise _fail("clusters", "cluster names must be lowercase letters, digits and '-', at most 20", name)
+    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > NAME_MAX:
+        raise _fail(
+            "clusters",
+            f"cluster names must be lowercase letters and digits in words joined by single '-', at most {NAME_MAX}",
+            name,
+        )
     if not isinstance(raw, dict):
         raise _fail(where, "must be an object of settings", raw)
     known = {f.name for f in fields(ClusterSettings)} - {"name"}
@@ -185,7 +289,7 @@ def parse_cluster(name: str, raw: Any) -> ClusterSettings:
 
     allow_public = _bool(at("allow_public_access"), get("allow_public_access"))
     region = get("region")
-    if not isinstance(region, str) or not REGION_RE.match(region):
+    if not isinstance(region, str) or region not in known_regions():
         raise _fail(at("region"), "must be an AWS region such as eu-west-1", region)
     market = get("scheduler_market")
     if market not in ("spot", "on-demand"):
@@ -194,10 +298,16 @@ def parse_cluster(name: str, raw: Any) -> ClusterSettings:
     worker_types = _string_list(at("worker_instance_types"), worker_types)
     for instance_type in worker_types:
         check_instance_type(at("worker_instance_types"), instance_type)
+    _unique(at("worker_instance_types"), worker_types)
+    if len(worker_types) > MAX_WORKER_TYPES:
+        raise _fail(
+            at("worker_instance_types"), f"at most {MAX_WORKER_TYPES} types in an Auto Scaling group", len(worker_types)
+        )
     subnets = _string_list(at("subnet_ids"), raw.get("subnet_ids", []), allow_empty=True)
     for subnet in subnets:
         if not SUBNET_RE.match(subnet):
             raise _fail(at("subnet_ids"), "each entry must be a subnet id such as subnet-0abc12345def67890", subnet)
+    _unique(at("subnet_ids"), subnets)
 
     return ClusterSettings(
         name=name,
@@ -213,7 +323,7 @@ def parse_cluster(name: str, raw: Any) -> ClusterSettings:
         max_lifetime_hours=_positive_int(at("max_lifetime_hours"), get("max_lifetime_hours"), maximum=24 * 14),
         worker_processes=_workers_shape(at("worker_processes"), get("worker_processes")),
         worker_threads=_workers_shape(at("worker_threads"), get("worker_threads")),
-        root_volume_gb=_positive_int(at("root_volume_gb"), get("root_volume_gb"), maximum=16384),
+        root_volume_gb=_root_volume(at("root_volume_gb"), get("root_volume_gb")),
         subnet_ids=subnets,
         tags=_tags(at("tags"), raw.get("tags", {})),
         jupyter=_bool(at("jupyter"), get("jupyter")),
@@ -233,10 +343,19 @@ def parse_clusters(context: Any) -> list[ClusterSettings]:
     return [parse_cluster(name, raw) for name, raw in clusters.items()]
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """JSON allows a key twice and keeps the last: a cluster defined twice would silently vanish."""
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise SettingsError(f"{CONFIG_FILE}: the key {json.dumps(key)} appears twice in one object; keep one")
+    return dict(pairs)
+
+
 def load_clusters(path: str | Path = CONFIG_FILE) -> list[ClusterSettings]:
     """Read and validate the clusters configured in cdktf.json."""
     try:
-        document = json.loads(Path(path).read_text())
+        document = json.loads(Path(path).read_text(), object_pairs_hook=_no_duplicate_keys)
     except FileNotFoundError:
         raise SettingsError(f"{path}: not found; run from the project directory") from None
     except json.JSONDecodeError as error:

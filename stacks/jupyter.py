@@ -22,6 +22,7 @@ class JupyterToken(Construct):
             self,
             "token-param",
             settings=settings,
+            role="scheduler",
             name=JUPYTER_TOKEN_PARAMETER,
             description="JupyterLab token",
             value=self.password.result,

@@ -1,8 +1,8 @@
 """Mutual TLS for one cluster: its own CA, and certificates for scheduler, workers and client.
 
 Node keys (and, for uniformity, certificates) travel through SSM SecureString parameters that
-only the node role can read, never through user-data (readable with
-ec2:DescribeInstanceAttribute, capped at 16 KB). The client's key leaves only as a sensitive
+only their own node role can read (a worker never reads the scheduler's key), never through
+user-data (readable with ec2:DescribeInstanceAttribute, capped at 16 KB). The client's key leaves only as a sensitive
 output. Every key is in the Terraform state: keep the state private (it is git-ignored here)
 or move it to an encrypted backend.
 """
@@ -17,16 +17,23 @@ from cdktf_cdktf_provider_tls.self_signed_cert import SelfSignedCert, SelfSigned
 from constructs import Construct
 
 from stacks.access import node_secret
-from stacks.config import ClusterSettings
+from stacks.config import NODE_ROLES, ClusterSettings
 
 # Certificates outlive any sensible cluster; the CA is per cluster and per deployment, and
 # `cdktf destroy` throws it away with everything it signed.
 VALIDITY_HOURS = 24 * 90
-NODE_ROLES = ("scheduler", "worker")
+# What each certificate may do. Nodes are both TLS servers and clients (the scheduler calls
+# workers, workers call the scheduler and each other); the client only ever connects, to the
+# scheduler and to the dashboard gateway, so its certificate cannot serve.
+USES = {
+    "scheduler": ["digital_signature", "server_auth", "client_auth"],
+    "worker": ["digital_signature", "server_auth", "client_auth"],
+    "client": ["digital_signature", "client_auth"],
+}
 
 
 class ClusterTls(Construct):
-    """The CA, three certificates, and the SSM parameters the nodes read theirs from."""
+    """The CA, a certificate per role, and each node role's SSM parameters under its own path."""
 
     def __init__(self, scope: Construct, id: str, *, settings: ClusterSettings) -> None:
         super().__init__(scope, id)
@@ -41,22 +48,15 @@ class ClusterTls(Construct):
             allowed_uses=["cert_signing", "crl_signing"],
         )
         self.client_key, self.client_cert = self._signed(settings, "client", ca_key)
-        self.parameters: list[SsmParameter] = [
-            node_secret(
-                self,
-                "ca-param",
-                settings=settings,
-                name="ca.pem",
-                description="Cluster CA certificate",
-                value=self.ca.cert_pem,
-            )
-        ]
+        self.parameters: list[SsmParameter] = []
         for role in NODE_ROLES:
             key, cert = self._signed(settings, role, ca_key)
             self.parameters += [
-                node_secret(self, f"{role}-cert-param", settings=settings, name=f"{role}.pem",
+                node_secret(self, f"{role}-ca-param", settings=settings, role=role, name="ca.pem",
+                            description="Cluster CA certificate", value=self.ca.cert_pem),
+                node_secret(self, f"{role}-cert-param", settings=settings, role=role, name=f"{role}.pem",
                             description=f"Dask {role} certificate", value=cert.cert_pem),
-                node_secret(self, f"{role}-key-param", settings=settings, name=f"{role}.key",
+                node_secret(self, f"{role}-key-param", settings=settings, role=role, name=f"{role}.key",
                             description=f"Dask {role} private key", value=key.private_key_pem),
             ]  # fmt: skip
 
@@ -75,7 +75,6 @@ class ClusterTls(Construct):
             ca_private_key_pem=ca_key.private_key_pem,
             ca_cert_pem=self.ca.cert_pem,
             validity_period_hours=VALIDITY_HOURS,
-            # Dask connections are mutual: every party is both a TLS client and a TLS server.
-            allowed_uses=["digital_signature", "key_encipherment", "server_auth", "client_auth"],
+            allowed_uses=USES[role],
         )
         return key, cert

@@ -83,7 +83,7 @@ def _common(settings: ClusterSettings, role: str, image_uri: str, registry: str)
         "cluster_name": settings.name,
         "image_uri": image_uri,
         "registry": registry,
-        "ssm_prefix": settings.node_parameter_path,
+        "ssm_prefix": settings.secret_path(role),
         "container_uid": CONTAINER_UID,
         "max_wait_seconds": MAX_WAIT_SECONDS,
         "max_lifetime_minutes": settings.max_lifetime_hours * 60,
@@ -101,7 +101,7 @@ def scheduler_variables(settings: ClusterSettings, image_uri: str, registry: str
         "scheduler_command": shlex.join(scheduler_command(settings)),
         "jupyter": settings.jupyter,
         "jupyter_port": JUPYTER_PORT,
-        "jupyter_token_parameter": settings.node_parameter(JUPYTER_TOKEN_PARAMETER),
+        "jupyter_token_parameter": settings.secret_parameter("scheduler", JUPYTER_TOKEN_PARAMETER),
     }
 
 

@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 os.environ.setdefault("CHECKPOINT_DISABLE", "1")
+# The tools the tests run (shellcheck, hadolint, ruff, the cdktf wrapper) live next to this
+# interpreter: `.venv/bin/python -m pytest` finds them without an activated venv.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 from stacks.config import parse_cluster  # noqa: E402
 

@@ -36,9 +36,18 @@ BAD = [
     ({"workers": "4"}, 'clusters.dask.workers: must be a positive whole number, got "4"'),
     ({"scheduler_market": "reserved"}, 'clusters.dask.scheduler_market: must be "spot" or "on-demand", got "reserved"'),
     ({"allowed_cidrs": ["10.0.0.300/32"]}, 'clusters.dask.allowed_cidrs: each entry must be a network such as 203.0.113.7/32, got "10.0.0.300/32"'),
-    ({"allowed_cidrs": ["198.51.100.7/24"]}, 'clusters.dask.allowed_cidrs: each entry must be a network such as 203.0.113.7/32, got "198.51.100.7/24"'),
-    ({"allowed_cidrs": ["0.0.0.0/0"]}, 'clusters.dask.allowed_cidrs: opens the scheduler to the whole internet; set allow_public_access: true to insist, got "0.0.0.0/0"'),
-    ({"allowed_cidrs": ["::/0"]}, 'clusters.dask.allowed_cidrs: opens the scheduler to the whole internet; set allow_public_access: true to insist, got "::/0"'),
+    ({"allowed_cidrs": ["198.51.100.7/24"]}, 'clusters.dask.allowed_cidrs: has host bits set; the network is 198.51.100.0/24, or write the address as /32, got "198.51.100.7/24"'),
+    ({"allowed_cidrs": ["203.0.113.7"]}, 'clusters.dask.allowed_cidrs: a single address needs its prefix length, write 203.0.113.7/32, got "203.0.113.7"'),
+    ({"allowed_cidrs": ["2001:db8::7"]}, 'clusters.dask.allowed_cidrs: a single address needs its prefix length, write 2001:db8::7/128, got "2001:db8::7"'),
+    ({"allowed_cidrs": ["0.0.0.0/0"]}, 'clusters.dask.allowed_cidrs: opens the cluster to 4.29e+09 IPv4 addresses, more than an IPv4 /8; set allow_public_access: true to insist, got "0.0.0.0/0"'),
+    ({"allowed_cidrs": ["::/0"]}, 'clusters.dask.allowed_cidrs: opens the cluster to 3.4e+38 IPv6 addresses, more than an IPv6 /32; set allow_public_access: true to insist, got "::/0"'),
+    ({"allowed_cidrs": ["0.0.0.0/1", "128.0.0.0/1"]}, 'clusters.dask.allowed_cidrs: opens the cluster to 4.29e+09 IPv4 addresses, more than an IPv4 /8; set allow_public_access: true to insist, got "0.0.0.0/1, 128.0.0.0/1"'),
+    ({"allowed_cidrs": ["10.0.0.0/7"]}, "clusters.dask.allowed_cidrs: opens the cluster to 3.36e+07 IPv4 addresses, more than an IPv4 /8"),
+    ({"allowed_cidrs": ["10.0.0.0/9", "11.0.0.0/9", "12.0.0.0/9"]}, "clusters.dask.allowed_cidrs: opens the cluster to 2.52e+07 IPv4 addresses"),
+    ({"allowed_cidrs": ["2000::/3"]}, 'clusters.dask.allowed_cidrs: opens the cluster to 4.25e+37 IPv6 addresses, more than an IPv6 /32; set allow_public_access: true to insist, got "2000::/3"'),
+    ({"allowed_cidrs": ["198.51.100.0/24", "198.51.100.0/24"]}, 'clusters.dask.allowed_cidrs: overlaps 198.51.100.0/24; AWS refuses duplicate rules, list each network once, got "198.51.100.0/24"'),
+    ({"allowed_cidrs": ["198.51.100.0/24", "198.51.100.7/32"]}, 'clusters.dask.allowed_cidrs: overlaps 198.51.100.0/24; AWS refuses duplicate rules, list each network once, got "198.51.100.7/32"'),
+    ({"allowed_cidrs": [f"198.51.100.{i}/32" for i in range(16)]}, "clusters.dask.allowed_cidrs: at most 15 networks fit the security group's rules, got 16"),
     ({"allowed_cidrs": []}, "clusters.dask.allowed_cidrs: add the networks allowed to reach the cluster, such as your public IP as 203.0.113.7/32, got []"),
     ({"allowed_cidrs": "198.51.100.0/24"}, 'clusters.dask.allowed_cidrs: must be a list of strings, got "198.51.100.0/24"'),
     ({"spot_max_price": "cheap"}, 'clusters.dask.spot_max_price: must be a positive price in USD per hour such as "0.25", got "cheap"'),
@@ -48,17 +57,34 @@ BAD = [
     ({"worker_instance_types": []}, "clusters.dask.worker_instance_types: must not be empty, got []"),
     ({"worker_instance_types": ["c6i.xlarge", "large"]}, 'clusters.dask.worker_instance_types: must be an EC2 instance type such as c6i.xlarge, got "large"'),
     ({"worker_instance_types": ["c7g.xlarge"]}, 'clusters.dask.worker_instance_types: is an Arm (Graviton) type; the image is built for linux/amd64, got "c7g.xlarge"'),
+    ({"worker_instance_types": ["c6i.huge"]}, 'clusters.dask.worker_instance_types: is not an EC2 instance type (see `aws ec2 describe-instance-types`), got "c6i.huge"'),
+    ({"worker_instance_types": ["c6i.xlarge", "c6i.xlarge"]}, 'clusters.dask.worker_instance_types: lists the same entry twice, got "c6i.xlarge"'),
+    ({"worker_instance_types": ["mac2.metal"]}, 'clusters.dask.worker_instance_types: cannot run a node (dedicated hosts only, or a Xen-era type Amazon Linux 2023 cannot boot), got "mac2.metal"'),
+    ({"worker_instance_types": ["u-6tb1.metal"]}, "clusters.dask.worker_instance_types: cannot run a node"),
+    ({"scheduler_instance_type": "t2.micro"}, 'clusters.dask.scheduler_instance_type: cannot run a node (dedicated hosts only, or a Xen-era type Amazon Linux 2023 cannot boot), got "t2.micro"'),
+    ({"scheduler_instance_type": "m6i.enormous"}, 'clusters.dask.scheduler_instance_type: is not an EC2 instance type'),
     ({"scheduler_instance_type": "t4g.small"}, 'clusters.dask.scheduler_instance_type: is an Arm (Graviton) type; the image is built for linux/amd64, got "t4g.small"'),
     ({"region": "Europe"}, 'clusters.dask.region: must be an AWS region such as eu-west-1, got "Europe"'),
     ({"region": "eu-west"}, 'clusters.dask.region: must be an AWS region such as eu-west-1, got "eu-west"'),
+    ({"region": "us-east-9"}, 'clusters.dask.region: must be an AWS region such as eu-west-1, got "us-east-9"'),
+    ({"region": "eu-westt-1"}, 'clusters.dask.region: must be an AWS region such as eu-west-1, got "eu-westt-1"'),
     ({"idle_timeout_minutes": 0}, "clusters.dask.idle_timeout_minutes: must be a positive whole number, got 0"),
     ({"max_lifetime_hours": 1000}, "clusters.dask.max_lifetime_hours: must be at most 336, got 1000"),
     ({"worker_processes": "many"}, 'clusters.dask.worker_processes: must be a positive whole number, got "many"'),
     ({"worker_threads": 0}, "clusters.dask.worker_threads: must be a positive whole number, got 0"),
     ({"root_volume_gb": -1}, "clusters.dask.root_volume_gb: must be a positive whole number, got -1"),
+    ({"root_volume_gb": 4}, "clusters.dask.root_volume_gb: must be at least 8 (the size of Amazon Linux 2023's root snapshot), got 4"),
+    ({"root_volume_gb": 20000}, "clusters.dask.root_volume_gb: must be at most 16384, got 20000"),
+    ({"subnet_ids": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef0"]}, 'clusters.dask.subnet_ids: lists the same entry twice, got "subnet-0123456789abcdef0"'),
     ({"subnet_ids": ["vpc-123"]}, 'clusters.dask.subnet_ids: each entry must be a subnet id such as subnet-0abc12345def67890, got "vpc-123"'),
-    ({"tags": {"aws:owner": "me"}}, 'clusters.dask.tags: tag names must be 1-128 characters and not start with aws:, got "aws:owner"'),
-    ({"tags": {"contact": 7}}, "clusters.dask.tags.contact: must be a string of at most 256 characters, got 7"),
+    ({"tags": {"aws:owner": "me"}}, 'clusters.dask.tags: tag names must be 1-128 letters, digits, spaces or _.:/=+-@ and not start with aws:, got "aws:owner"'),
+    ({"tags": {"cost#center": "ml"}}, 'clusters.dask.tags: tag names must be 1-128 letters, digits, spaces or _.:/=+-@ and not start with aws:, got "cost#center"'),
+    ({"tags": {"x" * 129: "ml"}}, "clusters.dask.tags: tag names must be 1-128 letters"),
+    ({"tags": {"contact": 7}}, "clusters.dask.tags.contact: must be a string of at most 256 letters, digits, spaces or _.:/=+-@, got 7"),
+    ({"tags": {"contact": "<me>"}}, 'clusters.dask.tags.contact: must be a string of at most 256 letters, digits, spaces or _.:/=+-@, got "<me>"'),
+    ({"tags": {"Name": "mine"}}, 'clusters.dask.tags: Name is set by the stack itself; choose another tag name, got "Name"'),
+    ({"tags": {"project": "x"}}, 'clusters.dask.tags: Project is set by the stack itself; choose another tag name, got "project"'),
+    ({"tags": {f"t{i}": "v" for i in range(46)}}, "clusters.dask.tags: at most 45 tags (AWS allows 50 per resource; the stack sets 5), got 46"),
     ({"jupyter": "yes"}, 'clusters.dask.jupyter: must be true or false, got "yes"'),
     ({"wrokers": 3}, "clusters.dask: unknown setting"),
 ]  # fmt: skip
@@ -79,13 +105,33 @@ def test_bad_values_get_one_line_naming_setting_and_value(change, message):
 def test_public_access_needs_an_explicit_opt_in():
     settings = parse_cluster("dask", {"allowed_cidrs": ["0.0.0.0/0"], "allow_public_access": True})
     assert settings.allowed_cidrs == ("0.0.0.0/0",)
+    halves = parse_cluster("dask", {"allowed_cidrs": ["0.0.0.0/1", "128.0.0.0/1"], "allow_public_access": True})
+    assert halves.allowed_cidrs == ("0.0.0.0/1", "128.0.0.0/1")
+
+
+def test_networks_up_to_the_bound_need_no_opt_in():
+    """A company's /8, a provider's IPv6 /32, and both families at once are not "the internet"."""
+    for cidrs in (["10.0.0.0/8"], ["2001:db8::/32"], ["10.0.0.0/9", "11.0.0.0/9", "2001:db8::/33"]):
+        assert parse_cluster("dask", {"allowed_cidrs": cidrs}).allowed_cidrs == tuple(cidrs)
+
+
+def test_a_cluster_defined_twice_is_an_error(tmp_path):
+    config = tmp_path / "cdktf.json"
+    config.write_text(
+        '{"context": {"clusters": {"dask": {"allowed_cidrs": ["198.51.100.0/24"]},'
+        ' "dask": {"allowed_cidrs": ["198.51.100.0/24"], "workers": 9}}}}'
+    )
+    with pytest.raises(SettingsError, match=r'^cdktf.json: the key "dask" appears twice in one object; keep one$'):
+        load_clusters(config)
 
 
 def test_missing_cidrs_and_bad_cluster_names_are_named():
     with pytest.raises(SettingsError, match=r"^clusters\.dask\.allowed_cidrs: required"):
         parse_cluster("dask", {})
-    with pytest.raises(SettingsError, match=r'^clusters: cluster names must be .*, got "Big_One"'):
-        parse_cluster("Big_One", {"allowed_cidrs": ALLOWED})
+    for name in ("Big_One", "dask-", "a--b", "-a", "9lives", "a" * 21):
+        with pytest.raises(SettingsError, match=rf'^clusters: cluster names must be .*, got "{name}"$'):
+            parse_cluster(name, {"allowed_cidrs": ALLOWED})
+    assert parse_cluster("team-a-2", {"allowed_cidrs": ALLOWED}).resource_prefix == "dask-team-a-2"
     with pytest.raises(SettingsError, match=r"^clusters: add at least one cluster"):
         parse_clusters({"clusters": {}})
 

@@ -65,7 +65,12 @@ BAD = [
     ("-var=workers=2.5", "workers: must be a whole number from 1 to 500, got 2.5."),
     ("-var=worker_instance_types=[]", "worker_instance_types: must not be empty, got []."),
     ('-var=worker_instance_types=["c7g.xlarge"]', TYPES),
-    ('-var=worker_instance_types=["c6i.large","big"]', 'cannot run it), got ["c6i.large","big"].'),
+    ('-var=worker_instance_types=["c6i.large","big"]', 'cannot run a node), got ["c6i.large","big"].'),
+    ('-var=worker_instance_types=["c6i.huge"]', 'cannot run a node), got ["c6i.huge"].'),
+    ('-var=worker_instance_types=["mac2.metal"]', 'cannot run a node), got ["mac2.metal"].'),
+    ('-var=worker_instance_types=["t2.large"]', 'cannot run a node), got ["t2.large"].'),
+    ('-var=worker_instance_types=["c6i.large","c6i.large"]', 'at most 40 types, each listed once, got ["c6i.large","c6i.large"].'),
+    ("-var=workers=501", "workers: must be a whole number from 1 to 500, got 501."),
     ("-var=spot_max_price=abc", f'{PRICE} "abc".'),
     ("-var=spot_max_price=-1", f'{PRICE} "-1".'),
     ("-var=spot_max_price=0", f'{PRICE} "0".'),
@@ -79,3 +84,16 @@ def test_bad_overrides_fail_at_plan_naming_setting_and_value(variables_only, arg
     assert "Invalid value for variable" in run.stderr
     text = " ".join(run.stderr.replace("│", " ").split())
     assert message in text, f"the error does not name the setting and value: {run.stderr}"
+
+
+def test_terraform_and_cdktf_json_accept_the_same_instance_types(synthesized):
+    """One source, botocore's EC2 model: the two checks cannot drift apart."""
+    from stacks.config import node_instance_types
+
+    (condition, *_) = [
+        v["condition"] for v in synthesized["default"]["variable"]["worker_instance_types"]["validation"]
+        if "contains(" in v["condition"]
+    ]  # fmt: skip
+    listed = json.loads(condition.split("contains(", 1)[1].rsplit(", t)", 1)[0])
+    assert listed == list(node_instance_types())
+    assert "c6i.xlarge" in listed and "c7g.xlarge" not in listed and "mac2.metal" not in listed

@@ -318,10 +318,14 @@ def test_search_survives_a_lost_worker_node(tmp_path):
 # ---- what a user can get wrong: one line, exit status 2, no traceback ----
 
 
+PROGRESS = ("connecting to ", "  still waiting ")  # what the client says while it waits
+
+
 def assert_one_line_error(run: subprocess.CompletedProcess, expected: str) -> None:
     assert run.returncode == 2, run.stdout + run.stderr
-    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    lines = [line for line in run.stderr.splitlines() if line.strip() and not line.startswith(PROGRESS)]
     assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    assert run.stderr.rstrip().endswith(lines[0])
     assert expected in lines[0], lines[0]
     assert "Traceback" not in run.stderr
 
@@ -459,3 +463,79 @@ def test_benchmark_times_both_commands_and_compares_them(tmp_path):
     assert "ratio of medians (ours / scikit-learn): whole process" in run.stdout
     assert "median of the 1 per-round ratios" in run.stdout
     assert not list(tmp_path.iterdir()), "its runs write their results in a folder of their own"
+
+
+def test_waiting_is_visible_and_ctrl_c_ends_it_in_one_line(loopback, tmp_path):
+    """A scheduler that never answers: the client says so every 10 s, and Ctrl-C (SIGINT to the
+    whole process group, as a terminal sends it, plotting helper included) ends it cleanly."""
+    import os
+    import signal
+    import time
+
+    address = f"tls://127.0.0.1:{loopback_cluster.free_port()}"
+    tls = loopback.tls_dir
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--scheduler", address, "--timeout", "60",
+         "--tls-ca", str(tls / "ca.pem"), "--tls-cert", str(tls / "client.pem"), "--tls-key", str(tls / "client.key")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    lines, started = [], time.monotonic()
+    try:
+        while not any(line.startswith("  still waiting") for line in lines):
+            line = process.stderr.readline()
+            assert line, f"stderr closed early: {lines}"
+            lines.append(line)
+        waited = time.monotonic() - started
+        os.killpg(process.pid, signal.SIGINT)
+        rest, _ = "".join(process.stderr), process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert lines[0].startswith(f"connecting to {address} (for up to 60 s)"), lines
+    assert f"still waiting for the scheduler at {address}: " in lines[-1] and " s left" in lines[-1], lines
+    assert 9 <= waited <= 20, "a line at least every 10 s"
+    assert process.returncode == 130
+    assert rest.strip() == "interrupted", rest
+    assert "Traceback" not in "".join(lines) + rest
+
+
+def test_help_shows_every_default():
+    run = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True)
+    text = " ".join(run.stdout.split())
+    for default in ("(default: 0)", "(default: results)", "(default: outputs.json)", "(default: 600)"):
+        assert default in text, default
+
+
+def test_dask_report_opens_offline(local_run):
+    """The performance report embeds Bokeh: no script or style sheet is fetched from anywhere
+    (a favicon link may stay: a browser offline just shows no icon)."""
+    from html.parser import HTMLParser
+
+    class Fetches(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.urls: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "script" and attrs.get("src"):
+                self.urls.append(attrs["src"])
+            if tag == "link" and "stylesheet" in (attrs.get("rel") or "") and attrs.get("href"):
+                self.urls.append(attrs["href"])
+
+    _, folder = local_run
+    html = (folder / "dask-report.html").read_text()
+    parser = Fetches()
+    parser.feed(html)
+    assert parser.urls == []
+    assert "Bokeh" in html and len(html) > 500_000, "Bokeh's JavaScript is inlined"
+
+
+def test_heatmap_marks_every_best_cell(tmp_path):
+    from experiments.report import write_heatmap
+
+    candidates = [{"C": c, "gamma": g, "w": w} for w in (None, "balanced") for c in (1, 10) for g in (0.1, 1)]
+    scores = [0.5, 0.9, 0.7, 0.9, 0.2, 0.3, 0.4, 0.6]
+    best = write_heatmap(tmp_path / "h.png", candidates, scores, rows="C", columns="gamma", panels="w", title="t")
+    assert best == [{"C": 1, "gamma": 1, "w": None}, {"C": 10, "gamma": 1, "w": None}]
+    assert (tmp_path / "h.png").stat().st_size > 10_000

@@ -1,0 +1,59 @@
+# The project's commands. The environment its tools need is set here, not in your shell:
+#   make test    install what the tests need into .venv, .venv-checkov and .venv/node, then run
+#                ruff and the whole test suite (CI runs exactly this; see .ci/run)
+#   make cdktf   only the pinned cdktf CLI, as .venv/bin/cdktf (for deploying)
+# Needs: python3 (3.11, with venv), Node.js with npm, Terraform 1.11 on PATH.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+.ONESHELL:
+
+# jsii (behind cdktf) prints a Node.js end-of-life banner on Node 20, and the cdktf CLI calls
+# HashiCorp's checkpoint service unless told not to.
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export CHECKPOINT_DISABLE := 1
+
+PYTHON ?= python3
+CDKTF_CLI := cdktf-cli@0.21.0
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+
+.PHONY: test cdktf
+
+test: $(VENV)/.dev-installed .venv-checkov/.installed $(VENV)/bin/cdktf
+	export PATH="$(BIN):$$PATH"
+	ruff check .
+	ruff format --check .
+	python -m pytest -q
+
+cdktf: $(VENV)/bin/cdktf
+
+$(VENV)/bin/python:
+	$(PYTHON) -c 'import sys; sys.exit(None if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps: a changed requirements file reinstalls; an unchanged one costs nothing.
+$(VENV)/.dev-installed: requirements-dev.txt requirements.txt image/requirements.txt | $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# checkov pins many packages of its own: it gets a virtual environment to itself.
+.venv-checkov/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install --quiet -r requirements-checkov.txt
+	touch $@
+
+# The CLI goes into the project's venv, not into npm's global folder (no sudo, no clash with
+# another project's version). The wrapper sets what the CLI needs, and a umask under which
+# outputs.json and terraform.<stack>.tfstate, which hold the cluster's keys, are private.
+$(VENV)/bin/cdktf: | $(VENV)/bin/python
+	npm install --prefix $(VENV)/node --no-fund --no-audit --loglevel=error $(CDKTF_CLI)
+	printf '%s\n' '#!/bin/sh' \
+	  '# Written by `make cdktf`: the pinned cdktf CLI with the environment this project needs.' \
+	  '# The venv comes first on PATH: the CLI runs `python main.py` with its interpreter.' \
+	  'umask 077' \
+	  'bin=$$(cd "$$(dirname "$$0")" && pwd)' \
+	  'export PATH="$$bin:$$PATH" JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20 CHECKPOINT_DISABLE=1' \
+	  'exec "$$bin/../node/node_modules/.bin/cdktf" "$$@"' >$@
+	chmod +x $@
