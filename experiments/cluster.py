@@ -321,6 +321,8 @@ def _remote(
 ) -> Iterator[tuple[object, Where]]:
     from distributed import Client
 
+    from experiments.tunnel import local_link
+
     probe(address, security, timeout)
     with Client(address, security=security, timeout=f"{max(timeout, 10):g}s") as client:
         console(f"connected to {address}; waiting for {expected} worker node(s)")
@@ -328,9 +330,12 @@ def _remote(
         check_versions(client)
         info = client.scheduler_info(n_workers=-1)
         threads = sum(w["nthreads"] for w in info["workers"].values())
-        dashboard = dashboard or client.dashboard_link
-        _startup_over()
-        yield client, Where("remote", address, dashboard, worker_nodes(client), threads, stack, cost_basis)
+        # A stack's dashboard is behind its TLS gateway: the browser gets a local forwarder.
+        files = (security.tls_ca_file, security.tls_client_cert, security.tls_client_key)
+        link = contextlib.nullcontext(client.dashboard_link) if dashboard is None else local_link(dashboard, *files)
+        with link as dashboard:
+            _startup_over()
+            yield client, Where("remote", address, dashboard, worker_nodes(client), threads, stack, cost_basis)
 
 
 def _startup_over() -> None:

@@ -52,9 +52,7 @@ class NodeRole(Construct):
     capacity of this cluster's worker group (to 0 when the cluster ends).
     """
 
-    def __init__(
-        self, scope: Construct, id: str, *, settings: ClusterSettings, role: str, repository_arn: str
-    ) -> None:
+    def __init__(self, scope: Construct, id: str, *, settings: ClusterSettings, role: str, repository_arn: str) -> None:
         super().__init__(scope, id)
         assert role in NODE_ROLES, role
         partition = DataAwsPartition(self, "partition").partition

@@ -27,6 +27,7 @@ from stacks.config import (
     DASHBOARD_PORT,
     JUPYTER_PORT,
     MAX_WORKER_TYPES,
+    NODE_ROLES,
     PRICE_RE,
     SCHEDULER_PORT,
     ClusterSettings,
@@ -86,7 +87,10 @@ class DaskClusterStack(TerraformStack):
 
         network = ClusterNetwork(self, "network", settings=settings)
         image = ComputationImage(self, "image", settings=settings)
-        role = NodeRole(self, "access", settings=settings, repository_arn=image.repository.arn)
+        roles = {
+            role: NodeRole(self, f"{role}-access", settings=settings, role=role, repository_arn=image.repository.arn)
+            for role in NODE_ROLES
+        }
         tls = ClusterTls(self, "tls-material", settings=settings)
         ami = DataAwsSsmParameter(self, "ami", name=AMI_PARAMETER)
         jupyter = JupyterToken(self, "jupyter", settings=settings) if settings.jupyter else None
@@ -95,8 +99,6 @@ class DaskClusterStack(TerraformStack):
         common = NodeCommon(
             settings=settings,
             ami_id=ami.insecure_value,
-            instance_profile_name=role.instance_profile.name,
-            instance_profile_arn=role.instance_profile.arn,
             security_group_id=network.security_group.id,
             image_uri=image.uri,
             registry=Fn.element(Fn.split("/", image.repository.repository_url), 0),
@@ -106,17 +108,23 @@ class DaskClusterStack(TerraformStack):
             templates=TerraformAsset(self, "userdata", path=str(userdata.TEMPLATE_DIR), type=AssetType.DIRECTORY).path,
             boot_after=[image.pushed, *tls.parameters, *([jupyter.parameter] if jupyter else [])],
         )
-        scheduler = Scheduler(self, "scheduler", common=common, subnet_id=network.scheduler_subnet_id)
+        scheduler = Scheduler(
+            self,
+            "scheduler",
+            common=common,
+            subnet_id=network.scheduler_subnet_id,
+            instance_profile_name=roles["scheduler"].instance_profile.name,
+        )
         workers_group = WorkerGroup(
             self,
             "worker-group",
             common=common,
+            instance_profile_arn=roles["worker"].instance_profile.arn,
             subnet_ids=network.subnet_ids,
             scheduler_private_ip=scheduler.instance.private_ip,
             workers=workers.number_value,
             instance_types=instance_types.list_value,
         )
-        role.allow_scaling(workers_group.group.arn)
 
         public_ip = scheduler.instance.public_ip
         private_ip = scheduler.instance.private_ip

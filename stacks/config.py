@@ -20,6 +20,10 @@ CONFIG_FILE = "cdktf.json"
 SCHEDULER_PORT = 8786
 DASHBOARD_PORT = 8787
 JUPYTER_PORT = 8888
+# On the scheduler node the dashboard and JupyterLab listen on loopback only, on these ports;
+# the TLS gateway (experiments/tunnel.py) serves them on the two above.
+DASHBOARD_LOCAL_PORT = 8788
+JUPYTER_LOCAL_PORT = 8889
 NODE_ROLES = ("scheduler", "worker")
 
 # A comfortable spread of x86_64 types with 4 vCPUs: several interchangeable pools give

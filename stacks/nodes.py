@@ -43,8 +43,6 @@ class NodeCommon:
 
     settings: ClusterSettings
     ami_id: str
-    instance_profile_name: str
-    instance_profile_arn: str
     security_group_id: str
     image_uri: str
     registry: str
@@ -64,7 +62,9 @@ def _user_data(common: NodeCommon, role: str, variables: dict[str, object]) -> s
 class Scheduler(Construct):
     """A single instance running `dask scheduler`; spot unless the settings say on-demand."""
 
-    def __init__(self, scope: Construct, id: str, *, common: NodeCommon, subnet_id: str) -> None:
+    def __init__(
+        self, scope: Construct, id: str, *, common: NodeCommon, subnet_id: str, instance_profile_name: str
+    ) -> None:
         super().__init__(scope, id)
         s = common.settings
         market = None
@@ -89,7 +89,7 @@ class Scheduler(Construct):
             subnet_id=subnet_id,
             vpc_security_group_ids=[common.security_group_id],
             associate_public_ip_address=True,
-            iam_instance_profile=common.instance_profile_name,
+            iam_instance_profile=instance_profile_name,
             metadata_options=InstanceMetadataOptions(
                 http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
             ),
@@ -124,6 +124,7 @@ class WorkerGroup(Construct):
         id: str,
         *,
         common: NodeCommon,
+        instance_profile_arn: str,
         subnet_ids: list[str],
         scheduler_private_ip: str,
         workers: float,
@@ -142,7 +143,7 @@ class WorkerGroup(Construct):
             name=f"{s.resource_prefix}-worker",
             image_id=common.ami_id,
             update_default_version=True,
-            iam_instance_profile=LaunchTemplateIamInstanceProfile(arn=common.instance_profile_arn),
+            iam_instance_profile=LaunchTemplateIamInstanceProfile(arn=instance_profile_arn),
             network_interfaces=[
                 LaunchTemplateNetworkInterfaces(
                     device_index=0,

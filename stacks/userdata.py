@@ -10,7 +10,14 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from stacks.config import DASHBOARD_PORT, JUPYTER_PORT, SCHEDULER_PORT, ClusterSettings
+from stacks.config import (
+    DASHBOARD_LOCAL_PORT,
+    DASHBOARD_PORT,
+    JUPYTER_LOCAL_PORT,
+    JUPYTER_PORT,
+    SCHEDULER_PORT,
+    ClusterSettings,
+)
 
 JUPYTER_TOKEN_PARAMETER = "jupyter.token"  # noqa: S105 (an SSM parameter name, not a token)
 
@@ -49,17 +56,40 @@ def scheduler_command(
     tls_dir: str = TLS_DIR,
     host: str = "",
     port: int = SCHEDULER_PORT,
-    dashboard_port: int = DASHBOARD_PORT,
+    dashboard_port: int = DASHBOARD_LOCAL_PORT,
 ) -> list[str]:
-    """The `dask scheduler` command line the scheduler container runs (tests run it on loopback)."""
+    """The `dask scheduler` command line the scheduler container runs (tests run it on loopback).
+
+    The dashboard listens on loopback only: the TLS gateway is its only way out.
+    """
     return [
         "dask", "scheduler",
         "--protocol=tls",
         *([f"--host={host}"] if host else []),
         f"--port={port}",
-        f"--dashboard-address={host}:{dashboard_port}",
+        f"--dashboard-address=127.0.0.1:{dashboard_port}",
         f"--idle-timeout={settings.idle_timeout_minutes} minutes",
         *tls_options("scheduler", tls_dir),
+    ]  # fmt: skip
+
+
+def gateway_command(
+    settings: ClusterSettings,
+    *,
+    tls_dir: str = TLS_DIR,
+    listen_host: str = "",
+    ports: dict[int, int] | None = None,
+) -> list[str]:
+    """The TLS gateway in front of the dashboard (and JupyterLab): public port to loopback port."""
+    if ports is None:
+        ports = {
+            DASHBOARD_PORT: DASHBOARD_LOCAL_PORT,
+            **({JUPYTER_PORT: JUPYTER_LOCAL_PORT} if settings.jupyter else {}),
+        }
+    return [
+        "python", "-m", "experiments.tunnel", "gateway",
+        *tls_options("scheduler", tls_dir),
+        *(f"{listen_host}:{public}=127.0.0.1:{local}" for public, local in ports.items()),
     ]  # fmt: skip
 
 
@@ -99,8 +129,9 @@ def scheduler_variables(settings: ClusterSettings, image_uri: str, registry: str
         "idle_timeout_minutes": settings.idle_timeout_minutes,
         "scheduler_spot": settings.scheduler_market == "spot",
         "scheduler_command": shlex.join(scheduler_command(settings)),
+        "gateway_command": shlex.join(gateway_command(settings)),
         "jupyter": settings.jupyter,
-        "jupyter_port": JUPYTER_PORT,
+        "jupyter_local_port": JUPYTER_LOCAL_PORT,
         "jupyter_token_parameter": settings.secret_parameter("scheduler", JUPYTER_TOKEN_PARAMETER),
     }
 

@@ -1,7 +1,8 @@
 """A real Dask cluster on loopback, started with the very command lines the nodes run.
 
-Certificates are made here the way the stack makes them (one CA; scheduler, worker and client
-certificates allowed for both TLS roles). Each worker gets its own 127.x address, so that it
+Certificates are made here the way the stack makes them (one CA; scheduler and worker
+certificates for both TLS roles, the client's for client authentication only), and the
+dashboard sits behind the same TLS gateway. Each worker gets its own 127.x address, so that it
 counts as a node of its own.
 """
 
@@ -41,6 +42,14 @@ def _pem_key(key) -> str:
     ).decode()
 
 
+# As stacks/tls.py: nodes serve and connect, the client only connects.
+USES = {
+    "scheduler": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+    "worker": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+    "client": [ExtendedKeyUsageOID.CLIENT_AUTH],
+}
+
+
 def make_tls(folder: Path) -> dict[str, str]:
     """CA, scheduler, worker and client material in `folder`; returns the PEM texts by file name."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -61,7 +70,7 @@ def make_tls(folder: Path) -> dict[str, str]:
             x509.CertificateBuilder().subject_name(_name(f"test {role}")).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(USES[role]), critical=False)
             .sign(ca_key, hashes.SHA256())
         )  # fmt: skip
         texts[f"{role}.pem"] = cert.public_bytes(serialization.Encoding.PEM).decode()
@@ -94,7 +103,8 @@ class LoopbackCluster:
     tls_dir: Path
     tls: dict[str, str]
     port: int
-    dashboard_port: int
+    dashboard_port: int  # Dask's own, on loopback as on the node
+    gateway_port: int  # the TLS gateway in front of it
     logs: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -117,7 +127,12 @@ class LoopbackCluster:
             cluster, tls_dir=str(self.tls_dir), host="127.0.0.1", port=self.port, dashboard_port=self.dashboard_port
         )
         self._start("scheduler", [DASK, *command[1:]])
+        gateway = userdata.gateway_command(
+            cluster, tls_dir=str(self.tls_dir), listen_host="127.0.0.1", ports={self.gateway_port: self.dashboard_port}
+        )
+        self._start("gateway", [sys.executable, *gateway[1:]])
         wait_for_port("127.0.0.1", self.port)
+        wait_for_port("127.0.0.1", self.gateway_port)
 
     def start_worker(self, host: str, **settings) -> None:
         cluster = parse_cluster(
@@ -158,7 +173,7 @@ class LoopbackCluster:
         outputs = {
             "scheduler_address": self.address,
             "scheduler_private_address": self.address,
-            "dashboard_url": f"http://127.0.0.1:{self.dashboard_port}/status",
+            "dashboard_url": f"https://127.0.0.1:{self.gateway_port}/status",
             "image_uri": f"123456789012.dkr.ecr.us-east-1.amazonaws.com/dask-loopback:{image_content_hash()}",
             "ecr_repository_url": "123456789012.dkr.ecr.us-east-1.amazonaws.com/dask-loopback",
             "worker_group_name": "dask-loopback-workers",
@@ -178,7 +193,7 @@ class LoopbackCluster:
 
 def start(folder: Path, workers: tuple[str, ...] = ("127.0.0.2", "127.0.0.3"), **scheduler_settings) -> LoopbackCluster:
     tls_dir = folder / "tls"
-    cluster = LoopbackCluster(tls_dir, make_tls(tls_dir), free_port(), free_port(), folder)
+    cluster = LoopbackCluster(tls_dir, make_tls(tls_dir), free_port(), free_port(), free_port(), folder)
     cluster.start_scheduler(**scheduler_settings)
     for host in workers:
         cluster.start_worker(host)

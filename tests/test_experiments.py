@@ -7,6 +7,7 @@ import argparse
 import csv
 import gc
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -232,13 +233,15 @@ def test_remote_run_through_an_outputs_file(loopback, local_run, tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "worker nodes: 2/2" in run.stderr
-    assert f"Dask dashboard: http://127.0.0.1:{loopback.dashboard_port}/status" in run.stdout
+    # The dashboard is behind the TLS gateway: the printed link is the local forwarder's.
+    (dashboard,) = re.findall(r"Dask dashboard: (http://127\.0\.0\.1:\d+/status)\n", run.stdout)
+    assert f":{loopback.gateway_port}/" not in dashboard and f":{loopback.dashboard_port}/" not in dashboard
     assert BEST_LINE in run.stdout
     folder = only_run_folder(tmp_path / "results")
     assert cv_scores(folder) == cv_scores(local_run[1]), "the cluster must find exactly what the laptop finds"
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["where"] == {
-        "kind": "remote", "scheduler": loopback.address, "dashboard": f"http://127.0.0.1:{loopback.dashboard_port}/status",
+        "kind": "remote", "scheduler": loopback.address, "dashboard": dashboard,
         "worker_nodes": 2, "threads": 2, "stack": "loopback",
         "cost_basis": {"region": "us-east-1", "worker_instance_types": ["c6i.xlarge", "c5.xlarge"], "scheduler_instance_type": "m6i.large", "scheduler_market": "spot"},
     }  # fmt: skip
