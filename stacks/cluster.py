@@ -131,7 +131,10 @@ class DaskClusterStack(TerraformStack):
         outputs = {
             "scheduler_address": (f"tls://{public_ip}:{SCHEDULER_PORT}", "Connect clients here (mutual TLS)"),
             "scheduler_private_address": (f"tls://{private_ip}:{SCHEDULER_PORT}", "Address inside the VPC"),
-            "dashboard_url": (f"http://{public_ip}:{DASHBOARD_PORT}/status", "Dask dashboard"),
+            "dashboard_url": (
+                f"https://{public_ip}:{DASHBOARD_PORT}/status",
+                "Dask dashboard: TLS, this cluster's client certificate required (the experiments forward it locally)",
+            ),
             "image_uri": (image.uri, "The exact image every node runs"),
             "ecr_repository_url": (image.repository.repository_url, "ECR repository of the image"),
             "worker_group_name": (workers_group.group.name, "Auto Scaling group of the workers"),
@@ -148,7 +151,10 @@ class DaskClusterStack(TerraformStack):
             ),
         }
         if jupyter:
-            outputs["jupyter_url"] = (f"http://{public_ip}:{JUPYTER_PORT}/lab", "JupyterLab on the scheduler node")
+            outputs["jupyter_url"] = (
+                f"https://{public_ip}:{JUPYTER_PORT}/lab",
+                "JupyterLab: TLS, client certificate required (`python experiments/tunnel.py --stack NAME`)",
+            )
         for name, (value, description) in outputs.items():
             TerraformOutput(self, name, value=value, description=description)
         if jupyter:

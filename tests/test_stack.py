@@ -63,7 +63,7 @@ def test_outputs_follow_the_contract(synthesized, settings):
     assert re.fullmatch(
         r"tls://\$\{aws_instance\.\w+\.private_ip\}:8786", outputs["scheduler_private_address"]["value"]
     )
-    assert re.fullmatch(r"http://\$\{aws_instance\.\w+\.public_ip\}:8787/status", outputs["dashboard_url"]["value"])
+    assert re.fullmatch(r"https://\$\{aws_instance\.\w+\.public_ip\}:8787/status", outputs["dashboard_url"]["value"])
     assert outputs["workers"]["value"] == "${var.workers}"
     assert outputs["region"]["value"] == "us-east-1"
 
@@ -132,38 +132,26 @@ def policy(resource: dict) -> dict:
     return json.loads(resource["policy"])
 
 
-def test_node_role_has_only_what_a_node_needs(synthesized):
+def test_one_role_per_node_kind_and_no_managed_policy(synthesized):
+    """What each role may do is checked by evaluating it (tests/test_iam.py); here, the shape."""
     doc = synthesized["default"]
-    role = only(doc, "aws_iam_role")
-    trust = json.loads(role["assume_role_policy"])
-    assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
-    attachments = [a["policy_arn"] for a in everything(doc, "aws_iam_role_policy_attachment")]
-    assert len(attachments) == 1
-    assert re.fullmatch(
-        r"arn:\$\{data\.aws_partition\.\w+\.partition\}:iam::aws:policy/AmazonSSMManagedInstanceCore", attachments[0]
+    roles = doc["resource"]["aws_iam_role"]
+    assert sorted(r["name"] for r in roles.values()) == ["dask-default-scheduler", "dask-default-worker"]
+    for role in roles.values():
+        trust = json.loads(role["assume_role_policy"])
+        assert trust["Statement"] == [
+            {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ]
+    assert "aws_iam_role_policy_attachment" not in doc["resource"], "managed policies grant more than their names say"
+    profiles = {p["name"]: key for key, p in doc["resource"]["aws_iam_instance_profile"].items()}
+    assert set(profiles) == {"dask-default-scheduler", "dask-default-worker"}
+    scheduler, launch_template = only(doc, "aws_instance"), only(doc, "aws_launch_template")
+    assert (
+        scheduler["iam_instance_profile"] == f"${{aws_iam_instance_profile.{profiles['dask-default-scheduler']}.name}}"
     )
-    statements = [s for p in everything(doc, "aws_iam_role_policy") for s in policy(p)["Statement"]]
-    by_sid = {s["Sid"]: s for s in statements}
-    assert set(by_sid) == {"EcrLogin", "PullThisClusterImage", "ReadThisClusterSecrets", "ScaleThisWorkerGroup"}
-    assert by_sid["EcrLogin"]["Action"] == "ecr:GetAuthorizationToken"
-    assert by_sid["PullThisClusterImage"]["Resource"].startswith("${aws_ecr_repository.")
-    assert not any(
-        a.startswith("ecr:Put") or a.startswith("ecr:Delete") for a in by_sid["PullThisClusterImage"]["Action"]
-    )
-    assert by_sid["ReadThisClusterSecrets"]["Resource"].endswith(":parameter/dask-default/node/*")
-    assert set(by_sid["ReadThisClusterSecrets"]["Action"]) == {"ssm:GetParameter", "ssm:GetParameters"}
-    (group,) = doc["resource"]["aws_autoscaling_group"]
-    assert by_sid["ScaleThisWorkerGroup"] == {
-        "Sid": "ScaleThisWorkerGroup",
-        "Effect": "Allow",
-        "Action": "autoscaling:SetDesiredCapacity",
-        "Resource": f"${{aws_autoscaling_group.{group}.arn}}",
+    assert launch_template["iam_instance_profile"] == {
+        "arn": f"${{aws_iam_instance_profile.{profiles['dask-default-worker']}.arn}}"
     }
-    for statement in statements:
-        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        assert not any(a.endswith("*") for a in actions), f"wildcard action in {statement}"
-        if statement["Resource"] == "*":
-            assert actions == ["ecr:GetAuthorizationToken"], f"unscoped statement {statement}"
 
 
 def test_no_aws_access_keys_anywhere(synthesized):
@@ -212,28 +200,40 @@ def test_image_tag_is_the_content_hash(synthesized):
     assert tag in only(doc, "aws_launch_template")["user_data"], "the workers must run exactly this image"
 
 
-def test_node_keys_travel_through_secure_ssm_parameters(synthesized):
+def test_node_keys_travel_through_secure_ssm_parameters_under_their_role(synthesized):
     doc = synthesized["default"]
     parameters = {p["name"]: p for p in everything(doc, "aws_ssm_parameter")}
+    assert sorted(parameters) == [
+        f"/dask-default/{role}/{name}"
+        for role in ("scheduler", "worker")
+        for name in ("ca.pem", f"{role}.key", f"{role}.pem")
+    ]
     for role in ("scheduler", "worker"):
-        key = parameters[f"/dask-default/node/{role}.key"]
+        key = parameters[f"/dask-default/{role}/{role}.key"]
         assert key["type"] == "SecureString"
-        assert key["value"].startswith("${tls_private_key.")
-        assert parameters[f"/dask-default/node/{role}.pem"]["value"].startswith("${tls_locally_signed_cert.")
+        assert key["value"].startswith("${tls_private_key.") and f"{role}-key" in key["value"]
+        assert parameters[f"/dask-default/{role}/{role}.pem"]["value"].startswith("${tls_locally_signed_cert.")
     assert "client.key" not in json.dumps(parameters), "the client key stays with the client"
     user_data = only(doc, "aws_instance")["user_data"] + only(doc, "aws_launch_template")["user_data"]
     assert "tls_private_key" not in user_data and "private_key_pem" not in user_data
 
 
-def test_tls_certificates_are_signed_by_the_cluster_ca(synthesized):
+def test_tls_certificates_are_signed_by_the_cluster_ca_for_their_role_only(synthesized):
     doc = synthesized["default"]
     ca = only(doc, "tls_self_signed_cert")
     assert ca["is_ca_certificate"] is True and "cert_signing" in ca["allowed_uses"]
-    certs = everything(doc, "tls_locally_signed_cert")
+    certs = doc["resource"]["tls_locally_signed_cert"]
     assert len(certs) == 3
-    for cert in certs:
+    uses = {}
+    for cert in certs.values():
         assert cert["ca_cert_pem"].startswith("${tls_self_signed_cert.")
-        assert {"server_auth", "client_auth"} <= set(cert["allowed_uses"])
+        (role,) = re.findall(r"tls_cert_request\.tls-material_(\w+)-csr", cert["cert_request_pem"])
+        uses[role] = set(cert["allowed_uses"])
+    assert uses == {
+        "scheduler": {"digital_signature", "server_auth", "client_auth"},
+        "worker": {"digital_signature", "server_auth", "client_auth"},
+        "client": {"digital_signature", "client_auth"},
+    }
 
 
 def test_scheduler_is_a_hardened_spot_instance(synthesized):
@@ -298,10 +298,12 @@ def test_worker_launch_template_is_hardened(synthesized):
 def test_several_clusters_do_not_collide(synthesized):
     names = {}
     for variant, doc in synthesized.items():
-        for kind in ("aws_ecr_repository", "aws_iam_role", "aws_launch_template", "aws_security_group"):
-            name = only(doc, kind)["name"]
-            assert name not in names, f"{variant} and {names.get(name)} both name a {kind} {name}"
-            names[name] = variant
+        for kind in ("aws_ecr_repository", "aws_iam_role", "aws_iam_instance_profile", "aws_launch_template",
+                     "aws_security_group", "aws_ssm_parameter"):  # fmt: skip
+            for resource in everything(doc, kind):
+                name = (kind, resource["name"])
+                assert name not in names, f"{variant} and {names.get(name)} both name a {kind} {name[1]}"
+                names[name] = variant
 
 
 @pytest.mark.parametrize(("variant", "expected"), [("default", "0.350"), ("ondemand", "0.480")])
@@ -329,10 +331,12 @@ def test_jupyter_only_where_asked_with_a_token_from_ssm(synthesized):
     token = only(custom, "random_password")
     assert token["length"] >= 32 and token["special"] is False
     parameters = {p["name"]: p for p in everything(custom, "aws_ssm_parameter")}
-    parameter = parameters["/dask-custom/node/jupyter.token"]
+    parameter = parameters["/dask-custom/scheduler/jupyter.token"]
     assert parameter["type"] == "SecureString" and parameter["value"].startswith("${random_password.")
     assert custom["output"]["jupyter_token"]["value"].startswith("${random_password.")
-    assert re.fullmatch(r"http://\$\{aws_instance\.\w+\.public_ip\}:8888/lab", custom["output"]["jupyter_url"]["value"])
+    assert re.fullmatch(
+        r"https://\$\{aws_instance\.\w+\.public_ip\}:8888/lab", custom["output"]["jupyter_url"]["value"]
+    )
     build = only(custom, "docker_image")
     assert build["build"]["build_args"] == {"JUPYTER": "1"}
     assert build["name"].endswith('-lab"])}'), "a JupyterLab image is tagged apart from the plain one"

@@ -80,7 +80,13 @@ def test_scheduler_script_starts_dask_scheduler_with_tls_and_dashboard(rendered)
     assert script.startswith("#!/bin/bash\n")
     assert "--network host --restart on-failure:5" in script
     assert f"{REPOSITORY}:" in script, "the exact image from the stack"
-    assert "dask scheduler --protocol=tls --port=8786 --dashboard-address=:8787" in script
+    assert "dask scheduler --protocol=tls --port=8786 --dashboard-address=127.0.0.1:8788" in script
+    # The dashboard only leaves the node through the TLS gateway, which asks for certificates.
+    routes = "tls-gateway --network host"
+    assert routes in script and '-v "$TLS_DIR:$TLS_DIR:ro"' in script
+    gateway = ":8787=127.0.0.1:8788" + (" :8888=127.0.0.1:8889" if rendered["variant"] == "custom" else "")
+    assert f"python -m experiments.tunnel gateway {' '.join(userdata.tls_options('scheduler'))} {gateway}\n" in script
+    assert "  start_gateway ||" in script
     assert not re.search(r"(?<!--name )\bdask-scheduler\s+(--|tls://)", script), "the deprecated dask-scheduler command"
     for option in userdata.tls_options("scheduler"):
         assert option in script
@@ -111,7 +117,7 @@ def test_node_bootstrap_uses_imdsv2_instance_role_and_bounded_retries(rendered, 
     )
     assert "aws ecr get-login-password" in script and "--password-stdin" in script
     assert "get-login " not in script and "get-login\n" not in script, "the removed `aws ecr get-login`"
-    assert f'--name "/dask-{rendered["variant"]}/node/$name"' in script and "--with-decryption" in script
+    assert f'--name "/dask-{rendered["variant"]}/{role}/$name"' in script and "--with-decryption" in script
     assert f"for name in ca.pem {role}.pem {role}.key" in script
     assert f"deadline=$(($(date +%s) + {userdata.MAX_WAIT_SECONDS}))" in script
     assert 'retry "image pull" docker pull' in script
@@ -230,7 +236,7 @@ def test_jupyter_starts_with_its_token_from_ssm_only_where_asked(rendered):
     started = "  start_jupyter ||" in script
     assert started == (rendered["variant"] == "custom")
     if started:
-        assert "--name '/dask-custom/node/jupyter.token'" in script and "--with-decryption" in script
+        assert "--name '/dask-custom/scheduler/jupyter.token'" in script and "--with-decryption" in script
         assert "--env-file /etc/dask/jupyter/env" in script and "install -d -m 0700 /etc/dask/jupyter" in script
-        assert "jupyter lab --ip=0.0.0.0 --port=8888 --no-browser" in script
+        assert "jupyter lab --ip=127.0.0.1 --port=8889 --no-browser" in script, "loopback only: the gateway serves it"
         assert "DASK_SCHEDULER_ADDRESS='tls://127.0.0.1:8786'" in script

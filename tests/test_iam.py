@@ -1,0 +1,159 @@
+"""What each node role may really do, evaluated, not read off statement names.
+
+Every policy that reaches a role counts: inline policies, and any attached managed policy with
+its published document (moto ships AWS's managed policies; an attachment it does not know
+fails the test). moto's IAM evaluator (the one its server uses to enforce access) answers
+allow or not for an action on a resource. Terraform references in the policies are replaced by
+the values AWS would give them in account 123456789012.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from moto.iam.access_control import IAMPolicy, PermissionResult
+from moto.iam.aws_managed_policies import aws_managed_policies_data
+
+ACCOUNT = "123456789012"
+MANAGED = json.loads(aws_managed_policies_data)
+
+
+def resolved(text: str, region: str, cluster: str) -> str:
+    text = re.sub(r"\$\{data\.aws_partition\.[\w-]+\.partition\}", "aws", text)
+    text = re.sub(r"\$\{data\.aws_caller_identity\.[\w-]+\.account_id\}", ACCOUNT, text)
+    text = re.sub(
+        r"\$\{aws_ecr_repository\.[\w-]+\.arn\}", f"arn:aws:ecr:{region}:{ACCOUNT}:repository/dask-{cluster}", text
+    )
+    assert "${" not in text, f"unresolved reference in a policy: {text}"
+    return text
+
+
+def role_policies(doc: dict, region: str, cluster: str) -> dict[str, list[str]]:
+    """Every policy document that applies to each role, by role name."""
+    roles = doc["resource"]["aws_iam_role"]
+    by_reference = {}
+    for key, role in roles.items():
+        for attribute in ("id", "name"):
+            by_reference[f"${{aws_iam_role.{key}.{attribute}}}"] = role["name"]
+    policies: dict[str, list[str]] = {role["name"]: [] for role in roles.values()}
+    for role in roles.values():
+        for inline in role.get("inline_policy", []):
+            policies[role["name"]].append(resolved(inline["policy"], region, cluster))
+        for arn in role.get("managed_policy_arns", []):
+            policies[role["name"]].append(managed(arn))
+    for inline in doc["resource"].get("aws_iam_role_policy", {}).values():
+        policies[by_reference[inline["role"]]].append(resolved(inline["policy"], region, cluster))
+    for attachment in doc["resource"].get("aws_iam_role_policy_attachment", {}).values():
+        policies[by_reference[attachment["role"]]].append(managed(attachment["policy_arn"]))
+    return policies
+
+
+def managed(arn: str) -> str:
+    name = arn.rsplit("/", 1)[1]
+    assert name in MANAGED, f"managed policy {arn} has no published document to evaluate"
+    return json.dumps(MANAGED[name]["Document"])
+
+
+def allowed(documents: list[str], action: str, resource: str) -> bool:
+    results = [IAMPolicy(document).is_action_permitted(action, resource) for document in documents]
+    return PermissionResult.DENIED not in results and PermissionResult.PERMITTED in results
+
+
+@pytest.fixture(scope="module", params=["default", "custom"])
+def cluster(request, synthesized, settings):
+    s = settings[request.param]
+    return s, role_policies(synthesized[request.param], s.region, s.name)
+
+
+def arns(s, role_name: str) -> dict[str, str]:
+    """Resources of this cluster, of another cluster, and of the rest of the account."""
+    prefix = f"arn:aws:ssm:{s.region}:{ACCOUNT}:parameter"
+    group = f"arn:aws:autoscaling:{s.region}:{ACCOUNT}:autoScalingGroup:0a1b2c3d-0000-4000-8000-000000000000"
+    return {
+        "own key": f"{prefix}/dask-{s.name}/{role_name}/{role_name}.key",
+        "scheduler key": f"{prefix}/dask-{s.name}/scheduler/scheduler.key",
+        "jupyter token": f"{prefix}/dask-{s.name}/scheduler/jupyter.token",
+        "other cluster's key": f"{prefix}/dask-other/{role_name}/{role_name}.key",
+        "another team's secret": f"{prefix}/prod/database/password",
+        "own image": f"arn:aws:ecr:{s.region}:{ACCOUNT}:repository/dask-{s.name}",
+        "other image": f"arn:aws:ecr:{s.region}:{ACCOUNT}:repository/dask-other",
+        "own group": f"{group}:autoScalingGroupName/dask-{s.name}-workers",
+        "other group": f"{group}:autoScalingGroupName/dask-other-workers",
+    }
+
+
+@pytest.mark.parametrize("role", ["scheduler", "worker"])
+def test_each_role_does_its_job(cluster, role):
+    s, policies = cluster
+    documents, r = policies[f"dask-{s.name}-{role}"], arns(s, role)
+    assert allowed(documents, "ssm:GetParameter", r["own key"])
+    assert allowed(documents, "ecr:GetAuthorizationToken", "*")
+    assert allowed(documents, "ecr:BatchGetImage", r["own image"])
+    assert allowed(documents, "ecr:GetDownloadUrlForLayer", r["own image"])
+    assert allowed(documents, "autoscaling:SetDesiredCapacity", r["own group"])
+    assert allowed(documents, "ssmmessages:OpenDataChannel", "*")
+    assert allowed(documents, "ssm:UpdateInstanceInformation", f"arn:aws:ec2:{s.region}:{ACCOUNT}:instance/i-0abc")
+
+
+@pytest.mark.parametrize("role", ["scheduler", "worker"])
+def test_no_role_reaches_outside_its_cluster(cluster, role):
+    s, policies = cluster
+    documents, r = policies[f"dask-{s.name}-{role}"], arns(s, role)
+    for action in ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "ssm:GetParameterHistory"):
+        for target in ("other cluster's key", "another team's secret"):
+            assert not allowed(documents, action, r[target]), f"{role} may {action} {target}"
+    assert not allowed(documents, "ssm:DescribeParameters", "*")
+    for action in ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:PutImage"):
+        assert not allowed(documents, action, r["other image"]), f"{role} may {action} another repository"
+    assert not allowed(documents, "ecr:PutImage", r["own image"]), "nodes never push"
+    for action in ("autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup",
+                   "autoscaling:TerminateInstanceInAutoScalingGroup"):  # fmt: skip
+        assert not allowed(documents, action, r["other group"]), f"{role} may {action} another group"
+    assert not allowed(documents, "autoscaling:UpdateAutoScalingGroup", r["own group"])
+    for action in ("kms:Decrypt", "iam:PassRole", "ec2:RunInstances", "s3:GetObject", "sts:AssumeRole"):
+        assert not allowed(documents, action, "*"), f"{role} may {action}"
+
+
+def test_a_worker_cannot_read_the_schedulers_secrets(cluster):
+    s, policies = cluster
+    documents, r = policies[f"dask-{s.name}-worker"], arns(s, "worker")
+    assert not allowed(documents, "ssm:GetParameter", r["scheduler key"])
+    assert not allowed(documents, "ssm:GetParameter", r["jupyter token"])
+
+
+def test_unscoped_statements_are_only_those_iam_cannot_scope(cluster):
+    """Resource "*" only where the action has no resource type at all."""
+    _, policies = cluster
+    for documents in policies.values():
+        for document in documents:
+            for statement in json.loads(document)["Statement"]:
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                assert not any("*" in action for action in actions), statement
+                if statement["Resource"] == "*":
+                    assert set(actions) <= {
+                        "ecr:GetAuthorizationToken",
+                        "ssmmessages:CreateControlChannel",
+                        "ssmmessages:CreateDataChannel",
+                        "ssmmessages:OpenControlChannel",
+                        "ssmmessages:OpenDataChannel",
+                    }, statement
+
+
+def test_the_evaluation_counts_managed_policies(synthesized, settings):
+    """The check that would have caught the old role: with AmazonSSMManagedInstanceCore attached,
+    a node reads every parameter in the account."""
+    import copy
+
+    s = settings["default"]
+    doc = copy.deepcopy(synthesized["default"])
+    (worker_key,) = [k for k, role in doc["resource"]["aws_iam_role"].items() if role["name"].endswith("-worker")]
+    doc["resource"]["aws_iam_role_policy_attachment"] = {
+        "ssm-core": {
+            "role": f"${{aws_iam_role.{worker_key}.name}}",
+            "policy_arn": "arn:${data.aws_partition.p.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore",
+        }
+    }
+    documents = role_policies(doc, s.region, s.name)[f"dask-{s.name}-worker"]
+    assert allowed(documents, "ssm:GetParameter", arns(s, "worker")["another team's secret"])
