@@ -83,9 +83,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def keep_private(path: Path) -> None:
+    """A file holding the cluster's keys, readable by other users of this machine, is made
+    private (with one line saying so), or refused when it is not ours to change."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return
+    if not mode & 0o077:
+        return
+    try:
+        path.chmod(mode & 0o700)
+    except PermissionError:
+        raise ClusterError(
+            f"{path}: holds the cluster's TLS keys and others can read it (mode {mode:04o}); "
+            "ask its owner to `chmod 600` it"
+        ) from None
+    console(f"warning: {path} holds the cluster's TLS keys and others could read it (mode {mode:04o}); made it 0600")
+
+
 def read_outputs(path: Path, stack: str) -> dict:
     """The outputs of one stack, as written by `cdktf deploy --outputs-file`."""
     hint = DEPLOY_HINT.format(stack=stack)
+    # The state beside it holds every key of the cluster: it gets the same care.
+    for secret in (path, path.parent / f"terraform.{stack}.tfstate", path.parent / f"terraform.{stack}.tfstate.backup"):
+        keep_private(secret)
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
@@ -133,10 +155,38 @@ def security_for(ca: str | None, cert: str | None, key: str | None):
     missing = [flag for flag, value in (("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key)) if not value]
     if missing:
         raise ClusterError(f"{', '.join(missing)}: required with the other TLS options")
-    for flag, value in (("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key)):
-        if not Path(value).is_file():
-            raise ClusterError(f"{flag}: no such file {value}")
+    check_tls_files(ca, cert, key)
     return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+
+
+def check_tls_files(ca: str, cert: str, key: str) -> None:
+    """One line naming the flag for a missing, unreadable, empty or wrong PEM file, before
+    Dask builds its TLS context from them (and fails with a long traceback)."""
+    expected = {"--tls-ca": (ca, "CERTIFICATE"), "--tls-cert": (cert, "CERTIFICATE"), "--tls-key": (key, "PRIVATE KEY")}
+    for flag, (value, kind) in expected.items():
+        path = Path(value)
+        try:
+            text = path.read_text(errors="replace")
+        except FileNotFoundError:
+            raise ClusterError(f"{flag}: no such file {value}") from None
+        except IsADirectoryError:
+            raise ClusterError(f"{flag}: {value} is a directory, not a PEM file") from None
+        except PermissionError:
+            raise ClusterError(f"{flag}: cannot read {value} (permission denied)") from None
+        if not text.strip():
+            raise ClusterError(f"{flag}: {value} is empty")
+        if f"-----BEGIN {kind}-----" not in text and not (kind == "PRIVATE KEY" and " PRIVATE KEY-----" in text):
+            raise ClusterError(f"{flag}: {value} holds no PEM {kind.lower()} (-----BEGIN {kind}-----)")
+    try:
+        ssl.create_default_context(cafile=ca)
+    except ssl.SSLError as error:
+        raise ClusterError(f"--tls-ca: {ca} is not a valid CA certificate ({error.reason or error})") from None
+    try:
+        ssl.create_default_context().load_cert_chain(cert, key)
+    except ssl.SSLError as error:
+        raise ClusterError(
+            f"--tls-cert, --tls-key: {cert} and {key} are not a certificate and its own key ({error.reason or error})"
+        ) from None
 
 
 def probe(address: str, security, timeout: float) -> None:

@@ -188,6 +188,7 @@ class LoopbackCluster:
             "tls_client_key_pem": self.tls["client.key"],
         }
         path.write_text(json.dumps({stack: outputs}, indent=2))
+        path.chmod(0o600)  # as the cdktf wrapper's umask writes it
         return path
 
 

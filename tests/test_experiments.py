@@ -542,3 +542,72 @@ def test_heatmap_marks_every_best_cell(tmp_path):
     best = write_heatmap(tmp_path / "h.png", candidates, scores, rows="C", columns="gamma", panels="w", title="t")
     assert best == [{"C": 1, "gamma": 1, "w": None}, {"C": 10, "gamma": 1, "w": None}]
     assert (tmp_path / "h.png").stat().st_size > 10_000
+
+
+def test_outputs_readable_by_others_are_made_private_with_one_line(loopback, tmp_path):
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    state = tmp_path / "terraform.loopback.tfstate"
+    state.write_text("{}")
+    for path in (outputs, state):
+        path.chmod(0o644)
+    run = run_experiment("--stack", "big", "--outputs", str(outputs), cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[0] == (
+        f"warning: {outputs} holds the cluster's TLS keys and others could read it (mode 0644); made it 0600"
+    )
+    assert outputs.stat().st_mode & 0o777 == 0o600
+    assert state.stat().st_mode & 0o777 == 0o644, "only the named stack's state is touched"
+    run = run_experiment(
+        "--stack", "loopback", "--outputs", str(outputs), "--timeout", "1", "--workers", "9", cwd=tmp_path
+    )
+    assert f"warning: {state} holds the cluster's TLS keys" in run.stderr
+    assert state.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("flag", "content", "message"),
+    [
+        ("--tls-ca", "", "--tls-ca: {path} is empty"),
+        ("--tls-cert", "\n\n", "--tls-cert: {path} is empty"),
+        ("--tls-key", "", "--tls-key: {path} is empty"),
+        ("--tls-cert", "client.key", "--tls-cert: {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+        ("--tls-key", "client.pem", "--tls-key: {path} holds no PEM private key (-----BEGIN PRIVATE KEY-----)"),
+        (
+            "--tls-ca",
+            "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+            "--tls-ca: {path} is not a valid CA certificate",
+        ),
+        ("--tls-key", "worker.key", "--tls-cert, --tls-key: "),
+    ],
+)
+def test_bad_tls_files_get_one_line_naming_the_flag(loopback, tmp_path, flag, content, message):
+    files = {
+        flag_: str(loopback.tls_dir / name)
+        for flag_, name in (("--tls-ca", "ca.pem"), ("--tls-cert", "client.pem"), ("--tls-key", "client.key"))
+    }
+    bad = tmp_path / "bad.pem"
+    source = loopback.tls_dir / content
+    bad.write_text(source.read_text() if content.endswith((".pem", ".key")) else content)
+    files[flag] = str(bad)
+    args = [item for pair in files.items() for item in pair]
+    run = run_experiment("--scheduler", loopback.address, *args, "--timeout", "5", cwd=tmp_path)
+    assert_one_line_error(run, message.format(path=bad))
+    if flag == "--tls-key" and content == "worker.key":
+        assert "are not a certificate and its own key" in run.stderr
+
+
+def test_an_unreadable_tls_file_is_named(monkeypatch, tmp_path):
+    """Root reads everything, so the refusal is played by the file system call itself."""
+    (tmp_path / "ca.pem").write_text("x")
+    real = Path.read_text
+
+    def read_text(self, *args, **kwargs):
+        if self.name == "ca.pem":
+            raise PermissionError(13, "Permission denied")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    with pytest.raises(
+        connect_module.ClusterError, match=rf"^--tls-ca: cannot read {tmp_path}/ca.pem \(permission denied\)$"
+    ):
+        connect_module.check_tls_files(str(tmp_path / "ca.pem"), "c.pem", "k.pem")
