@@ -7,20 +7,18 @@ import gc
 import json
 import multiprocessing
 import platform
+import re
 import signal
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from experiments.cluster import Where
 
-if TYPE_CHECKING:  # not at run time: the plotting process need not load scikit-learn
-    from experiments.search import SearchResult
-
 CV_TABLE = "cv_results.csv"
 HEATMAP = "heatmap.png"
+CANDIDATES_PLOT = "candidates.png"
 DASK_REPORT = "dask-report.html"
 SUMMARY = "summary.json"
 
@@ -37,13 +35,42 @@ def new_run_folder(results: Path, experiment: str, where: Where) -> Path:
     return folder
 
 
-def write_cv_table(path: Path, result: SearchResult) -> None:
-    rows = result.table()
+def _plain(value):
+    """A cv_results_ cell as CSV and JSON want it: numpy scalars and masked cells unwrapped."""
+    if hasattr(value, "item"):
+        return value.item()
+    return None if value is getattr(value, "mask", None) else value
+
+
+def write_cv_table(path: Path, cv_results: dict) -> None:
+    """scikit-learn's cv_results_ (or dask-ml's, the same columns), one row per candidate."""
+    columns = list(cv_results)
     with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "params": json.dumps(row["params"])})
+        writer = csv.writer(file)
+        writer.writerow(columns)
+        for i, params in enumerate(cv_results["params"]):
+            row = [
+                json.dumps(params, default=_jsonable) if c == "params" else _plain(cv_results[c][i]) for c in columns
+            ]
+            writer.writerow(row)
+
+
+def plain_params(params: dict) -> dict:
+    return {name: _plain(value) for name, value in params.items()}
+
+
+def tied_for_best(cv_results: dict, best_index: int) -> list[dict]:
+    """Every candidate as good as the chosen one, in the search's order (the first is kept).
+
+    In a successive-halving search only the chosen one's round counts: early rounds score on
+    a few rows, where many candidates look perfect.
+    """
+    scores, rounds = cv_results["mean_test_score"], cv_results.get("iter")
+    return [
+        plain_params(params)
+        for i, params in enumerate(cv_results["params"])
+        if scores[i] == scores[best_index] and (rounds is None or rounds[i] == rounds[best_index])
+    ]
 
 
 def write_heatmap(
@@ -102,6 +129,39 @@ def _load_matplotlib() -> None:
     gc.freeze()
 
 
+def write_candidates(
+    path: Path, means: list[float], stds: list[float], rounds: list[int] | None, best: int, *, title: str
+) -> None:
+    """Mean CV score (and its spread over the splits) of every candidate, best first, the chosen
+    one starred; for a successive-halving search, one colour per round (later rounds score on
+    more rows, so the chosen one need not have the highest score of all)."""
+    from matplotlib.figure import Figure
+
+    order = sorted(range(len(means)), key=lambda i: -means[i])
+    figure = Figure(figsize=(8, 4), layout="constrained")
+    ax = figure.subplots()
+    colours = [f"C{rounds[i] % 10}" for i in order] if rounds else "C0"
+    ax.errorbar(range(len(order)), [means[i] for i in order], yerr=[stds[i] for i in order], fmt="none", ecolor="grey")
+    ax.scatter(range(len(order)), [means[i] for i in order], c=colours, s=18, zorder=3)
+    ax.scatter([order.index(best)], [means[best]], marker="*", s=220, c="red", zorder=4, label="chosen")
+    for r in sorted(set(rounds or [])):
+        ax.scatter([], [], c=f"C{r % 10}", label=f"round {r}")
+    ax.legend(title="successive halving" if rounds else None, loc="lower left")
+    ax.set(xlabel="candidates, best first", ylabel="mean CV score", title=title)
+    figure.savefig(path, dpi=100)
+
+
+def _load_matplotlib() -> None:
+    # Ctrl-C reaches every process of the terminal's group: the main process handles it and
+    # shuts this one down, which must not print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import matplotlib.figure  # noqa: F401
+
+    # This process draws a few plots and exits: keep what matplotlib loaded out of every
+    # collection, above all the interpreter's last ones at exit.
+    gc.freeze()
+
+
 class Plotter:
     """Draws plots in a helper process started before anything heavy is imported.
 
@@ -118,9 +178,15 @@ class Plotter:
         )
         self._pool.submit(int)  # the pool starts its process on the first task: start it now
 
-    def heatmap(self, path: Path, result: SearchResult, **options) -> Future:
-        means = [float(score) for score in result.mean_test_scores]
-        return self._pool.submit(write_heatmap, path, result.candidates, means, **options)
+    def heatmap(self, path: Path, cv_results: dict, **options) -> Future:
+        means = [float(score) for score in cv_results["mean_test_score"]]
+        return self._pool.submit(write_heatmap, path, list(cv_results["params"]), means, **options)
+
+    def candidates(self, path: Path, cv_results: dict, best_index: int, *, title: str) -> Future:
+        means = [float(score) for score in cv_results["mean_test_score"]]
+        stds = [float(score) for score in cv_results["std_test_score"]]
+        rounds = [int(r) for r in cv_results["iter"]] if "iter" in cv_results else None
+        return self._pool.submit(write_candidates, path, means, stds, rounds, int(best_index), title=title)
 
     def __enter__(self) -> Plotter:
         return self
@@ -133,12 +199,16 @@ def write_summary(path: Path, **fields) -> None:
     path.write_text(json.dumps(fields, indent=2, default=_jsonable) + "\n")
 
 
-def summary_fields(result: SearchResult, where: Where, timings: dict[str, float], **extra) -> dict:
+def summary_fields(search, where: Where, timings: dict[str, float], **extra) -> dict:
+    """What a fitted search found, where and how fast: the summary.json of a run."""
+    results = search.cv_results_
     return {
-        "best_params": result.best_params,
-        "best_cv_score": result.best_score,
-        "candidates": len(result.candidates),
-        "splits": int(result.test_scores.shape[1]),
+        "search": f"{type(search).__module__.split('.')[0]}.{type(search).__name__}",
+        "best_params": plain_params(search.best_params_),
+        "best_cv_score": float(search.best_score_),
+        "tied_for_best": tied_for_best(results, search.best_index_),
+        "candidates": len(results["params"]),
+        "splits": sum(1 for column in results if re.fullmatch(r"split\d+_test_score", column)),
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
         "where": asdict(where),
         "client": {"python": platform.python_version(), "machine": platform.machine()},
@@ -149,4 +219,4 @@ def summary_fields(result: SearchResult, where: Where, timings: dict[str, float]
 def _jsonable(value):
     if hasattr(value, "item"):  # numpy scalars
         return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return repr(value)  # an estimator or a function searched over, as Python shows it

@@ -1,118 +1,96 @@
-"""Exhaustive hyperparameter search on Dask: one task per (candidate, CV split).
+"""Any scikit-learn or dask-ml hyperparameter search, fitted on the connected Dask cluster.
 
-Candidates, splits, scores and ranks follow scikit-learn's GridSearchCV, so results compare
-one to one with it. Tasks are pure functions of their inputs: when a worker dies mid-search,
-Dask recomputes its tasks elsewhere and the result is the same.
+scikit-learn's searches (GridSearchCV, RandomizedSearchCV, the successive-halving ones, with
+any Pipeline and scoring) run through joblib's Dask backend: each batch of (candidate, split)
+fits becomes a Dask task, and the training data is sent to every worker once, ahead of the
+fits, so that losing a node loses no data. dask-ml's searches build their own task graph and
+run it on the client. Either way the search object is the user's own, fitted in place, with
+the usual cv_results_, best_params_, best_score_ and best_estimator_.
 """
 
 from __future__ import annotations
 
-import time
+import re
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import nullcontext
 
-import numpy as np
-from sklearn.base import clone, is_classifier
-from sklearn.model_selection import ParameterGrid, check_cv
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    candidates: list[dict]
-    test_scores: np.ndarray  # (candidates, splits)
-    fit_times: np.ndarray
-    score_times: np.ndarray
-    best_estimator: object
-
-    @property
-    def mean_test_scores(self) -> np.ndarray:
-        return self.test_scores.mean(axis=1)
-
-    @property
-    def ranks(self) -> np.ndarray:
-        """1 is best; ties share the lower rank, as in scikit-learn."""
-        means = self.mean_test_scores
-        return np.array([1 + int(np.sum(means > m)) for m in means])
-
-    @property
-    def best_index(self) -> int:
-        return int(np.argmin(self.ranks))  # the first of equally good candidates
-
-    @property
-    def best_params(self) -> dict:
-        return self.candidates[self.best_index]
-
-    @property
-    def tied_for_best(self) -> list[dict]:
-        """Every candidate with the best mean score, in grid order."""
-        return [params for params, rank in zip(self.candidates, self.ranks, strict=True) if rank == 1]
-
-    @property
-    def best_score(self) -> float:
-        return float(self.mean_test_scores[self.best_index])
-
-    def table(self) -> list[dict]:
-        """One row per candidate, with scikit-learn's cv_results_ column names."""
-        rows = []
-        for i, params in enumerate(self.candidates):
-            row = {f"param_{name}": value for name, value in params.items()}
-            row["params"] = params
-            for split, score in enumerate(self.test_scores[i]):
-                row[f"split{split}_test_score"] = float(score)
-            row["mean_test_score"] = float(self.mean_test_scores[i])
-            row["std_test_score"] = float(self.test_scores[i].std())
-            row["rank_test_score"] = int(self.ranks[i])
-            row["mean_fit_time"] = float(self.fit_times[i].mean())
-            row["mean_score_time"] = float(self.score_times[i].mean())
-            rows.append(row)
-        return rows
+# Keys of the tasks that fit and score one candidate on one split: joblib's batches (named
+# after the function and the number of calls in them) and dask-ml's fit-and-score tasks.
+JOBLIB_BATCH = re.compile(r"batch_of__fit_and_score_(\d+)_calls")
+DASK_ML_FIT = re.compile(r"-fit-score-")
 
 
-def fit_and_score(estimator, params: dict, X, y, train, test) -> tuple[float, float, float]:
-    """Fit one candidate on one training fold; its score on the fold's test part, and timings."""
-    model = clone(estimator).set_params(**params)
-    started = time.perf_counter()
-    model.fit(X[train], y[train])
-    fitted = time.perf_counter()
-    score = model.score(X[test], y[test])
-    return float(score), fitted - started, time.perf_counter() - fitted
+def is_dask_ml(search) -> bool:
+    return type(search).__module__.startswith("dask_ml.")
 
 
-def refit(estimator, params: dict, X, y):
-    return clone(estimator).set_params(**params).fit(X, y)
+def expected_fits(search, X, y) -> int | None:
+    """How many (candidate, split) fits the search will run, when that is known beforehand."""
+    from sklearn.base import is_classifier
+    from sklearn.model_selection import ParameterGrid, ParameterSampler, check_cv
+
+    if hasattr(search, "param_grid"):
+        candidates = len(ParameterGrid(search.param_grid))
+    elif hasattr(search, "n_iter") and hasattr(search, "param_distributions"):
+        candidates = len(ParameterSampler(search.param_distributions, search.n_iter, random_state=0))
+    else:  # successive halving: the number of candidates shrinks as the search learns
+        return None
+    splits = check_cv(search.cv, y, classifier=is_classifier(search.estimator)).get_n_splits(X, y)
+    return candidates * splits
 
 
-def grid_search(
-    client,
-    estimator,
-    param_grid: dict,
-    X,
-    y,
-    *,
-    cv: int = 3,
-    on_progress: Callable[[int], object] | None = None,
-) -> SearchResult:
-    """Score every candidate on every split on the cluster, then refit the best on all of X."""
-    from distributed import as_completed
+class FitCounter:
+    """Counts finished fits from the scheduler's task stream, from a thread of its own."""
 
-    candidates = list(ParameterGrid(param_grid))
-    splits = list(check_cv(cv, y, classifier=is_classifier(estimator)).split(X, y))
-    # Shipped to every worker once, rather than once per task, so that losing a node loses no
-    # data. Keys unique to this search: a content-hashed key shared with an earlier search may
-    # be released by that search's cleanup while this one still needs it.
-    X_remote, y_remote = client.scatter([X, y], broadcast=True, hash=False)
-    futures = {}
-    for i, params in enumerate(candidates):
-        for j, (train, test) in enumerate(splits):
-            future = client.submit(fit_and_score, estimator, params, X_remote, y_remote, train, test, pure=False)
-            futures[future] = (i, j)
-    shape = (len(candidates), len(splits))
-    scores, fit_times, score_times = np.empty(shape), np.empty(shape), np.empty(shape)
-    for future in as_completed(futures):
-        i, j = futures[future]
-        scores[i, j], fit_times[i, j], score_times[i, j] = future.result()
-        if on_progress:
-            on_progress(1)
-    best = SearchResult(candidates, scores, fit_times, score_times, best_estimator=None).best_params
-    best_estimator = client.submit(refit, estimator, best, X_remote, y_remote, pure=False).result()
-    return SearchResult(candidates, scores, fit_times, score_times, best_estimator)
+    def __init__(self, client, on_fits: Callable[[int], object], interval: float = 0.25) -> None:
+        self._client, self._on_fits, self._interval = client, on_fits, interval
+        self._stop = threading.Event()
+        self._seen: set[str] = set()  # a task recomputed after a lost worker counts once
+
+    def _poll(self) -> None:
+        records = self._client.sync(self._client.scheduler.get_task_stream, start_index=self._start)
+        fits = 0
+        for record in records:
+            key = str(record["key"])
+            if key in self._seen or record.get("status") == "error":
+                continue
+            self._seen.add(key)
+            if batch := JOBLIB_BATCH.search(key):
+                fits += int(batch.group(1))
+            elif DASK_ML_FIT.search(key):
+                fits += 1
+        if fits:
+            self._on_fits(fits)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._poll()
+
+    def __enter__(self) -> FitCounter:
+        # Asking for the cursor also starts the recording, if nothing had asked before.
+        self._start = self._client.sync(self._client.scheduler.get_task_stream_index)
+        self._thread = threading.Thread(target=self._run, name="fit-counter", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+        if exc_info[0] is None:
+            self._poll()  # the last fits, finished since the last look
+
+
+def fit_on_cluster(client, search, X, y, *, on_fits: Callable[[int], object] | None = None, **fit_params):
+    """Fit `search` (a scikit-learn or dask-ml search object) with the cluster's workers."""
+    counting = FitCounter(client, on_fits) if on_fits else nullcontext()
+    with counting:
+        if is_dask_ml(search):
+            search.set_params(scheduler=client)
+            return search.fit(X, y, **fit_params)
+        from joblib import parallel_config
+
+        # n_jobs=-1: as many fits at once as the cluster has threads. scatter: X and y go to
+        # every worker once, and the fits refer to those copies.
+        with parallel_config(backend="dask", n_jobs=-1, client=client, scatter=[X, y]):
+            return search.fit(X, y, **fit_params)

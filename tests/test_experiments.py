@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from experiments import cluster as connect_module
-from experiments.search import grid_search
+from experiments.search import fit_on_cluster
 
 from . import loopback_cluster
 from .conftest import ROOT
@@ -80,8 +80,8 @@ def test_local_run_prints_dashboard_progress_and_result(local_run):
     run, _ = local_run
     assert run.stdout.startswith("Dask dashboard: http://127.0.0.1:")
     assert BEST_LINE in run.stdout
-    assert "Best mean CV accuracy: 0.98" in run.stdout
-    assert "Classification report on the held-out 30%" in run.stdout and "weighted avg" in run.stdout
+    assert "Best mean CV score: 0.98" in run.stdout
+    assert "Classification report on the held-out data" in run.stdout and "weighted avg" in run.stdout
     assert "54/54" in run.stderr, "the progress bar counts the 54 fits"
     assert "Traceback" not in run.stderr
 
@@ -136,6 +136,8 @@ def test_local_run_writes_every_result_file(local_run):
     assert "Dask Performance Report" in html and "Task Stream" in html
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["best_params"] == {"C": 1, "class_weight": None, "gamma": 0.001}
+    assert summary["search"] == "dask_ml.GridSearchCV" and summary["engine"] == "dask-ml"
+    assert {"C": 1, "class_weight": None, "gamma": 0.001} in summary["tied_for_best"]
     assert summary["candidates"] == 18 and summary["splits"] == 3 and summary["seed"] == 0
     assert summary["where"]["kind"] == "local" and summary["where"]["threads"] >= 1
     assert set(summary["timings_seconds"]) == {"connect", "search", "total"}
@@ -194,29 +196,31 @@ def test_plotting_helper_loads_neither_scikit_learn_nor_dask(tmp_path):
     """It loads matplotlib on the core the main process's startup leaves free; loading those
     as well would take that core back."""
     from experiments import report
-    from experiments.search import SearchResult
 
     candidates = [
         {"C": c, "gamma": g, "class_weight": w} for c in (1, 10) for g in (0.1, 1) for w in (None, "balanced")
     ]
-    scores = np.linspace(0.1, 0.9, 2 * len(candidates)).reshape(-1, 2)
-    result = SearchResult(candidates, scores, scores, scores, best_estimator=None)
+    scores = np.linspace(0.1, 0.9, len(candidates))
+    cv_results = {"params": candidates, "mean_test_score": scores, "std_test_score": scores / 10}
     with report.Plotter() as plotter:
         options = {"rows": "C", "columns": "gamma", "panels": "class_weight", "title": "test"}
-        plotter.heatmap(tmp_path / "heatmap.png", result, **options).result()
+        plotter.heatmap(tmp_path / "heatmap.png", cv_results, **options).result()
+        plotter.candidates(tmp_path / "candidates.png", cv_results, 7, title="test").result()
         loaded = plotter._pool.submit(eval, "list(__import__('sys').modules)").result()
-    assert (tmp_path / "heatmap.png").read_bytes().startswith(b"\x89PNG")
+    for name in ("heatmap.png", "candidates.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
     assert "matplotlib" in loaded
     assert not {name.split(".")[0] for name in loaded} & {"sklearn", "scipy", "dask", "distributed"}
 
 
 def test_script_top_loads_nothing_heavy():
     """The plotting helper re-imports the top of the script: the heavy imports live in main."""
-    code = "import sys; sys.path.insert(0, sys.argv[1]); import experiments.svc_digits; print(*sys.modules)"
-    run = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True)
-    loaded = {name.split(".")[0] for name in run.stdout.split()}
-    assert "experiments" in loaded
-    assert not loaded & {"sklearn", "numpy", "dask", "distributed", "matplotlib"}
+    for script in ("svc_digits", "pipeline_search"):
+        code = f"import sys; sys.path.insert(0, sys.argv[1]); import experiments.{script}; print(*sys.modules)"
+        run = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True)
+        loaded = {name.split(".")[0] for name in run.stdout.split()}
+        assert "experiments" in loaded
+        assert not loaded & {"sklearn", "numpy", "dask", "distributed", "matplotlib", "dask_ml"}, script
 
 
 @pytest.fixture(scope="module")
@@ -285,37 +289,82 @@ def test_client_tls_files_are_private_and_removed(tmp_path):
     assert not Path(paths["key"]).exists()
 
 
-def test_search_survives_a_lost_worker_node(tmp_path):
-    """A node dies (nanny and worker killed) a few fits into the search: same answer."""
+@pytest.mark.parametrize("engine", ["dask-ml", "scikit-learn"])
+def test_search_survives_a_lost_worker_node(tmp_path, engine):
+    """A node dies (nanny and worker killed) a few fits into the search: the same answer, from
+    either engine."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
-    from sklearn.svm import SVC
 
-    from experiments.svc_digits import PARAM_GRID
+    from experiments.svc_digits import grid_search
 
     X, y = load_digits(return_X_y=True)
     X_train, _, y_train, _ = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
     cluster = loopback_cluster.start(tmp_path)
     try:
         with cluster.client(wait_for_nodes=2) as client:
-            undisturbed = grid_search(client, SVC(kernel="rbf"), PARAM_GRID, X_train, y_train, cv=3)
+            undisturbed = fit_on_cluster(client, grid_search(engine), X_train, y_train)
             done = []
             killed = threading.Event()
 
             def progress(n: int) -> None:
                 done.append(n)
-                if len(done) == 10 and not killed.is_set():
+                if sum(done) >= 10 and not killed.is_set():
                     cluster.kill("worker-127.0.0.3")
                     killed.set()
 
-            disturbed = grid_search(client, SVC(kernel="rbf"), PARAM_GRID, X_train, y_train, cv=3, on_progress=progress)
-            assert killed.is_set() and len(done) == 54
+            disturbed = fit_on_cluster(client, grid_search(engine), X_train, y_train, on_fits=progress)
+            assert killed.is_set() and sum(done) == 54, "every fit counted once, retried ones included"
             assert connect_module.worker_nodes(client) == 1, "the killed node must really be gone"
     finally:
         cluster.stop()
-    assert disturbed.best_params == undisturbed.best_params
-    assert disturbed.best_score == undisturbed.best_score
-    np.testing.assert_array_equal(disturbed.test_scores, undisturbed.test_scores)
+    assert disturbed.best_params_ == undisturbed.best_params_
+    assert disturbed.best_score_ == undisturbed.best_score_
+    np.testing.assert_array_equal(disturbed.cv_results_["mean_test_score"], undisturbed.cv_results_["mean_test_score"])
+
+
+def test_both_engines_find_what_scikit_learn_finds(local_run, tmp_path):
+    run = run_experiment("--engine", "scikit-learn", "--results", "results", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "54/54" in run.stderr
+    folder = only_run_folder(tmp_path / "results")
+    assert cv_scores(folder) == pytest.approx(cv_scores(local_run[1]), abs=1e-12)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["search"] == "sklearn.GridSearchCV" and summary["engine"] == "scikit-learn"
+
+
+def test_a_pipeline_searched_by_successive_halving(tmp_path):
+    script = ROOT / "experiments" / "pipeline_search.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--samples", "600", "--features", "12", "--candidates", "9", "--results", "r"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "Best parameters: {'pca__n_components': " in run.stdout and "Traceback" not in run.stderr
+    folder = only_run_folder(tmp_path / "r")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "candidates.png", "cv_results.csv", "dask-report.html", "summary.json"
+    ]  # fmt: skip
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["search"] == "sklearn.HalvingRandomSearchCV"
+    assert summary["samples"] == 600 and summary["features"] == 12
+    with (folder / "cv_results.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert {"iter", "n_resources", "param_svc__C", "mean_test_score"} <= rows[0].keys()
+    assert len({row["iter"] for row in rows}) >= 2, "several rounds, each with more rows"
+    fits = sum(int(count) for count in re.findall(r"fits: (\d+)fit", run.stderr)[-1:])
+    assert fits == 3 * len(rows), "the progress bar counts every fit of every round"
+
+
+def test_pipeline_search_refuses_a_too_small_problem(tmp_path):
+    script = ROOT / "experiments" / "pipeline_search.py"
+    run = subprocess.run([sys.executable, str(script), "--samples", "50"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 2
+    assert (
+        run.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--samples: at least 100, for a held-out part and three folds, got 50")
+    )
 
 
 # ---- what a user can get wrong: one line, exit status 2, no traceback ----

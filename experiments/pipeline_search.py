@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""A search as users write them: a Pipeline (scaling, PCA, an RBF SVC) searched by scikit-learn's
+HalvingRandomSearchCV on a synthetic classification problem whose size you choose.
+
+Make the problem big enough and it needs a cluster:
+
+    python experiments/pipeline_search.py --samples 200000 --features 100 --stack dask
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python experiments/pipeline_search.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments import cluster, experiment, report
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=positive, default=5000, help="rows of the data set (default: %(default)s)")
+    parser.add_argument("--features", type=positive, default=40, help="columns of the data set (default: %(default)s)")
+    parser.add_argument(
+        "--candidates", type=positive, default=81, help="candidates of the first round (default: %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data, split and search (default: %(default)s)")
+    experiment.add_arguments(parser)
+    args = parser.parse_args()
+    if args.samples < 100:
+        parser.error(f"--samples: at least 100, for a held-out part and three folds, got {args.samples}")
+    if args.features < 2:
+        parser.error(f"--features: at least 2, got {args.features}")
+    plotter = report.Plotter()  # first: it loads matplotlib while Dask and scikit-learn load here
+
+    from scipy.stats import loguniform
+    from sklearn.datasets import make_classification
+    from sklearn.decomposition import PCA
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401 (makes the import below work)
+    from sklearn.model_selection import HalvingRandomSearchCV, train_test_split
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    X, y = make_classification(
+        n_samples=args.samples,
+        n_features=args.features,
+        n_informative=max(2, args.features // 4),
+        n_redundant=args.features // 4,
+        flip_y=0.05,
+        random_state=args.seed,
+    )
+    data = train_test_split(X, y, test_size=0.2, random_state=args.seed, stratify=y)
+    pipeline = Pipeline([("scale", StandardScaler()), ("pca", PCA(random_state=args.seed)), ("svc", SVC())])
+    distributions = {
+        # A share of the variance to keep, so that any number of features and rows works.
+        "pca__n_components": [0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
+        "svc__C": loguniform(1e-2, 1e3),
+        "svc__gamma": loguniform(1e-4, 1e0),
+    }
+    search = HalvingRandomSearchCV(
+        pipeline, distributions, n_candidates=args.candidates, factor=3, cv=3, random_state=args.seed
+    )
+    return experiment.run_search(
+        args, plotter, "pipeline_search", search, data,
+        plot=lambda run, search: plotter.candidates(
+            run / report.CANDIDATES_PLOT, search.cv_results_, search.best_index_,
+            title=f"{args.samples} x {args.features}: scale, PCA, SVC",
+        ),
+        samples=args.samples, features=args.features, seed=args.seed,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    cluster.run(main)
