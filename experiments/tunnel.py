@@ -72,7 +72,11 @@ def _handler(host: str, port: int, tls: ssl.SSLContext | None):
         except (OSError, ssl.SSLError):
             writer.close()
             return
-        await asyncio.gather(_pipe(reader, target_writer), _pipe(target_reader, writer))
+        try:
+            await asyncio.gather(_pipe(reader, target_writer), _pipe(target_reader, writer))
+        except asyncio.CancelledError:  # the forwarder is closing with this connection open
+            writer.close()
+            target_writer.close()
 
     return handle
 
@@ -113,6 +117,7 @@ class Forwarder:
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(_quiet_handshake_failures)
         self._stop = self._loop.create_future()
         try:
             server = await asyncio.start_server(_handler(*self._target, self._context), "127.0.0.1", self._local_port)
@@ -126,7 +131,8 @@ class Forwarder:
             await self._stop
 
     def __enter__(self) -> Forwarder:
-        threading.Thread(target=asyncio.run, args=(self._serve(),), name="tls-forwarder", daemon=True).start()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), name="tls-forwarder", daemon=True)
+        self._thread.start()
         self._ready.wait()
         if self._error:
             raise self._error
@@ -136,6 +142,8 @@ class Forwarder:
         if self._loop and self._stop and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):  # loop already gone
                 self._loop.call_soon_threadsafe(self._stop.set_result, None)
+        # Wait for the loop to wind down here, not during the interpreter's own shutdown.
+        self._thread.join(timeout=5)
 
 
 @contextlib.contextmanager
@@ -184,7 +192,10 @@ def main() -> int:
             link = links.enter_context(local_link(url, tls["ca"], tls["cert"], tls["key"]))
             print(f"{what}: {link}", flush=True)
         print("Open the links in your browser; Ctrl-C closes them.", flush=True)
-        threading.Event().wait()
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:  # how this command is meant to end
+            print("closed", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,213 @@
+#!/usr/bin/env python
+"""The search engines as the work grows, and what a search moves over the network.
+
+    python experiments/benchmark_scale.py --runs 5                 # every part
+    python experiments/benchmark_scale.py --part scale --runs 3    # one part
+
+tenfold  Ten times the seed grid's fits (180 candidates x 3 splits of digits): plain
+         GridSearchCV(n_jobs=-1), dask-ml's GridSearchCV and scikit-learn's under joblib's
+         Dask backend, the two on the project's local cluster; search phase, interleaved rounds.
+scale    Fits that sleep 0.3 s and use no CPU, on 4 worker processes x N threads on loopback, so
+         that the scheduler's and the transport's overhead shows apart from this machine's cores:
+         efficiency = ideal time (fits x 0.3 s / slots) / measured time, at 8, 32 and 64 slots.
+bytes    How many times the training data crosses the network per search, on 4 worker
+         processes: the bytes the loopback interface carried during one search (client to
+         scheduler, scheduler to workers, worker to worker), over the size of X and y. Run it on
+         an otherwise quiet machine: other loopback traffic counts too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from statistics import median
+
+if __package__ in (None, ""):  # run as `python experiments/benchmark_scale.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from experiments.benchmark_local import machine
+
+ENGINES = ("scikit-learn n_jobs=-1", "dask-ml", "scikit-learn + joblib Dask")
+DASK_ENGINES = ENGINES[1:]
+SLEEP = 0.3
+WAVES = 8  # fits per slot in the scale part: enough that start and end effects stay small
+
+
+class SleepClassifier(ClassifierMixin, BaseEstimator):
+    """A classifier whose fit takes a fixed wall time and no CPU; `candidate` only tells
+    candidates apart."""
+
+    def __init__(self, candidate: int = 0, delay: float = SLEEP) -> None:
+        self.candidate, self.delay = candidate, delay
+
+    def fit(self, X, y):
+        import numpy as np
+
+        time.sleep(self.delay)
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict(self, X):
+        import numpy as np
+
+        return np.full(len(X), self.classes_[0])
+
+
+def search_for(engine: str, estimator, grid: dict, cv: int):
+    if engine == "dask-ml":
+        from dask_ml.model_selection import GridSearchCV
+
+        return GridSearchCV(estimator, grid, cv=cv, refit=False)
+    from sklearn.model_selection import GridSearchCV
+
+    return GridSearchCV(estimator, grid, cv=cv, refit=False, n_jobs=-1 if engine == ENGINES[0] else None)
+
+
+def timed_search(client, engine: str, estimator, grid: dict, X, y, cv: int = 3) -> float:
+    from experiments.search import fit_on_cluster
+
+    search = search_for(engine, estimator, grid, cv)
+    started = time.perf_counter()
+    if engine == ENGINES[0]:
+        search.fit(X, y)  # scikit-learn alone, with its own worker processes
+    else:
+        fit_on_cluster(client, search, X, y)
+    return time.perf_counter() - started
+
+
+def digits():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    X_train, _, y_train, _ = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    return X_train, y_train
+
+
+def tenfold(runs: int, scale: int = 10) -> None:
+    import numpy as np
+    from distributed import Client, LocalCluster
+    from sklearn.svm import SVC
+
+    # The seed grid has 18 candidates; this one has 18 x `scale`, over the same ranges.
+    grid = {
+        "C": list(np.logspace(-4, 4, scale)),
+        "gamma": list(np.logspace(-3, 3, 9)),
+        "class_weight": [None, "balanced"],
+    }
+    X, y = digits()
+    threads = os.cpu_count() or 1
+    with (
+        LocalCluster(processes=False, n_workers=1, threads_per_worker=threads, dashboard_address=None) as local,
+        Client(local) as client,
+    ):
+        times: dict[str, list[float]] = {engine: [] for engine in ENGINES}
+        for engine in ENGINES:  # warm-up: imports, scikit-learn's process pool
+            timed_search(client, engine, SVC(), {"C": [1.0]}, X, y)
+        for run in range(runs):
+            for engine in ENGINES:
+                times[engine].append(timed_search(client, engine, SVC(), grid, X, y))
+            print(f"  tenfold round {run + 1}/{runs}: " + ", ".join(f"{e} {t[-1]:.2f} s" for e, t in times.items()))
+    fits = len(grid["C"]) * len(grid["gamma"]) * len(grid["class_weight"]) * 3
+    print(f"\n### {fits} fits of SVC on digits, search phase, {runs} interleaved rounds\n")
+    print("| engine | median s | min s | max s | median of per-round ratios to scikit-learn |")
+    print("|---|---|---|---|---|")
+    for engine, values in times.items():
+        ratios = [a / b for a, b in zip(values, times[ENGINES[0]], strict=True)]
+        print(f"| {engine} | {median(values):.2f} | {min(values):.2f} | {max(values):.2f} | {median(ratios):.2f} |")
+
+
+def scale(runs: int, slots_list: tuple[int, ...] = (8, 32, 64), workers: int = 4) -> None:
+    import numpy as np
+    from distributed import Client, LocalCluster
+
+    X, y = np.zeros((300, 2)), np.arange(300) % 2
+    print(f"\n### fits of {SLEEP} s that use no CPU, {workers} worker processes, {runs} rounds; efficiency\n")
+    print("| slots | fits | ideal s | " + " | ".join(f"{e}: median s | efficiency" for e in DASK_ENGINES) + " |")
+    print("|---|---|---|" + "---|---|" * len(DASK_ENGINES))
+    for slots in slots_list:
+        cv = 2
+        grid = {"candidate": list(range(WAVES * slots // cv))}
+        fits = len(grid["candidate"]) * cv
+        ideal = fits * SLEEP / slots
+        with (
+            LocalCluster(
+                n_workers=workers, threads_per_worker=slots // workers, processes=True,
+                host="127.0.0.1", dashboard_address=None,
+            ) as local,
+            Client(local) as client,
+        ):  # fmt: skip
+            for engine in DASK_ENGINES:  # warm-up
+                timed_search(client, engine, SleepClassifier(delay=0.0), {"candidate": [0, 1]}, X, y, cv)
+            times: dict[str, list[float]] = {engine: [] for engine in DASK_ENGINES}
+            for _ in range(runs):
+                for engine in DASK_ENGINES:
+                    times[engine].append(timed_search(client, engine, SleepClassifier(), grid, X, y, cv))
+        cells = " | ".join(f"{median(t):.2f} | {ideal / median(t):.2f}" for t in times.values())
+        print(f"| {slots} | {fits} | {ideal:.2f} | {cells} |", flush=True)
+
+
+def loopback_bytes() -> int:
+    """Bytes carried by the loopback interface so far (every hop of a local cluster is on it)."""
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        name, _, counters = line.partition(":")
+        if name.strip() == "lo":
+            return int(counters.split()[0])  # received; on loopback, each byte sent is received once
+    raise RuntimeError("no loopback interface in /proc/net/dev")
+
+
+def bytes_moved(runs: int, workers: int = 4) -> None:
+    from distributed import Client, LocalCluster
+    from sklearn.datasets import make_classification
+    from sklearn.dummy import DummyClassifier
+
+    # Enough rows that the data, not the messages about it, dominates what moves.
+    X, y = make_classification(n_samples=40_000, n_features=50, random_state=0)
+    size = X.nbytes + y.nbytes
+    grid = {"strategy": ["most_frequent", "prior", "stratified", "uniform"]}
+    print(f"\n### times the training data ({size / 1e6:.1f} MB) crosses loopback per search, {workers} workers\n")
+    print("| engine | median bytes over loopback | times the data | per worker |")
+    print("|---|---|---|---|")
+    with (
+        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
+        as local,
+        Client(local) as client,
+    ):  # fmt: skip
+        for engine in DASK_ENGINES:  # warm-up: the workers load scikit-learn (files) first
+            timed_search(client, engine, DummyClassifier(), grid, X[:100], y[:100])
+        for engine in DASK_ENGINES:
+            moved = []
+            for _ in range(runs):
+                before = loopback_bytes()
+                timed_search(client, engine, DummyClassifier(), grid, X, y)
+                moved.append(loopback_bytes() - before)
+            copies = median(moved) / size
+            print(f"| {engine} | {median(moved) / 1e6:.1f} MB | {copies:.2f} | {copies / workers:.2f} |", flush=True)
+
+
+PARTS = {"tenfold": tenfold, "scale": scale, "bytes": bytes_moved}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="rounds of each measurement (default: %(default)s)")
+    parser.add_argument("--part", choices=PARTS, action="append", help="only these parts (default: all)")
+    parser.add_argument("--small", action="store_true", help="tiny sizes, to check that it runs (tests)")
+    args = parser.parse_args()
+    print(f"{machine()}; {time.strftime('%Y-%m-%d')}")
+    for part in args.part or PARTS:
+        if args.small:
+            options = {"tenfold": {"scale": 1}, "scale": {"slots_list": (4,)}, "bytes": {}}[part]
+            PARTS[part](args.runs, **options)
+        else:
+            PARTS[part](args.runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
