@@ -173,21 +173,24 @@ def bytes_moved(runs: int, workers: int = 4) -> None:
     print(f"\n### times the training data ({size / 1e6:.1f} MB) crosses loopback per search, {workers} workers\n")
     print("| engine | median bytes over loopback | times the data | per worker |")
     print("|---|---|---|---|")
-    with (
-        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
-        as local,
-        Client(local) as client,
-    ):  # fmt: skip
-        for engine in DASK_ENGINES:  # warm-up: the workers load scikit-learn (files) first
-            timed_search(client, engine, DummyClassifier(), grid, X[:100], y[:100])
+    moved: dict[str, list[int]] = {engine: [] for engine in DASK_ENGINES}
+    for _ in range(runs):
         for engine in DASK_ENGINES:
-            moved = []
-            for _ in range(runs):
+            # A new cluster for every search: data left on the workers by an earlier search
+            # (scatter reuses content-hashed keys) would hide what a first search moves.
+            with (
+                LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+                ) as local,
+                Client(local) as client,
+            ):
+                timed_search(client, engine, DummyClassifier(), grid, X[:100], y[:100])  # workers load scikit-learn
                 before = loopback_bytes()
                 timed_search(client, engine, DummyClassifier(), grid, X, y)
-                moved.append(loopback_bytes() - before)
-            copies = median(moved) / size
-            print(f"| {engine} | {median(moved) / 1e6:.1f} MB | {copies:.2f} | {copies / workers:.2f} |", flush=True)
+                moved[engine].append(loopback_bytes() - before)
+    for engine, values in moved.items():
+        copies = median(values) / size
+        print(f"| {engine} | {median(values) / 1e6:.1f} MB | {copies:.2f} | {copies / workers:.2f} |", flush=True)
 
 
 PARTS = {"tenfold": tenfold, "scale": scale, "bytes": bytes_moved}
