@@ -228,16 +228,23 @@ def worker_nodes(client) -> int:
     return len({get_address_host(address) for address in client.scheduler_info(n_workers=-1)["workers"]})
 
 
-class Heartbeat:
-    """Says what the client waits for, with the time left, at most every `every` seconds."""
+HEARTBEAT_SECONDS = 10.0
 
-    def __init__(self, what: str, deadline: float, every: float = 10.0) -> None:
-        self.what, self.deadline, self.every = what, deadline, every
+
+class Heartbeat:
+    """Says what the client waits for, with the time left, at least every HEARTBEAT_SECONDS."""
+
+    def __init__(self, what: str, deadline: float) -> None:
+        self.what, self.deadline = what, deadline
+        self.reset()
+
+    def reset(self) -> None:
+        """Something was just said: the next line is due a full interval from now."""
         self.last = time.monotonic()
 
     def beat(self, detail: str = "") -> None:
         now = time.monotonic()
-        if now - self.last >= self.every:
+        if now - self.last >= HEARTBEAT_SECONDS:
             self.last = now
             console(f"  still {self.what}{detail}: {max(0.0, self.deadline - now):.0f} s left (Ctrl-C to stop)")
 
@@ -250,7 +257,7 @@ def wait_for_nodes(client, expected: int, timeout: float, report: Callable[[int,
         if count != seen:
             report(count, expected)
             seen = count
-            waiting.last = time.monotonic()
+            waiting.reset()
         else:
             waiting.beat(f", {count} joined")
         if time.monotonic() >= deadline:

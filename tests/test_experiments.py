@@ -689,3 +689,23 @@ def test_scale_benchmark_runs_every_part_at_tiny_size(tmp_path):
     assert len(efficiencies) == 2 and all(0 < e <= 1.05 for e in efficiencies), rows[3]
     copies = [float(row.strip(" |").split(" | ")[2]) for row in rows[4:]]
     assert all(c >= 1 for c in copies), "the data reaches the cluster at least once"
+
+
+def test_waiting_for_nodes_says_how_many_joined_and_the_time_left(monkeypatch, capsys):
+    """The client waiting for worker nodes says so at every interval (shortened here)."""
+
+    class TwoNodes:
+        def scheduler_info(self, n_workers):
+            return {"workers": {"tls://10.0.0.1:4000": {}, "tls://10.0.0.2:4000": {}}}
+
+    monkeypatch.setattr(connect_module, "HEARTBEAT_SECONDS", 0.3)
+    reports = []
+    with pytest.raises(connect_module.ClusterError, match=r"^only 2 of 3 worker nodes joined within 2 s"):
+        connect_module.wait_for_nodes(TwoNodes(), 3, 2.0, lambda n, of: reports.append((n, of)))
+    assert reports == [(2, 3)], "a change of count is reported once"
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) >= 2, lines  # the loop looks once a second
+    assert all(
+        re.fullmatch(r"  still waiting for 3 worker node\(s\), 2 joined: \d s left \(Ctrl-C to stop\)", line)
+        for line in lines
+    ), lines
