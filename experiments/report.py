@@ -36,23 +36,26 @@ def new_run_folder(results: Path, experiment: str, where: Where) -> Path:
 
 
 def _plain(value):
-    """A cv_results_ cell as CSV and JSON want it: numpy scalars and masked cells unwrapped."""
-    if hasattr(value, "item"):
-        return value.item()
-    return None if value is getattr(value, "mask", None) else value
+    """A numpy scalar as the Python value JSON wants."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def write_cv_table(path: Path, cv_results: dict) -> None:
-    """scikit-learn's cv_results_ (or dask-ml's, the same columns), one row per candidate."""
-    columns = list(cv_results)
+    """scikit-learn's cv_results_ (or dask-ml's, the same columns), one row per candidate.
+
+    A parameter a candidate does not have is masked in its column; it is written empty.
+    """
+    columns = {
+        name: values.tolist() if hasattr(values, "tolist") else list(values) for name, values in cv_results.items()
+    }
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(columns)
         for i, params in enumerate(cv_results["params"]):
-            row = [
-                json.dumps(params, default=_jsonable) if c == "params" else _plain(cv_results[c][i]) for c in columns
-            ]
-            writer.writerow(row)
+            writer.writerow(
+                json.dumps(params, default=_jsonable) if name == "params" else values[i]
+                for name, values in columns.items()
+            )
 
 
 def plain_params(params: dict) -> dict:

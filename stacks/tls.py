@@ -2,9 +2,9 @@
 
 Node keys (and, for uniformity, certificates) travel through SSM SecureString parameters that
 only their own node role can read (a worker never reads the scheduler's key), never through
-user-data (readable with ec2:DescribeInstanceAttribute, capped at 16 KB). The client's key leaves only as a sensitive
-output. Every key is in the Terraform state: keep the state private (it is git-ignored here)
-or move it to an encrypted backend.
+user-data (readable with ec2:DescribeInstanceAttribute, capped at 16 KB). The client's key
+leaves only as a sensitive output. Every key is in the Terraform state: keep the state private
+(the cdktf wrapper writes it so; it is git-ignored here) or move it to an encrypted backend.
 """
 
 from __future__ import annotations

@@ -709,3 +709,20 @@ def test_waiting_for_nodes_says_how_many_joined_and_the_time_left(monkeypatch, c
         re.fullmatch(r"  still waiting for 3 worker node\(s\), 2 joined: \d s left \(Ctrl-C to stop\)", line)
         for line in lines
     ), lines
+
+
+def test_cv_table_leaves_a_parameter_a_candidate_lacks_empty(tmp_path):
+    """A grid of several dicts masks the parameters a candidate does not have: never 0."""
+    from sklearn.datasets import load_iris
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    from experiments.report import write_cv_table
+
+    X, y = load_iris(return_X_y=True)
+    search = GridSearchCV(SVC(), [{"kernel": ["linear"]}, {"kernel": ["rbf"], "gamma": [0.1]}], cv=3).fit(X, y)
+    write_cv_table(tmp_path / "cv.csv", search.cv_results_)
+    with (tmp_path / "cv.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["param_kernel"], row["param_gamma"]) for row in rows] == [("linear", ""), ("rbf", "0.1")]
+    assert [json.loads(row["params"]) for row in rows] == [{"kernel": "linear"}, {"kernel": "rbf", "gamma": 0.1}]
