@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 
-from cdktf_cdktf_provider_aws.data_aws_caller_identity import DataAwsCallerIdentity
-from cdktf_cdktf_provider_aws.data_aws_partition import DataAwsPartition
 from cdktf_cdktf_provider_aws.iam_instance_profile import IamInstanceProfile
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
@@ -52,11 +50,19 @@ class NodeRole(Construct):
     capacity of this cluster's worker group (to 0 when the cluster ends).
     """
 
-    def __init__(self, scope: Construct, id: str, *, settings: ClusterSettings, role: str, repository_arn: str) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        settings: ClusterSettings,
+        role: str,
+        repository_arn: str,
+        partition: str,
+        account: str,
+    ) -> None:
         super().__init__(scope, id)
         assert role in NODE_ROLES, role
-        partition = DataAwsPartition(self, "partition").partition
-        account = DataAwsCallerIdentity(self, "account").account_id
         self.role = IamRole(
             self,
             "role",

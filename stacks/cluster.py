@@ -15,7 +15,9 @@ from cdktf import (
     TerraformVariableValidationConfig,
     Token,
 )
+from cdktf_cdktf_provider_aws.data_aws_caller_identity import DataAwsCallerIdentity
 from cdktf_cdktf_provider_aws.data_aws_ec2_spot_price import DataAwsEc2SpotPrice, DataAwsEc2SpotPriceFilter
+from cdktf_cdktf_provider_aws.data_aws_partition import DataAwsPartition
 from cdktf_cdktf_provider_aws.data_aws_ssm_parameter import DataAwsSsmParameter
 from cdktf_cdktf_provider_aws.provider import AwsProvider, AwsProviderDefaultTags
 from cdktf_cdktf_provider_tls.provider import TlsProvider
@@ -87,10 +89,16 @@ class DaskClusterStack(TerraformStack):
 
         network = ClusterNetwork(self, "network", settings=settings)
         image = ComputationImage(self, "image", settings=settings)
+        # Looked up once, for the ARNs in both roles' policies.
+        partition = DataAwsPartition(self, "partition").partition
+        account = DataAwsCallerIdentity(self, "account").account_id
         roles = {
-            role: NodeRole(self, f"{role}-access", settings=settings, role=role, repository_arn=image.repository.arn)
+            role: NodeRole(
+                self, f"{role}-access", settings=settings, role=role, repository_arn=image.repository.arn,
+                partition=partition, account=account,
+            )
             for role in NODE_ROLES
-        }
+        }  # fmt: skip
         tls = ClusterTls(self, "tls-material", settings=settings)
         ami = DataAwsSsmParameter(self, "ami", name=AMI_PARAMETER)
         jupyter = JupyterToken(self, "jupyter", settings=settings) if settings.jupyter else None
