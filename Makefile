@@ -1,6 +1,6 @@
 # The project's commands. The environment its tools need is set here, not in your shell:
-#   make test    install what the tests need into .venv, .venv-checkov and .venv/node, then run
-#                ruff and the whole test suite (CI runs exactly this; see .ci/run)
+#   make test    install what the tests need (.venv, .venv-checkov, .venv-awscli, .venv/node),
+#                then run ruff and the whole test suite (CI runs exactly this; see .ci/run)
 #   make cdktf   only the pinned cdktf CLI, as .venv/bin/cdktf (for deploying)
 # Needs: python3 (3.11, with venv), Node.js with npm, Terraform 1.11 on PATH.
 
@@ -21,7 +21,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 
 .PHONY: test cdktf
 
-test: $(VENV)/.dev-installed .venv-checkov/.installed $(VENV)/bin/cdktf
+test: $(VENV)/.dev-installed .venv-checkov/.installed .venv-awscli/.installed $(VENV)/bin/cdktf
 	export PATH="$(BIN):$$PATH"
 	ruff check .
 	ruff format --check .
@@ -42,6 +42,12 @@ $(VENV)/.dev-installed: requirements-dev.txt requirements.txt image/requirements
 .venv-checkov/.installed: requirements-checkov.txt
 	$(PYTHON) -m venv .venv-checkov
 	.venv-checkov/bin/pip install --quiet -r requirements-checkov.txt
+	touch $@
+
+# The AWS CLI the nodes run, for the emulated deploy: its botocore pin differs from boto3's.
+.venv-awscli/.installed: requirements-awscli.txt
+	$(PYTHON) -m venv .venv-awscli
+	.venv-awscli/bin/pip install --quiet -r requirements-awscli.txt
 	touch $@
 
 # The CLI goes into the project's venv, not into npm's global folder (no sudo, no clash with

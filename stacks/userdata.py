@@ -23,6 +23,7 @@ JUPYTER_TOKEN_PARAMETER = "jupyter.token"  # noqa: S105 (an SSM parameter name, 
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "userdata"
 TLS_DIR = "/etc/dask/tls"  # on the node, mounted read-only at the same path in containers
+IMAGE_DIR = "/opt/dask"  # the project's node code inside the image (image/Dockerfile)
 CONTAINER_UID = 10001  # the image's non-root user; it must be able to read its TLS key
 # How long a node keeps retrying the image pull or the scheduler before it gives up and
 # powers itself off (which terminates it): a broken cluster must not bill for hours.
@@ -57,19 +58,32 @@ def scheduler_command(
     host: str = "",
     port: int = SCHEDULER_PORT,
     dashboard_port: int = DASHBOARD_LOCAL_PORT,
+    image_dir: str = IMAGE_DIR,
+    idle_seconds: float | None = None,
+    boot_grace_seconds: float | None = None,
 ) -> list[str]:
     """The `dask scheduler` command line the scheduler container runs (tests run it on loopback).
 
-    The dashboard listens on loopback only: the TLS gateway is its only way out.
+    The dashboard listens on loopback only: the TLS gateway is its only way out. The cluster's
+    idle rule is image/idle_shutdown.py's (tasks, clients, JupyterLab, boot), not Dask's
+    `--idle-timeout` (tasks only). The first worker is awaited as long as a worker node retries
+    its bootstrap steps.
     """
+    if idle_seconds is None:
+        idle_seconds = settings.idle_timeout_minutes * 60
+    if boot_grace_seconds is None:
+        boot_grace_seconds = MAX_WAIT_SECONDS
     return [
         "dask", "scheduler",
         "--protocol=tls",
         *([f"--host={host}"] if host else []),
         f"--port={port}",
         f"--dashboard-address=127.0.0.1:{dashboard_port}",
-        f"--idle-timeout={settings.idle_timeout_minutes} minutes",
         *tls_options("scheduler", tls_dir),
+        f"--preload={image_dir}/idle_shutdown.py",
+        f"--cluster-idle-seconds={idle_seconds:g}",
+        f"--cluster-boot-grace-seconds={boot_grace_seconds:g}",
+        *([f"--jupyter-port={JUPYTER_LOCAL_PORT}"] if settings.jupyter else []),
     ]  # fmt: skip
 
 
@@ -126,7 +140,7 @@ def scheduler_variables(settings: ClusterSettings, image_uri: str, registry: str
     return {
         **_common(settings, "scheduler", image_uri, registry),
         "dashboard_port": DASHBOARD_PORT,
-        "idle_timeout_minutes": settings.idle_timeout_minutes,
+        "idle_seconds": settings.idle_timeout_minutes * 60,
         "scheduler_spot": settings.scheduler_market == "spot",
         "scheduler_command": shlex.join(scheduler_command(settings)),
         "gateway_command": shlex.join(gateway_command(settings)),
@@ -143,6 +157,5 @@ def worker_variables(
     return {
         **_common(settings, "worker", image_uri, registry),
         "scheduler_host": scheduler_private_ip,
-        "death_timeout_seconds": DEATH_TIMEOUT_SECONDS,
         "worker_options": shlex.join(worker_options(settings)),
     }

@@ -42,6 +42,18 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+# The emulated deploy's cluster (tests/emulated/): two small worker nodes, the shortest idle
+# timeout a user can set, and bootstrap steps retried for 30 s instead of 15 minutes.
+EMULATED = {
+    "allowed_cidrs": ALLOWED,
+    "workers": 2,
+    "worker_processes": 1,
+    "worker_threads": 2,
+    "idle_timeout_minutes": 1,
+}
+EMULATED_MAX_WAIT_SECONDS = 30
+
+
 def terraform_env(folder: Path) -> dict[str, str]:
     """Terraform offline in `folder`: no user configuration, no checkpoint calls."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
@@ -75,3 +87,20 @@ def synthesized(settings) -> dict[str, dict]:
     app = Testing.app()
     stacks = {name: DaskClusterStack(app, name, settings=s) for name, s in settings.items()}
     return {name: json.loads(Testing.synth(stack)) for name, stack in stacks.items()}
+
+
+@pytest.fixture(scope="session")
+def emulated_stack():
+    """Settings and Terraform JSON of the emulated deploy's stack, "emu"."""
+    from cdktf import Testing
+
+    from stacks import userdata
+    from stacks.cluster import DaskClusterStack
+
+    settings = parse_cluster("emu", EMULATED)
+    default, userdata.MAX_WAIT_SECONDS = userdata.MAX_WAIT_SECONDS, EMULATED_MAX_WAIT_SECONDS
+    try:
+        document = json.loads(Testing.synth(DaskClusterStack(Testing.app(), "emu", settings=settings)))
+    finally:
+        userdata.MAX_WAIT_SECONDS = default
+    return settings, document

@@ -121,11 +121,13 @@ class LoopbackCluster:
         self.processes[name] = process
         return process
 
-    def start_scheduler(self, **settings) -> None:
+    def start_scheduler(self, idle_seconds: float | None = None, boot_grace_seconds: float | None = None,
+                        **settings) -> None:  # fmt: skip
         cluster = parse_cluster("loopback", {"allowed_cidrs": ["127.0.0.0/8"], **settings})
         command = userdata.scheduler_command(
-            cluster, tls_dir=str(self.tls_dir), host="127.0.0.1", port=self.port, dashboard_port=self.dashboard_port
-        )
+            cluster, tls_dir=str(self.tls_dir), host="127.0.0.1", port=self.port, dashboard_port=self.dashboard_port,
+            image_dir=str(ROOT / "image"), idle_seconds=idle_seconds, boot_grace_seconds=boot_grace_seconds,
+        )  # fmt: skip
         self._start("scheduler", [DASK, *command[1:]])
         gateway = userdata.gateway_command(
             cluster, tls_dir=str(self.tls_dir), listen_host="127.0.0.1", ports={self.gateway_port: self.dashboard_port}

@@ -3,65 +3,16 @@ service, and the idle timeout on a real `dask scheduler` started with the node's
 
 from __future__ import annotations
 
-import json
+import re
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-import pytest
 
 from . import loopback_cluster
 from .conftest import ROOT
+from .emulated.imds import FakeMetadata
 
 WATCHER = ROOT / "image" / "spot_watcher.py"
-TOKEN = "imds-session-token"
-
-
-class FakeMetadata(ThreadingHTTPServer):
-    """IMDSv2 as EC2 serves it: a PUT for a token, then GETs that must carry it."""
-
-    def __init__(self, local_ipv4: str) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.local_ipv4 = local_ipv4
-        self.notice: dict | None = None
-        self.reads: list[tuple[str, bool]] = []  # (path, carried the token)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: FakeMetadata
-
-    def log_message(self, *args) -> None:  # keep the test output quiet
-        pass
-
-    def _reply(self, status: int, body: str = "") -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body.encode())
-
-    def do_PUT(self) -> None:
-        if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
-            self._reply(200, TOKEN)
-        else:
-            self._reply(400)
-
-    def do_GET(self) -> None:
-        authorized = self.headers.get("X-aws-ec2-metadata-token") == TOKEN
-        self.server.reads.append((self.path, authorized))
-        if not authorized:
-            return self._reply(401)
-        if self.path == "/latest/meta-data/local-ipv4":
-            return self._reply(200, self.server.local_ipv4)
-        if self.path == "/latest/meta-data/spot/instance-action" and self.server.notice:
-            return self._reply(200, json.dumps(self.server.notice))
-        return self._reply(404)
 
 
 def watcher(*args: str) -> subprocess.Popen:
@@ -133,19 +84,32 @@ def test_watcher_keeps_watching_through_metadata_outages(tmp_path):
     assert "instance metadata not reachable" in output
 
 
-@pytest.mark.timeout(240)
-def test_scheduler_exits_after_the_idle_timeout(tmp_path):
-    """The node's own `dask scheduler` command with idle_timeout_minutes=1: it exits by itself
-    once nothing has run for a minute, which is what stops the node and the worker group."""
-    cluster = loopback_cluster.start(tmp_path, workers=("127.0.0.2",), idle_timeout_minutes=1)
+def test_scheduler_closes_when_idle_but_not_while_a_client_is_connected(tmp_path):
+    """The node's own `dask scheduler` command (image/idle_shutdown.py), with a 4 s idle time."""
+    cluster = loopback_cluster.start(tmp_path, workers=("127.0.0.2",), idle_seconds=4)
     try:
-        with cluster.client() as client:
+        with cluster.client(wait_for_nodes=1) as client:
             assert client.submit(sum, [1, 2, 3]).result() == 6
-        finished = time.monotonic()
-        code = cluster.processes["scheduler"].wait(timeout=180)
-        idle = time.monotonic() - finished
+            time.sleep(10)  # no task for more than twice the idle time, but a user is connected
+            assert cluster.processes["scheduler"].poll() is None, "closed under a connected client"
+        disconnected = time.monotonic()
+        code = cluster.processes["scheduler"].wait(timeout=60)
+        idle = time.monotonic() - disconnected
     finally:
         cluster.stop()
     assert code == 0
-    assert 50 < idle < 150, f"exited after {idle:.0f} s idle, expected about a minute"
-    assert "idle" in (tmp_path / "scheduler.log").read_text().lower()
+    assert 3 < idle < 15, f"exited {idle:.0f} s after the client left, expected about 4"
+    assert re.search(r"cluster idle for \d+ s: closing the scheduler", (tmp_path / "scheduler.log").read_text())
+
+
+def test_scheduler_waits_for_its_first_worker_only_within_the_boot_grace(tmp_path):
+    """No worker ever comes: the cluster still ends, after the boot grace and the idle time."""
+    started = time.monotonic()
+    cluster = loopback_cluster.start(tmp_path, workers=(), idle_seconds=2, boot_grace_seconds=8)
+    try:
+        code = cluster.processes["scheduler"].wait(timeout=60)
+        lasted = time.monotonic() - started
+    finally:
+        cluster.stop()
+    assert code == 0
+    assert 9 < lasted < 25, f"lasted {lasted:.0f} s, expected the 8 s grace plus 2 s idle"

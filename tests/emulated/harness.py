@@ -1,0 +1,403 @@
+"""The whole deploy, emulated on this machine: the synthesized stack's own user-data boots
+nodes that talk to each other, to a fake AWS and to a fake instance metadata service.
+
+What is real: the user-data, rendered by Terraform from the synthesized stack's templatefile
+expressions and run unmodified as root by bash; the AWS CLI (its own venv, requirements-awscli.txt)
+signing with role credentials it reads from the metadata service; curl; Dask, the TLS gateway
+and the spot watcher, started from the node's command lines; the client scripts, run from a
+"laptop" with nothing but an outputs file.
+
+What is emulated, and how:
+- Network: a namespace holding a bridge (10.213.0.0/24) and the AWS endpoint (moto's server, in
+  this process, at 10.213.0.1:5000); one namespace per node and one for the laptop, each wired to
+  the bridge. No address is added to this machine's own network.
+- EC2: each node's metadata service is a FakeMetadata (imds.py) at 169.254.169.254:80 on the
+  node's own loopback, IMDSv2 only. Only the values AWS would produce are substituted into
+  the rendered user-data: the scheduler's address and the ECR repository URL.
+- AWS APIs: moto holds the TLS material as SecureString parameters, the ECR repository with the
+  image's tag (as `cdktf deploy` pushes it) and the worker Auto Scaling group.
+- The machine: node_init.py is each node's PID 1 (own mount and process namespaces, overlays on
+  /etc, /usr/local and /var); standins.py stands in for docker, dnf and systemd.
+- The image: built from the Dockerfile's ENV, USER, WORKDIR and COPY lines; its Python
+  packages are this venv's (the pins are the same, tests/test_image.py checks).
+Tests may shorten two waits, and say so: the idle timeout (a setting) and how long a node
+retries a bootstrap step (userdata.MAX_WAIT_SECONDS), so that failures show in seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import itertools
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stacks import userdata
+from stacks.config import ClusterSettings
+
+from .. import loopback_cluster
+from ..conftest import ROOT, terraform_outputs
+from .imds import FakeMetadata
+
+NETWORK = "10.213.0"
+AWS_ADDRESS, AWS_PORT = f"{NETWORK}.1", 5000
+SCHEDULER_ADDRESS = f"{NETWORK}.10"
+LAPTOP_ADDRESS = f"{NETWORK}.100"
+AWS_CLI = ROOT / ".venv-awscli" / "bin" / "aws"
+HERE = Path(__file__).resolve().parent
+CLONE_NEWNET = 0x40000000
+_deploys = itertools.count()
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def entered(namespace: str):
+    """This thread inside network namespace `namespace`: sockets made here live there."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/var/run/netns/{namespace}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {namespace}")
+        yield
+    finally:
+        _libc.setns(own, CLONE_NEWNET)
+        os.close(own)
+        os.close(target)
+
+
+def substitute(expression: str, *, repository_url: str, scheduler_ip: str, tls: dict[str, str] | None = None) -> str:
+    """A synthesized expression with the attributes only AWS (or the TLS provider) knows replaced
+    by values, and the user-data asset path pointed at userdata/."""
+    values = {
+        r"aws_ecr_repository\.[\w-]+\.repository_url": repository_url,
+        r"aws_instance\.[\w-]+\.(?:private|public)_ip": scheduler_ip,
+    }
+    if tls:
+        values |= {
+            r"tls_self_signed_cert\.[\w-]+\.cert_pem": tls["ca.pem"],
+            r"tls_locally_signed_cert\.[\w-]*client[\w-]*\.cert_pem": tls["client.pem"],
+            r"tls_private_key\.[\w-]*client[\w-]*\.private_key_pem": tls["client.key"],
+        }
+    for pattern, value in values.items():
+        expression = re.sub(pattern, lambda _, v=value: json.dumps(v), expression)
+    return re.sub(r"assets/userdata/[0-9A-F]+/", f"{userdata.TEMPLATE_DIR.as_posix()}/", expression)
+
+
+def image_spec(uri: str, root: Path) -> dict:
+    """The image as the Dockerfile builds it, for the docker stand-in: files under `root`."""
+    env, user, workdir, cmd = {}, None, "/", []
+    text = (ROOT / "image" / "Dockerfile").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        instruction, _, rest = line.strip().partition(" ")
+        if instruction == "ENV":
+            env |= dict(item.split("=", 1) for item in shlex.split(rest))
+        elif instruction == "USER":
+            user = int(rest.strip())
+        elif instruction == "WORKDIR":
+            workdir = rest.strip()
+        elif instruction == "CMD":
+            cmd = json.loads(rest)
+        elif instruction == "COPY":
+            *sources, target = rest.split()
+            for source in sources:  # as docker: a folder's contents, or files into a folder/
+                destination = root / target.lstrip("/")
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, destination, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    if target.endswith("/"):
+                        destination = destination / Path(source).name
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(ROOT / source, destination)
+    assert user is not None, "the Dockerfile must name a USER"
+    # As the Dockerfile's `useradd` and `ln -s` do.
+    (root / "etc").mkdir(exist_ok=True)
+    for name, line in (("passwd", f"dask:x:{user}:{user}::{workdir}:/usr/sbin/nologin"), ("group", f"dask:x:{user}:")):
+        (root / "etc" / name).write_text(Path(f"/etc/{name}").read_text() + line + "\n")
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    # The image's Python packages are this venv's: its bin first on PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"
+    python_home = str(Path(sys.base_prefix).resolve())
+    return {"uri": uri, "root": str(root), "uid": user, "env": env, "workdir": workdir, "home": workdir,
+            "home_links": {"experiments": "/opt/dask/experiments"}, "cmd": cmd, "node_only": ["/etc/dask"],
+            "python_home": python_home}  # fmt: skip
+
+
+@dataclass
+class Node:
+    name: str
+    role: str
+    address: str
+    namespace: str
+    folder: Path
+    metadata: FakeMetadata
+    process: subprocess.Popen | None = None
+
+    def calls(self, tool: str | None = None) -> list[list[str]]:
+        path = self.folder / "calls.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return [[r["tool"], *r["args"]] for r in records if tool in (None, r["tool"])]
+
+    def log(self) -> str:
+        path = self.file("/var/log/dask-node.log")
+        return path.read_text() if path.exists() else ""
+
+    def file(self, path: str) -> Path:
+        """Where a file the node wrote under /etc, /usr/local or /var is kept."""
+        top, _, rest = path.strip("/").partition("/")
+        layer = "usr_local" if path.startswith("/usr/local/") else top
+        if layer == "usr_local":
+            rest = path.removeprefix("/usr/local/")
+        return self.folder / "fs" / layer / "upper" / rest
+
+    def container(self, name: str) -> dict | None:
+        path = self.folder / "containers" / name / "state.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def container_output(self, name: str) -> str:
+        path = self.folder / "containers" / name / "output.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def user_data_exit(self) -> int | None:
+        path = self.folder / "state" / "user-data.exit"
+        return int(path.read_text()) if path.exists() else None
+
+    @property
+    def powered_off(self) -> bool:
+        return (self.folder / "state" / "powered-off").exists()
+
+    def wait_until(self, condition, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: {what} not within {timeout:g} s\n--- node log ---\n{self.log()}")
+            time.sleep(0.5)
+
+    def wait_powered_off(self, timeout: float) -> None:
+        self.wait_until(lambda: self.process is not None and self.process.poll() is not None, timeout, "power-off")
+
+
+@dataclass
+class EmulatedDeploy:
+    """One stack's deploy, emulated. Use as a context manager: everything is cleaned up on exit."""
+
+    settings: ClusterSettings
+    document: dict  # the synthesized Terraform JSON
+    folder: Path
+    push_image: bool = True
+    tls_overrides: dict[str, str] = field(default_factory=dict)  # SSM values to break on purpose
+    prefix: str = field(default_factory=lambda: f"emu{os.getpid() % 100000}{next(_deploys)}")
+    nodes: list[Node] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+
+    # ---- setup and teardown ----
+
+    def __enter__(self) -> EmulatedDeploy:
+        for tool in ("ip", "unshare", "mount"):
+            assert shutil.which(tool), f"{tool} is required for the emulated deploy"
+        assert os.geteuid() == 0, "the emulated deploy needs root (network and mount namespaces)"
+        assert AWS_CLI.exists(), f"{AWS_CLI} missing: `make test` installs it (requirements-awscli.txt)"
+        try:
+            self._network()
+            self._aws()
+            self._render()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for node in self.nodes:
+            if node.process and node.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.process.pid, signal.SIGKILL)
+                node.process.wait(30)
+            node.metadata.shutdown()
+            node.metadata.server_close()
+        if getattr(self, "moto", None):
+            self.moto.stop()
+        for namespace in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+        self.namespaces.clear()
+
+    def _namespace(self, label: str, address: str | None) -> str:
+        name = f"{self.prefix}-{label}"
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)  # left by a killed run
+        ip("netns", "add", name)
+        self.namespaces.append(name)
+        ip("-n", name, "link", "set", "lo", "up")
+        if address:
+            veth = f"v{len(self.namespaces)}"
+            ip("-n", self.fabric, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
+            ip("-n", self.fabric, "link", "set", veth, "master", "br0", "up")
+            ip("-n", name, "addr", "add", f"{address}/24", "dev", "eth0")
+            ip("-n", name, "link", "set", "eth0", "up")
+        return name
+
+    def _network(self) -> None:
+        self.fabric = self._namespace("net", None)
+        ip("-n", self.fabric, "link", "add", "br0", "type", "bridge")
+        ip("-n", self.fabric, "addr", "add", f"{AWS_ADDRESS}/24", "dev", "br0")
+        ip("-n", self.fabric, "link", "set", "br0", "up")
+        self.laptop = self._namespace("laptop", LAPTOP_ADDRESS)
+
+    def _aws(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+
+        with entered(self.fabric):
+            self.moto = ThreadedMotoServer(ip_address=AWS_ADDRESS, port=AWS_PORT, verbose=False)
+            self.moto.start()
+            # moto keeps its state per process: a deploy starts from an empty account.
+            reset = urllib.request.Request(f"http://{AWS_ADDRESS}:{AWS_PORT}/moto-api/reset", method="POST")
+            urllib.request.urlopen(reset, timeout=10).close()
+        self.tls = loopback_cluster.make_tls(self.folder / "tls")
+        for role in ("scheduler", "worker"):
+            for name in ("ca.pem", f"{role}.pem", f"{role}.key"):
+                value = self.tls_overrides.get(f"{role}/{name}", self.tls[name])
+                if value:  # an empty override: the parameter is missing
+                    self.aws("ssm", "put_parameter", Name=self.settings.secret_parameter(role, name),
+                             Value=value, Type="SecureString")  # fmt: skip
+        (repository,) = self.document["resource"]["aws_ecr_repository"].values()
+        created = self.aws("ecr", "create_repository", repositoryName=repository["name"])
+        self.repository_url = created["repository"]["repositoryUri"]
+        self.aws("ec2", "create_launch_template", LaunchTemplateName="workers",
+                 LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "c6i.xlarge"})  # fmt: skip
+        self.aws("autoscaling", "create_auto_scaling_group", AutoScalingGroupName=self.group_name,
+                 LaunchTemplate={"LaunchTemplateName": "workers"}, MinSize=0, MaxSize=self.settings.workers,
+                 DesiredCapacity=self.settings.workers, AvailabilityZones=[f"{self.settings.region}a"])  # fmt: skip
+
+    @property
+    def group_name(self) -> str:
+        return userdata.worker_group_name(self.settings)
+
+    def aws(self, service: str, method: str, **kwargs):
+        """Call moto as the test (not as a node), from inside the network namespace it serves in."""
+        import boto3
+
+        with entered(self.fabric):
+            client = boto3.client(
+                service, region_name=self.settings.region, endpoint_url=f"http://{AWS_ADDRESS}:{AWS_PORT}",
+                aws_access_key_id="test", aws_secret_access_key="test",
+            )  # fmt: skip
+            return getattr(client, method)(**kwargs)
+
+    def desired_capacity(self) -> int:
+        groups = self.aws("autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[self.group_name])
+        return groups["AutoScalingGroups"][0]["DesiredCapacity"]
+
+    def _render(self) -> None:
+        """User-data and outputs from the synthesized expressions, by real Terraform."""
+        doc = self.document
+        (scheduler,) = doc["resource"]["aws_instance"].values()
+        (template,) = doc["resource"]["aws_launch_template"].values()
+        values = {"repository_url": self.repository_url, "scheduler_ip": SCHEDULER_ADDRESS, "tls": self.tls}
+        outputs = {
+            "user_data_scheduler": {"value": substitute(scheduler["user_data"], **values)},
+            "user_data_worker": {"value": substitute(template["user_data"], **values)},
+        }
+        unresolved = re.compile(r"\b(?:aws|data|tls|random|docker)_\w+\.[\w-]+")
+        for name, output in doc["output"].items():
+            value = output["value"]
+            if isinstance(value, str):
+                value = substitute(value, **values)
+            if not unresolved.search(json.dumps(value)):  # the price estimate reads spot prices: left out
+                outputs[name] = {"value": value}
+        config = {"output": outputs, "variable": doc.get("variable", {})}
+        (self.folder / "render").mkdir()
+        rendered = terraform_outputs(self.folder / "render", config)
+        self.user_data = {
+            "scheduler": rendered.pop("user_data_scheduler"),
+            "worker": base64.b64decode(rendered.pop("user_data_worker")).decode(),
+        }
+        for role, script in self.user_data.items():
+            leftover = re.findall(r"\$\{[a-z_]+\}|%\{", script)
+            assert not leftover, f"unrendered template syntax in the {role}'s user-data: {leftover}"
+        self.outputs = rendered
+        self.image_uri = rendered["image_uri"]
+        if self.push_image:  # what `cdktf deploy` does before any node boots
+            repository, tag = self.image_uri.split("/", 1)[1].split(":")
+            manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}
+            self.aws("ecr", "put_image", repositoryName=repository, imageTag=tag, imageManifest=json.dumps(manifest))
+        self.image_root = self.folder / "image"
+        self.image = image_spec(self.image_uri, self.image_root)
+
+    # ---- nodes and the laptop ----
+
+    def boot(self, role: str) -> Node:
+        """Launch one node of `role`: its namespace, metadata service and user-data."""
+        index = len(self.nodes)
+        address = SCHEDULER_ADDRESS if role == "scheduler" else f"{NETWORK}.{20 + index}"
+        name = f"{role}-{index}"
+        namespace = self._namespace(name, address)
+        ip("-n", namespace, "addr", "add", "169.254.169.254/32", "dev", "lo")  # EC2's link-local metadata
+        folder = self.folder / "nodes" / name
+        (folder / "bin").mkdir(parents=True)
+        (folder / "installed-bin").mkdir()
+        with entered(namespace):
+            metadata = FakeMetadata(
+                address, address=("169.254.169.254", 80), region=self.settings.region,
+                role=f"{self.settings.resource_prefix}-{role}", instance_id=f"i-{index:017x}",
+            )  # fmt: skip
+        node = Node(name, role, address, namespace, folder, metadata)
+        self.nodes.append(node)
+        config = {
+            "installed_bin": str(folder / "installed-bin"), "hostname": name, "image": self.image,
+            "aws_endpoint": f"http://{AWS_ADDRESS}:{AWS_PORT}",
+        }  # fmt: skip
+        (folder / "config.json").write_text(json.dumps(config))
+        from .standins import Node as StandinNode
+
+        shims = StandinNode(folder)
+        for tool in ("dnf", "systemctl", "systemd-run"):
+            (folder / "bin" / tool).write_text(shims.shim(tool))
+            (folder / "bin" / tool).chmod(0o755)
+        (folder / "user-data.sh").write_text(self.user_data[role])
+        environment = {
+            "PATH": f"{folder}/bin:{folder}/installed-bin:{AWS_CLI.parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root", "LANG": "C.UTF-8",
+            # The AWS CLI signs with the role credentials from the metadata service, nothing else.
+            "AWS_ENDPOINT_URL": f"http://{AWS_ADDRESS}:{AWS_PORT}",
+            "AWS_CONFIG_FILE": "/nonexistent/aws-config", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+        }  # fmt: skip
+        with (folder / "console.log").open("wb") as console:
+            node.process = subprocess.Popen(
+                ["ip", "netns", "exec", namespace, "unshare", "--mount", "--pid", "--fork", "--kill-child",
+                 "--mount-proc", sys.executable, str(HERE / "node_init.py"), str(folder)],
+                env=environment, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        return node
+
+    def write_outputs(self, path: Path, stack: str) -> Path:
+        """The outputs file `cdktf deploy --outputs-file` would write, private as the wrapper makes it."""
+        path.write_text(json.dumps({stack: self.outputs}, indent=2))
+        path.chmod(0o600)
+        return path
+
+    def on_laptop(self, *command: str, cwd: Path) -> subprocess.Popen:
+        """A command on the laptop, which reaches the cluster only through the network."""
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.laptop, *command], cwd=cwd, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip

@@ -1,0 +1,190 @@
+"""The whole deploy, emulated (tests/emulated/harness.py): the stack's own user-data boots a
+scheduler and two worker nodes, each in its own network namespace, against moto and a fake
+instance metadata service; a "laptop" namespace runs the experiments with an outputs file.
+
+The tests run in order on one cluster: boot, a search, a spot interruption mid-search, idling
+to the end. Root and `ip netns` are required: without them these tests fail, they do not skip.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+from .emulated.harness import SCHEDULER_ADDRESS, EmulatedDeploy
+
+pytestmark = pytest.mark.slow
+STACK = "emu"
+CONTAINER_UID = 10001
+
+
+@pytest.fixture(scope="module")
+def cluster(emulated_stack, tmp_path_factory):
+    settings, document = emulated_stack
+    folder = tmp_path_factory.mktemp("emulated")
+    with EmulatedDeploy(settings, document, folder) as deploy:
+        scheduler = deploy.boot("scheduler")
+        scheduler.wait_until(lambda: "scheduler up" in scheduler.log(), 90, "scheduler up")
+        workers = [deploy.boot("worker"), deploy.boot("worker")]
+        for worker in workers:
+            worker.wait_until(lambda w=worker: "worker up" in w.log(), 120, "worker up")
+        deploy.outputs_file = deploy.write_outputs(folder / "outputs.json", STACK)
+        yield deploy
+
+
+def run_on_laptop(cluster: EmulatedDeploy, script: str, results: Path, *args: str, timeout: float = 240):
+    """An experiment script on the laptop, against the stack in the outputs file."""
+    process = cluster.on_laptop(
+        sys.executable, str(ROOT / "experiments" / script), "--stack", STACK, "--outputs", str(cluster.outputs_file),
+        "--results", str(results), *args, cwd=results.parent,
+    )  # fmt: skip
+    return process
+
+
+def local_run(script: str, results: Path, *args: str) -> dict:
+    run = subprocess.run([sys.executable, str(ROOT / "experiments" / script), "--results", str(results), *args],
+                         capture_output=True, text=True, timeout=300, cwd=results.parent)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    return summary(results)
+
+
+def summary(results: Path) -> dict:
+    (path,) = results.glob("*/summary.json")
+    return json.loads(path.read_text())
+
+
+def finish(process: subprocess.Popen, timeout: float = 240) -> str:
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        raise AssertionError(f"the experiment did not finish in {timeout} s:\n{output}") from None
+    assert process.returncode == 0, output
+    return output
+
+
+def secrets_of(cluster: EmulatedDeploy) -> dict[str, str]:
+    """Strings that must never appear in user-data, logs, command lines or stand-in calls."""
+    found = {}
+    for name, text in cluster.tls.items():
+        if name.endswith(".key"):
+            body = "".join(line for line in text.splitlines() if not line.startswith("-----"))
+            found[f"TLS key {name}"] = body[:40]
+    for node in cluster.nodes:
+        found[f"{node.name} role secret key"] = node.metadata.credentials["SecretAccessKey"]
+        found[f"{node.name} role session token"] = node.metadata.credentials["Token"][:40]
+    token = cluster.aws("ecr", "get_authorization_token")["authorizationData"][0]["authorizationToken"]
+    found["ECR password"] = base64.b64decode(token).decode().partition(":")[2]
+    return found
+
+
+def command_lines() -> list[str]:
+    lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):  # the process ended meanwhile
+            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return lines
+
+
+def test_boot_brings_up_scheduler_and_workers_with_private_keys(cluster):
+    scheduler, *workers = cluster.nodes
+    for node in cluster.nodes:
+        tls = node.file("/etc/dask/tls")
+        assert tls.stat().st_mode & 0o777 == 0o700 and tls.stat().st_uid == CONTAINER_UID, node.name
+        files = {path.name: path.stat() for path in tls.iterdir()}
+        assert sorted(files) == sorted(["ca.pem", f"{node.role}.pem", f"{node.role}.key"]), node.name
+        for name, stat in files.items():
+            assert stat.st_mode & 0o777 == 0o400 and stat.st_uid == CONTAINER_UID, f"{node.name}: {name}"
+        # Docker came from the package manager, as on Amazon Linux 2023.
+        assert node.calls()[1:3] == [
+            ["dnf", "install", "-y", "-q", "docker"],
+            ["systemctl", "enable", "--now", "docker"],
+        ]
+        assert all(authorized for _, authorized in node.metadata.reads), "IMDSv2 tokens on every read"
+        assert any("iam/security-credentials/" in path for path, _ in node.metadata.reads), "role credentials"
+    assert {n: scheduler.container(n)["status"] for n in ("dask-scheduler", "dask-tls-gateway", "dask-spot-watcher")} == {
+        "dask-scheduler": "running", "dask-tls-gateway": "running", "dask-spot-watcher": "running"}  # fmt: skip
+    for worker in workers:
+        assert worker.container("dask-worker")["status"] == "running"
+        assert f"worker up: registered with tls://{SCHEDULER_ADDRESS}:8786" in worker.log()
+
+    # No secret anywhere it could leak from.
+    leaks = {
+        "user-data": "".join(cluster.user_data.values()),
+        "node logs": "".join(node.log() for node in cluster.nodes),
+        "container output": "".join(node.container_output(c) for node in cluster.nodes
+                                    for c in ("dask-scheduler", "dask-worker", "dask-tls-gateway", "dask-spot-watcher")),
+        "stand-in calls": "".join(json.dumps(node.calls()) for node in cluster.nodes),
+        "command lines": "\n".join(command_lines()),
+    }  # fmt: skip
+    for what, secret in secrets_of(cluster).items():
+        for where, text in leaks.items():
+            assert secret not in text, f"{what} found in {where}"
+
+
+def test_search_from_the_laptop_matches_the_local_run(cluster, tmp_path):
+    expected = local_run("svc_digits.py", tmp_path / "local")
+    output = finish(run_on_laptop(cluster, "svc_digits.py", tmp_path / "remote"))
+    remote = summary(tmp_path / "remote")
+    assert remote["where"]["kind"] == "remote" and remote["where"]["worker_nodes"] == 2, output
+    assert remote["where"]["scheduler"] == f"tls://{SCHEDULER_ADDRESS}:8786"
+    assert remote["best_params"] == expected["best_params"]
+    assert remote["best_cv_score"] == expected["best_cv_score"]
+    assert remote["tied_for_best"] == expected["tied_for_best"]
+
+
+def test_spot_notice_mid_search_drains_one_worker_node(cluster, tmp_path):
+    args = ("--samples", "8000")
+    expected = local_run("pipeline_search.py", tmp_path / "local", *args)
+    doomed = cluster.nodes[2]
+    search = run_on_laptop(cluster, "pipeline_search.py", tmp_path / "remote", *args)
+    shown = []
+    reader = threading.Thread(target=lambda: shown.extend(iter(lambda: search.stdout.read(1), "")), daemon=True)
+    reader.start()
+    # Mid-search: the progress bar shows fits done, the search is not over.
+    deadline = time.monotonic() + 120
+    while not (fits := [int(n) for n in re.findall(r"fits: (\d+)fit", "".join(shown))]) or fits[-1] < 20:
+        assert time.monotonic() < deadline and search.poll() is None, "".join(shown)
+        time.sleep(0.1)
+    doomed.metadata.notice = {"action": "terminate", "time": "2026-11-27T12:00:00Z"}
+    reader.join(240)
+    assert search.wait(10) == 0, "".join(shown)
+    output = "".join(shown)
+    assert "Best parameters" in output and fits[-1] < int(re.findall(r"fits: (\d+)fit", output)[-1])
+    remote = summary(tmp_path / "remote")
+    assert remote["best_params"] == expected["best_params"], output
+    assert remote["best_cv_score"] == expected["best_cv_score"]
+
+    doomed.wait_powered_off(60)
+    assert re.search(r"retired 1 Dask worker\(s\) of 10\.213\.0\.\d+", doomed.container_output("dask-spot-watcher"))
+    assert "stopping this node: spot interruption; workers retired" in doomed.log()
+    assert ["systemctl", "poweroff"] in doomed.calls() and not doomed.calls("aws")
+    assert not any("set-desired-capacity" in " ".join(c) for c in doomed.calls())
+    assert cluster.desired_capacity() == 2, "the group replaces the node: its size is unchanged"
+    assert not cluster.nodes[1].powered_off and not cluster.nodes[0].powered_off
+
+
+def test_idle_cluster_scales_to_zero_and_every_node_powers_off(cluster):
+    scheduler, survivor = cluster.nodes[0], cluster.nodes[1]
+    scheduler.wait_powered_off(150)
+    survivor.wait_powered_off(60)
+    assert cluster.desired_capacity() == 0
+    assert all(node.powered_off for node in cluster.nodes)
+    assert re.search(
+        r"stopping this node: Dask scheduler ended \(exited, exit code 0; cluster idle for \d+ s\)", scheduler.log()
+    )
+    assert f"worker group {cluster.group_name} set to 0 nodes" in scheduler.log()
+    assert "the scheduler has ended (Dask worker exited 0" in survivor.log()
+    for node in cluster.nodes:
+        assert sum(c == ["systemctl", "poweroff"] for c in node.calls()) == 1, node.name
