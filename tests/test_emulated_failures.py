@@ -43,18 +43,29 @@ def test_failed_bootstrap_step_stops_the_node_once_and_fails_the_script(emulated
     assert desired == 0, "a scheduler that cannot boot ends the cluster: the worker group goes to 0"
 
 
-def test_crash_looping_dask_is_reported_as_such_not_as_up(emulated_stack, tmp_path):
+@pytest.mark.parametrize("role", ["scheduler", "worker"])
+def test_crash_looping_dask_is_reported_as_such_not_as_up(emulated_stack, tmp_path, role):
+    """A key Dask cannot load: the container exits at every start until docker gives up."""
     settings, document = emulated_stack
-    with EmulatedDeploy(settings, document, tmp_path, tls_overrides={"scheduler/scheduler.key": "not a key"}) as deploy:
+    broken = {f"{role}/{role}.key": "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"}
+    with EmulatedDeploy(settings, document, tmp_path, tls_overrides=broken) as deploy:
         scheduler = deploy.boot("scheduler")
-        scheduler.wait_powered_off(180)
+        if role == "worker":
+            scheduler.wait_until(lambda: "scheduler up" in scheduler.log(), 90, "scheduler up")
+            node = deploy.boot("worker")
+        else:
+            node = scheduler
+        node.wait_powered_off(180)
 
-    log = scheduler.log()
-    assert "scheduler up" not in log
+    log = node.log()
+    container = f"dask-{role}"
+    assert f"{role} up" not in log
     assert re.search(
-        r"Dask scheduler is not up: container dask-scheduler exited, exit code [1-9]\d*, 5 restart\(s\)", log
+        rf"Dask {role} is not up: container {container} exited, exit code [1-9]\d*, 5 restart\(s\)", log
     ), log
-    assert "stopping this node: the Dask scheduler did not come up" in log
-    assert scheduler.container("dask-scheduler")["restarts"] == 5
-    assert scheduler.user_data_exit() == 1
-    assert [c for c in later_steps(scheduler) if "dask-scheduler" not in c] == [], "nothing started after it"
+    assert "  | " in log, "the container's last output is in the log"
+    assert f"stopping this node: the Dask {role} did not " in log
+    assert node.container(container)["restarts"] == 5
+    assert node.calls().count(["systemctl", "poweroff"]) == 1
+    assert node.user_data_exit() == 1
+    assert [c for c in later_steps(node) if container not in c] == [], "nothing started after it"

@@ -85,7 +85,10 @@ def test_scheduler_script_starts_dask_scheduler_with_tls_and_dashboard(rendered)
     routes = "tls-gateway --network host"
     assert routes in script and '-v "$TLS_DIR:$TLS_DIR:ro"' in script
     gateway = ":8787=127.0.0.1:8788" + (" :8888=127.0.0.1:8889" if rendered["variant"] == "custom" else "")
-    assert f"python -m experiments.tunnel gateway {' '.join(userdata.tls_options('scheduler'))} {gateway} >/dev/null" in script
+    assert (
+        f"python -m experiments.tunnel gateway {' '.join(userdata.tls_options('scheduler'))} {gateway} >/dev/null"
+        in script
+    )
     assert "  start_gateway ||" in script
     assert not re.search(r"(?<!--name )\bdask-scheduler\s+(--|tls://)", script), "the deprecated dask-scheduler command"
     for option in userdata.tls_options("scheduler"):

@@ -139,6 +139,20 @@ def image_spec(uri: str, root: Path) -> dict:
             "python_home": python_home}  # fmt: skip
 
 
+def remove_stale_namespaces() -> None:
+    """Namespaces (and their processes) left by a test run that was killed before cleaning up."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    for name in re.findall(r"^(emu(\d+)-\d+-\S+)", listing, re.M):
+        namespace, pid = name
+        if Path(f"/proc/{pid}").exists():
+            continue  # a run still going
+        pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
+        for process in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(process), signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+
+
 @dataclass
 class Node:
     name: str
@@ -202,7 +216,7 @@ class EmulatedDeploy:
     folder: Path
     push_image: bool = True
     tls_overrides: dict[str, str] = field(default_factory=dict)  # SSM values to break on purpose
-    prefix: str = field(default_factory=lambda: f"emu{os.getpid() % 100000}{next(_deploys)}")
+    prefix: str = field(default_factory=lambda: f"emu{os.getpid()}-{next(_deploys)}")
     nodes: list[Node] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
 
@@ -213,6 +227,7 @@ class EmulatedDeploy:
             assert shutil.which(tool), f"{tool} is required for the emulated deploy"
         assert os.geteuid() == 0, "the emulated deploy needs root (network and mount namespaces)"
         assert AWS_CLI.exists(), f"{AWS_CLI} missing: `make test` installs it (requirements-awscli.txt)"
+        remove_stale_namespaces()
         try:
             self._network()
             self._aws()

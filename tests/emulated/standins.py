@@ -5,8 +5,8 @@ node's folder. Every call is appended to NODE/calls.jsonl (arguments only: a pas
 from stdin is never written). Unsupported options fail loudly, so a change to userdata/ that
 needs more of docker than is emulated here shows up as a failing test, not a silent pass.
 
-- `docker`: exists only after `dnf install docker` (as on Amazon Linux 2023). `login` needs a
-  password on stdin; `pull` needs a login to that registry and the tag in (moto's) ECR;
+- `docker`: exists only after `dnf install docker` (as on Amazon Linux 2023). `login` needs
+  ECR's password on stdin; `pull` needs a login to that registry and the tag in (moto's) ECR;
   `run -d` starts a supervisor that runs the command as a process, as the image's user, with the
   image's environment and working directory, only the -v mounts of the node (read-only where
   asked), `--env-file`/`-e`, and the restart policy `on-failure:N`; `inspect -f` answers
@@ -20,6 +20,7 @@ needs more of docker than is emulated here shows up as a failing test, not a sil
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shlex
@@ -123,6 +124,8 @@ def docker_login(node: Node, args: list[str]) -> int:
     password = sys.stdin.read().strip()
     if not password:
         return fail("Error: Cannot perform an interactive login from a non TTY device")
+    if password != _ecr_password(node, args[3]):  # what ECR's registry would check
+        return fail(f"Error response from daemon: Get https://{args[3]}/v2/: unauthorized")
     logins = node.folder / "docker" / "logins"
     logins.mkdir(parents=True, exist_ok=True)
     (logins / args[3]).touch()
@@ -130,16 +133,25 @@ def docker_login(node: Node, args: list[str]) -> int:
     return 0
 
 
-def _ecr_has(node: Node, image: str) -> bool:
+def _ecr(node: Node, registry: str):
+    """ECR of the registry's region, as the registry itself sees it (moto)."""
     import boto3
 
+    return boto3.client(
+        "ecr", region_name=registry.split(".")[3], endpoint_url=node.config["aws_endpoint"],
+        aws_access_key_id="registry", aws_secret_access_key="registry",
+    )  # fmt: skip
+
+
+def _ecr_password(node: Node, registry: str) -> str:
+    token = _ecr(node, registry).get_authorization_token()["authorizationData"][0]["authorizationToken"]
+    return base64.b64decode(token).decode().partition(":")[2]
+
+
+def _ecr_has(node: Node, image: str) -> bool:
     registry, _, rest = image.partition("/")
     repository, _, tag = rest.partition(":")
-    ecr = boto3.client(
-        "ecr", region_name=registry.split(".")[3], endpoint_url=node.config["aws_endpoint"],
-        aws_access_key_id="docker-daemon", aws_secret_access_key="docker-daemon",
-    )  # fmt: skip
-    found = ecr.batch_get_image(repositoryName=repository, imageIds=[{"imageTag": tag}])
+    found = _ecr(node, registry).batch_get_image(repositoryName=repository, imageIds=[{"imageTag": tag}])
     return bool(found["images"])
 
 
