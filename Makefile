@@ -25,7 +25,9 @@ test: $(VENV)/.dev-installed .venv-checkov/.installed .venv-awscli/.installed $(
 	export PATH="$(BIN):$$PATH"
 	ruff check .
 	ruff format --check .
-	python -m pytest -q
+	# Two test processes, a whole file each: most tests wait on subprocesses, and a file's
+	# tests (the emulated deploy's, in order) share its fixtures.
+	python -m pytest -q -n 2 --dist loadfile
 
 cdktf: $(VENV)/bin/cdktf
 

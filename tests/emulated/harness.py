@@ -50,6 +50,7 @@ from stacks.config import ClusterSettings
 from .. import loopback_cluster
 from ..conftest import ROOT, terraform_outputs
 from .imds import FakeMetadata
+from .node_init import OVERLAID
 
 NETWORK = "10.213.0"
 AWS_ADDRESS, AWS_PORT = f"{NETWORK}.1", 5000
@@ -173,12 +174,9 @@ class Node:
         return path.read_text() if path.exists() else ""
 
     def file(self, path: str) -> Path:
-        """Where a file the node wrote under /etc, /usr/local or /var is kept."""
-        top, _, rest = path.strip("/").partition("/")
-        layer = "usr_local" if path.startswith("/usr/local/") else top
-        if layer == "usr_local":
-            rest = path.removeprefix("/usr/local/")
-        return self.folder / "fs" / layer / "upper" / rest
+        """Where a file the node wrote under one of the overlaid folders (/etc, /usr/local, /var) is kept."""
+        root = next(r for r in OVERLAID if path.startswith(r + "/"))
+        return self.folder / "fs" / root.strip("/").replace("/", "_") / "upper" / path.removeprefix(root + "/")
 
     def container(self, name: str) -> dict | None:
         path = self.folder / "containers" / name / "state.json"
