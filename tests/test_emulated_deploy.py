@@ -42,13 +42,12 @@ def cluster(emulated_stack, tmp_path_factory):
         yield deploy
 
 
-def run_on_laptop(cluster: EmulatedDeploy, script: str, results: Path, *args: str, timeout: float = 240):
+def run_on_laptop(cluster: EmulatedDeploy, script: str, results: Path, *args: str) -> subprocess.Popen:
     """An experiment script on the laptop, against the stack in the outputs file."""
-    process = cluster.on_laptop(
+    return cluster.on_laptop(
         sys.executable, str(ROOT / "experiments" / script), "--stack", STACK, "--outputs", str(cluster.outputs_file),
         "--results", str(results), *args, cwd=results.parent,
     )  # fmt: skip
-    return process
 
 
 def local_run(script: str, results: Path, *args: str) -> dict:

@@ -217,6 +217,7 @@ class EmulatedDeploy:
     prefix: str = field(default_factory=lambda: f"emu{os.getpid()}-{next(_deploys)}")
     nodes: list[Node] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
+    laptop_processes: list[subprocess.Popen] = field(default_factory=list)
 
     # ---- setup and teardown ----
 
@@ -239,6 +240,10 @@ class EmulatedDeploy:
         self.close()
 
     def close(self) -> None:
+        for process in self.laptop_processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(30)
         for node in self.nodes:
             if node.process and node.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -409,8 +414,11 @@ class EmulatedDeploy:
         return path
 
     def on_laptop(self, *command: str, cwd: Path) -> subprocess.Popen:
-        """A command on the laptop, which reaches the cluster only through the network."""
-        return subprocess.Popen(
+        """A command on the laptop, which reaches the cluster only through the network; it is
+        killed with the deploy if it is still running then."""
+        process = subprocess.Popen(
             ["ip", "netns", "exec", self.laptop, *command], cwd=cwd, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
+        self.laptop_processes.append(process)
+        return process
