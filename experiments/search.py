@@ -50,6 +50,7 @@ class FitCounter:
 
     def _poll(self) -> None:
         records = self._client.sync(self._client.scheduler.get_task_stream, start_index=self._start)
+        self._start += len(records)  # the next look asks only for what is new
         fits = 0
         for record in records:
             key = str(record["key"])

@@ -164,10 +164,11 @@ class Node:
     metadata: FakeMetadata
     process: subprocess.Popen | None = None
 
-    def calls(self, tool: str | None = None) -> list[list[str]]:
+    def calls(self) -> list[list[str]]:
+        """The node's stand-in calls (docker, dnf, systemctl, systemd-run), tool first."""
         path = self.folder / "calls.jsonl"
         records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        return [[r["tool"], *r["args"]] for r in records if tool in (None, r["tool"])]
+        return [[r["tool"], *r["args"]] for r in records]
 
     def log(self) -> str:
         path = self.file("/var/log/dask-node.log")
