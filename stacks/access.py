@@ -29,6 +29,25 @@ SESSION_MANAGER_CHANNELS = [
 ]
 
 
+def autoscaler_statements(group_arn: str) -> list[dict]:
+    """What image/worker_autoscaler.py needs beyond setting the size: its own group only."""
+    return [
+        # Describe calls have no resource scope in IAM; they show groups, not change them.
+        {
+            "Sid": "ReadWorkerGroups",
+            "Effect": "Allow",
+            "Action": "autoscaling:DescribeAutoScalingGroups",
+            "Resource": "*",
+        },
+        {
+            "Sid": "RemoveChosenWorkerNodes",
+            "Effect": "Allow",
+            "Action": ["autoscaling:SetInstanceProtection", "autoscaling:TerminateInstanceInAutoScalingGroup"],
+            "Resource": group_arn,
+        },
+    ]
+
+
 def node_secret(
     scope: Construct, id: str, *, settings: ClusterSettings, role: str, name: str, description: str, value: str
 ) -> SsmParameter:
@@ -47,7 +66,8 @@ class NodeRole(Construct):
     """The role and instance profile of one node kind.
 
     Both kinds pull this cluster's image, read their own secrets, and may set the desired
-    capacity of this cluster's worker group (to 0 when the cluster ends).
+    capacity of this cluster's worker group (to 0 when the cluster ends). The scheduler's
+    autoscaler may also protect and terminate instances of that group, and no other.
     """
 
     def __init__(
@@ -109,6 +129,7 @@ class NodeRole(Construct):
                 "Action": "autoscaling:SetDesiredCapacity",
                 "Resource": group_arn,
             },
+            *(autoscaler_statements(group_arn) if role == "scheduler" else []),
             {
                 "Sid": "SessionManagerRegistration",
                 "Effect": "Allow",

@@ -9,6 +9,7 @@ from cdktf import (
     Fn,
     TerraformAsset,
     TerraformIterator,
+    TerraformLocal,
     TerraformOutput,
     TerraformStack,
     TerraformVariable,
@@ -29,6 +30,7 @@ from stacks.config import (
     DASHBOARD_PORT,
     JUPYTER_PORT,
     MAX_WORKER_TYPES,
+    MAX_WORKERS,
     NODE_ROLES,
     PRICE_RE,
     SCHEDULER_PORT,
@@ -38,7 +40,7 @@ from stacks.config import (
 from stacks.image import ComputationImage
 from stacks.jupyter import JupyterToken
 from stacks.network import ClusterNetwork
-from stacks.nodes import NodeCommon, Scheduler, WorkerGroup
+from stacks.nodes import NodeCommon, Scheduler, WorkerBounds, WorkerGroup
 from stacks.tls import ClusterTls
 
 # Amazon Linux 2023, resolved at deploy time so nodes always boot a patched image. It ships
@@ -56,7 +58,7 @@ def default_tags(settings: ClusterSettings) -> dict[str, str]:
 
 
 def hourly_cost_estimate(
-    scope: Construct, settings: ClusterSettings, workers: TerraformVariable, instance_types: TerraformVariable
+    scope: Construct, settings: ClusterSettings, workers: TerraformLocal, instance_types: TerraformVariable
 ) -> str:
     """A Terraform expression: what the cluster costs per hour at today's spot prices."""
     types = TerraformIterator.from_list(instance_types.list_value)
@@ -73,7 +75,7 @@ def hourly_cost_estimate(
             scope, "scheduler-spot-price", instance_type=settings.scheduler_instance_type, filter=linux
         )
         scheduler = f"tonumber(data.aws_ec2_spot_price.{price.friendly_unique_id}.spot_price)"
-    return f'${{format("%.3f", var.{workers.friendly_unique_id} * {per_worker} + {scheduler})}}'
+    return f'${{format("%.3f", local.{workers.friendly_unique_id} * {per_worker} + {scheduler})}}'
 
 
 class DaskClusterStack(TerraformStack):
@@ -85,7 +87,7 @@ class DaskClusterStack(TerraformStack):
         AwsProvider(self, "aws", region=settings.region, default_tags=[AwsProviderDefaultTags(tags=tags)])
         TlsProvider(self, "tls")
 
-        workers, instance_types, spot_price = self._deploy_time_variables(settings)
+        bounds, instance_types, spot_price = self._deploy_time_variables(settings)
 
         network = ClusterNetwork(self, "network", settings=settings)
         image = ComputationImage(self, "image", settings=settings)
@@ -130,7 +132,7 @@ class DaskClusterStack(TerraformStack):
             instance_profile_arn=roles["worker"].instance_profile.arn,
             subnet_ids=network.subnet_ids,
             scheduler_private_ip=scheduler.instance.private_ip,
-            workers=workers.number_value,
+            bounds=bounds,
             instance_types=instance_types.list_value,
         )
 
@@ -146,15 +148,17 @@ class DaskClusterStack(TerraformStack):
             "image_uri": (image.uri, "The exact image every node runs"),
             "ecr_repository_url": (image.repository.repository_url, "ECR repository of the image"),
             "worker_group_name": (workers_group.group.name, "Auto Scaling group of the workers"),
-            "workers": (workers.number_value, "Desired number of worker nodes"),
+            "workers": (bounds.minimum.as_number, "Worker nodes the cluster keeps: clients wait for these"),
+            "min_workers": (bounds.minimum.as_number, "Fewest worker nodes"),
+            "max_workers": (bounds.maximum.as_number, "Most worker nodes"),
             "region": (settings.region, "AWS region"),
             # What experiments need to price a run (experiments/cost.py).
             "worker_instance_types": (instance_types.list_value, "Instance types the workers may run on"),
             "scheduler_instance_type": (settings.scheduler_instance_type, "Instance type of the scheduler"),
             "scheduler_market": (settings.scheduler_market, "spot or on-demand"),
             "estimated_hourly_cost_usd": (
-                hourly_cost_estimate(self, settings, workers, instance_types),
-                "Current spot prices: workers at the dearest allowed type, plus a spot scheduler "
+                hourly_cost_estimate(self, settings, bounds.maximum, instance_types),
+                "Current spot prices: max_workers nodes at the dearest allowed type, plus a spot scheduler "
                 "(an on-demand scheduler is not included)",
             ),
         }
@@ -179,24 +183,74 @@ class DaskClusterStack(TerraformStack):
 
     def _deploy_time_variables(
         self, settings: ClusterSettings
-    ) -> tuple[TerraformVariable, TerraformVariable, TerraformVariable]:
+    ) -> tuple[WorkerBounds, TerraformVariable, TerraformVariable]:
         """Values a user may override with `cdktf deploy --var NAME=VALUE` (or TF_VAR_NAME).
 
         Terraform checks overrides with the same rules stacks/config.py applies to cdktf.json,
         and fails at plan, before anything is created.
         """
+        whole = "floor(var.{0}) == var.{0}"
         workers = TerraformVariable(
             self,
             "workers-variable",
             type="number",
-            default=settings.workers,
-            description="Number of worker nodes",
+            default=0,
+            description=(
+                "A fixed number of worker nodes, overriding min_workers and max_workers; 0 (the default) leaves "
+                "them in charge"
+            ),
             validation=[
                 TerraformVariableValidationConfig(
-                    condition="${var.workers >= 1 && var.workers <= 500 && floor(var.workers) == var.workers}",
-                    error_message="workers: must be a whole number from 1 to 500, got ${jsonencode(var.workers)}.",
+                    condition=f"${{var.workers >= 0 && var.workers <= {MAX_WORKERS} && {whole.format('workers')}}}",
+                    error_message=(
+                        f"workers: must be a whole number from 1 to {MAX_WORKERS} (a fixed size), or 0 to use "
+                        "min_workers and max_workers, got ${jsonencode(var.workers)}."
+                    ),
                 )
             ],
+        )
+        low = TerraformVariable(
+            self,
+            "min-workers-variable",
+            type="number",
+            default=settings.min_workers,
+            description="Fewest worker nodes, kept even when the cluster has no work",
+            validation=[
+                TerraformVariableValidationConfig(
+                    condition=f"${{var.min_workers >= 0 && var.min_workers <= {MAX_WORKERS} && {whole.format('min_workers')}}}",
+                    error_message=(
+                        f"min_workers: must be a whole number from 0 to {MAX_WORKERS}, "
+                        "got ${jsonencode(var.min_workers)}."
+                    ),
+                )
+            ],
+        )
+        high = TerraformVariable(
+            self,
+            "max-workers-variable",
+            type="number",
+            default=settings.max_workers,
+            description="Most worker nodes the cluster grows to when its work asks for them",
+            validation=[
+                TerraformVariableValidationConfig(
+                    condition=f"${{var.max_workers >= 1 && var.max_workers <= {MAX_WORKERS} && {whole.format('max_workers')}}}",
+                    error_message=(
+                        f"max_workers: must be a whole number from 1 to {MAX_WORKERS}, "
+                        "got ${jsonencode(var.max_workers)}."
+                    ),
+                ),
+                # Refers to the other variables: Terraform 1.9 or later checks it, at plan.
+                TerraformVariableValidationConfig(
+                    condition="${var.workers > 0 || var.min_workers <= var.max_workers}",
+                    error_message=(
+                        "min_workers: must be at most max_workers, got ${var.min_workers} > ${var.max_workers}."
+                    ),
+                ),
+            ],
+        )
+        bounds = WorkerBounds(
+            minimum=TerraformLocal(self, "min_worker_nodes", "${var.workers > 0 ? var.workers : var.min_workers}"),
+            maximum=TerraformLocal(self, "max_worker_nodes", "${var.workers > 0 ? var.workers : var.max_workers}"),
         )
         instance_types = TerraformVariable(
             self,
@@ -254,6 +308,7 @@ class DaskClusterStack(TerraformStack):
             ],
         )
         # Outputs of the same names exist too; construct ids must differ, Terraform names need not.
-        workers.override_logical_id("workers")
+        for variable, name in ((workers, "workers"), (low, "min_workers"), (high, "max_workers")):
+            variable.override_logical_id(name)
         instance_types.override_logical_id("worker_instance_types")
-        return workers, instance_types, spot_price
+        return bounds, instance_types, spot_price

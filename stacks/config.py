@@ -52,11 +52,15 @@ MAX_ALLOWED_NETWORKS = 15
 # Wider than this in total, the cluster is open to a large part of the internet: an IPv4 /8
 # (16.7 million addresses), or an IPv6 /32 (a whole provider's allocation).
 PUBLIC_BOUND = {4: 2**24, 6: 2**96}
+# The worker group's tag that tells the scheduler's autoscaler the fewest nodes to keep. The
+# group's own MinSize stays 0: the cluster's end sets its desired capacity to 0, below any minimum.
+MIN_WORKERS_TAG = "DaskMinWorkers"
 # The tags the stack itself relies on (filters, cost reports, the console's Name column).
-RESERVED_TAGS = ("Project", "DaskCluster", "ManagedBy", "Name", "DaskRole")
+RESERVED_TAGS = ("Project", "DaskCluster", "ManagedBy", "Name", "DaskRole", MIN_WORKERS_TAG)
 MAX_USER_TAGS = 50 - len(RESERVED_TAGS)  # AWS allows 50 tags per resource
 # AWS tag keys and values: letters, digits, spaces and _ . : / = + - @ (EC2, IAM, ECR, SSM alike).
 TAG_TEXT_RE = re.compile(r"^[\w\s.:/=+\-@]*$", re.UNICODE)
+MAX_WORKERS = 500  # worker nodes in one cluster: far beyond a search's needs, within EC2 quotas
 MAX_WORKER_TYPES = 40  # overrides in one mixed instances policy
 ROOT_VOLUME_MIN_GB = 8  # Amazon Linux 2023's root snapshot; EC2 refuses a smaller volume
 
@@ -94,7 +98,10 @@ class ClusterSettings:
     allowed_cidrs: tuple[str, ...]
     allow_public_access: bool = False
     region: str = "us-east-1"
-    workers: int = 2
+    # Worker nodes follow the work between these bounds (image/worker_autoscaler.py);
+    # `workers` in cdktf.json sets both, for a cluster of fixed size.
+    min_workers: int = 0
+    max_workers: int = 2
     worker_instance_types: tuple[str, ...] = DEFAULT_WORKER_TYPES
     scheduler_instance_type: str = "m6i.large"
     scheduler_market: Literal["spot", "on-demand"] = "spot"
@@ -112,6 +119,10 @@ class ClusterSettings:
     def resource_prefix(self) -> str:
         """Prefix of every named AWS resource, so several clusters never collide."""
         return f"dask-{self.name}"
+
+    @property
+    def adaptive(self) -> bool:
+        return self.min_workers != self.max_workers
 
     def secret_path(self, role: str) -> str:
         """SSM path (no leading slash) of one node role's secrets; only that role reads it."""
@@ -231,6 +242,28 @@ def _cidrs(where: str, value: Any, allow_public: bool) -> tuple[str, ...]:
     return cidrs
 
 
+def _worker_bounds(where: str, raw: dict) -> tuple[int, int]:
+    """(min_workers, max_workers): `workers` fixes both; otherwise each has its default."""
+    if "workers" in raw:
+        workers = _positive_int(f"{where}.workers", raw["workers"], maximum=MAX_WORKERS)
+        for bound in ("min_workers", "max_workers"):
+            if bound in raw:
+                raise _fail(
+                    f"{where}.{bound}",
+                    "cannot be combined with workers (a fixed size); set min_workers and max_workers alone",
+                    raw[bound],
+                )
+        return workers, workers
+    d = ClusterSettings.__dataclass_fields__
+    low = raw.get("min_workers", d["min_workers"].default)
+    if isinstance(low, bool) or not isinstance(low, int) or not 0 <= low <= MAX_WORKERS:
+        raise _fail(f"{where}.min_workers", f"must be a whole number from 0 to {MAX_WORKERS}", low)
+    high = _positive_int(f"{where}.max_workers", raw.get("max_workers", d["max_workers"].default), maximum=MAX_WORKERS)
+    if low > high:
+        raise _fail(f"{where}.min_workers", f"must be at most max_workers ({high})", low)
+    return low, high
+
+
 def _root_volume(where: str, value: Any) -> int:
     size = _positive_int(where, value, maximum=16384)  # gp3's largest volume, in GiB
     if size < ROOT_VOLUME_MIN_GB:
@@ -250,7 +283,7 @@ def _tags(where: str, value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise _fail(where, "must be an object of tag names to values", value)
     if len(value) > MAX_USER_TAGS:
-        raise _fail(where, f"at most {MAX_USER_TAGS} tags (AWS allows 50 per resource; the stack sets 5)", len(value))
+        raise _fail(where, f"at most {MAX_USER_TAGS} tags (AWS allows 50 per resource; the stack sets {len(RESERVED_TAGS)})", len(value))
     reserved = {name.lower(): name for name in RESERVED_TAGS}
     for key, tag in value.items():
         if not key or len(key) > 128 or key.lower().startswith("aws:") or not TAG_TEXT_RE.match(key):
@@ -275,7 +308,7 @@ def parse_cluster(name: str, raw: Any) -> ClusterSettings:
         )
     if not isinstance(raw, dict):
         raise _fail(where, "must be an object of settings", raw)
-    known = {f.name for f in fields(ClusterSettings)} - {"name"}
+    known = {f.name for f in fields(ClusterSettings)} - {"name"} | {"workers"}
     for key in raw:
         if key not in known:
             raise _fail(where, f"unknown setting (known: {', '.join(sorted(known))})", key)
@@ -312,13 +345,15 @@ def parse_cluster(name: str, raw: Any) -> ClusterSettings:
         if not SUBNET_RE.match(subnet):
             raise _fail(at("subnet_ids"), "each entry must be a subnet id such as subnet-0abc12345def67890", subnet)
     _unique(at("subnet_ids"), subnets)
+    min_workers, max_workers = _worker_bounds(where, raw)
 
     return ClusterSettings(
         name=name,
         allowed_cidrs=_cidrs(at("allowed_cidrs"), raw["allowed_cidrs"], allow_public),
         allow_public_access=allow_public,
         region=region,
-        workers=_positive_int(at("workers"), get("workers"), maximum=500),
+        min_workers=min_workers,
+        max_workers=max_workers,
         worker_instance_types=worker_types,
         scheduler_instance_type=check_instance_type(at("scheduler_instance_type"), get("scheduler_instance_type")),
         scheduler_market=market,

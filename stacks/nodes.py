@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cdktf import Fn, ITerraformDependable, TerraformIterator, Token
+from cdktf import (
+    Fn,
+    ITerraformDependable,
+    TerraformIterator,
+    TerraformLocal,
+    TerraformResourceLifecycle,
+    Token,
+)
 from cdktf_cdktf_provider_aws.autoscaling_group import (
     AutoscalingGroup,
     AutoscalingGroupMixedInstancesPolicy,
@@ -32,9 +39,17 @@ from cdktf_cdktf_provider_aws.launch_template import (
 from constructs import Construct
 
 from stacks import userdata
-from stacks.config import ClusterSettings
+from stacks.config import MIN_WORKERS_TAG, ClusterSettings
 
 ROOT_DEVICE = "/dev/xvda"  # Amazon Linux 2023's root device name
+
+
+@dataclass(frozen=True)
+class WorkerBounds:
+    """Fewest and most worker nodes: Terraform values, so `--var` can change them at deploy time."""
+
+    minimum: TerraformLocal
+    maximum: TerraformLocal
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,8 +129,9 @@ class Scheduler(Construct):
 class WorkerGroup(Construct):
     """Launch template plus an Auto Scaling group that is 100% spot over several types.
 
-    Worker count, instance types and the spot price cap are Terraform values so they can be
-    changed at deploy time with ``--var``.
+    The group's size is the scheduler's autoscaler's to set, between the bounds; Terraform sets
+    it once, at creation, to the minimum. Bounds, instance types and the spot price cap are
+    Terraform values so they can be changed at deploy time with ``--var``.
     """
 
     def __init__(
@@ -127,7 +143,7 @@ class WorkerGroup(Construct):
         instance_profile_arn: str,
         subnet_ids: list[str],
         scheduler_private_ip: str,
-        workers: float,
+        bounds: WorkerBounds,
         instance_types: list[str],
     ) -> None:
         super().__init__(scope, id)
@@ -183,8 +199,11 @@ class WorkerGroup(Construct):
             "group",
             name=self.name,
             min_size=0,
-            max_size=Token.as_number(workers),
-            desired_capacity=Token.as_number(workers),
+            max_size=bounds.maximum.as_number,
+            desired_capacity=bounds.minimum.as_number,
+            # Only the autoscaler chooses which nodes go (idle ones, their workers retired
+            # first); the group itself never picks a node to remove when its size drops.
+            protect_from_scale_in=True,
             vpc_zone_identifier=subnet_ids,
             capacity_rebalance=True,
             # The nodes' own readiness (image pulled, scheduler reached) is checked in
@@ -206,8 +225,18 @@ class WorkerGroup(Construct):
                 ),
             ),
             tag=[
-                AutoscalingGroupTag(key=key, value=value, propagate_at_launch=True)
-                for key, value in {**common.tags, **name_tag}.items()
+                *(
+                    AutoscalingGroupTag(key=key, value=value, propagate_at_launch=True)
+                    for key, value in {**common.tags, **name_tag}.items()
+                ),
+                AutoscalingGroupTag(
+                    key=MIN_WORKERS_TAG, value=bounds.minimum.as_string, propagate_at_launch=False
+                ),
             ],
             depends_on=common.boot_after,
+            lifecycle=TerraformResourceLifecycle(
+                # The autoscaler owns the size; a redeploy must not reset a cluster mid-search.
+                ignore_changes=["desired_capacity"],
+            ),
         )
+

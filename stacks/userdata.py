@@ -107,6 +107,22 @@ def gateway_command(
     ]  # fmt: skip
 
 
+def autoscaler_command(
+    settings: ClusterSettings,
+    *,
+    tls_dir: str = TLS_DIR,
+    scheduler: str = f"tls://127.0.0.1:{SCHEDULER_PORT}",
+    image_dir: str = IMAGE_DIR,
+) -> list[str]:
+    """The worker autoscaler's command line on the scheduler node; the node adds --region."""
+    return [
+        "python", f"{image_dir}/worker_autoscaler.py",
+        f"--scheduler={scheduler}",
+        f"--group={worker_group_name(settings)}",
+        f"--tls-dir={tls_dir}",
+    ]  # fmt: skip
+
+
 def worker_options(settings: ClusterSettings, *, tls_dir: str = TLS_DIR) -> list[str]:
     """Options of the `dask worker` command (nanny included) the worker container runs."""
     shape = [f"--nworkers={settings.worker_processes}"]
@@ -144,6 +160,7 @@ def scheduler_variables(settings: ClusterSettings, image_uri: str, registry: str
         "scheduler_spot": settings.scheduler_market == "spot",
         "scheduler_command": shlex.join(scheduler_command(settings)),
         "gateway_command": shlex.join(gateway_command(settings)),
+        "autoscaler_command": shlex.join(autoscaler_command(settings)),
         "jupyter": settings.jupyter,
         "jupyter_local_port": JUPYTER_LOCAL_PORT,
         "jupyter_token_parameter": settings.secret_parameter("scheduler", JUPYTER_TOKEN_PARAMETER),

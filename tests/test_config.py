@@ -19,14 +19,15 @@ def test_only_the_allowed_networks_are_required():
     assert settings.scheduler_market == "spot"
     assert settings.worker_instance_types == DEFAULT_WORKER_TYPES
     assert len(settings.worker_instance_types) > 1, "several interchangeable types by default"
-    assert settings.workers >= 1 and settings.spot_max_price is None
+    assert (settings.min_workers, settings.max_workers) == (0, 2), "adaptive from none to two nodes"
+    assert settings.adaptive and settings.spot_max_price is None
     assert settings.resource_prefix == "dask-dask"
 
 
 def test_settings_are_frozen():
     settings = parse_cluster("dask", {"allowed_cidrs": ALLOWED})
     with pytest.raises(AttributeError):
-        settings.workers = 5  # type: ignore[misc]
+        settings.max_workers = 5  # type: ignore[misc]
 
 
 BAD = [
@@ -34,6 +35,16 @@ BAD = [
     ({"workers": -3}, "clusters.dask.workers: must be a positive whole number, got -3"),
     ({"workers": 2.5}, "clusters.dask.workers: must be a positive whole number, got 2.5"),
     ({"workers": "4"}, 'clusters.dask.workers: must be a positive whole number, got "4"'),
+    ({"workers": 501}, "clusters.dask.workers: must be at most 500, got 501"),
+    ({"workers": 3, "max_workers": 5}, "clusters.dask.max_workers: cannot be combined with workers (a fixed size); set min_workers and max_workers alone, got 5"),
+    ({"workers": 3, "min_workers": 1}, "clusters.dask.min_workers: cannot be combined with workers (a fixed size); set min_workers and max_workers alone, got 1"),
+    ({"min_workers": -1}, "clusters.dask.min_workers: must be a whole number from 0 to 500, got -1"),
+    ({"min_workers": 1.5}, "clusters.dask.min_workers: must be a whole number from 0 to 500, got 1.5"),
+    ({"min_workers": True}, "clusters.dask.min_workers: must be a whole number from 0 to 500, got true"),
+    ({"max_workers": 0}, "clusters.dask.max_workers: must be a positive whole number, got 0"),
+    ({"max_workers": 501}, "clusters.dask.max_workers: must be at most 500, got 501"),
+    ({"min_workers": 3}, "clusters.dask.min_workers: must be at most max_workers (2), got 3"),
+    ({"min_workers": 5, "max_workers": 4}, "clusters.dask.min_workers: must be at most max_workers (4), got 5"),
     ({"scheduler_market": "reserved"}, 'clusters.dask.scheduler_market: must be "spot" or "on-demand", got "reserved"'),
     ({"allowed_cidrs": ["10.0.0.300/32"]}, 'clusters.dask.allowed_cidrs: each entry must be a network such as 203.0.113.7/32, got "10.0.0.300/32"'),
     ({"allowed_cidrs": ["198.51.100.7/24"]}, 'clusters.dask.allowed_cidrs: has host bits set; the network is 198.51.100.0/24, or write the address as /32, got "198.51.100.7/24"'),
@@ -84,7 +95,8 @@ BAD = [
     ({"tags": {"contact": "<me>"}}, 'clusters.dask.tags.contact: must be a string of at most 256 letters, digits, spaces or _.:/=+-@, got "<me>"'),
     ({"tags": {"Name": "mine"}}, 'clusters.dask.tags: Name is set by the stack itself; choose another tag name, got "Name"'),
     ({"tags": {"project": "x"}}, 'clusters.dask.tags: Project is set by the stack itself; choose another tag name, got "project"'),
-    ({"tags": {f"t{i}": "v" for i in range(46)}}, "clusters.dask.tags: at most 45 tags (AWS allows 50 per resource; the stack sets 5), got 46"),
+    ({"tags": {f"t{i}": "v" for i in range(45)}}, "clusters.dask.tags: at most 44 tags (AWS allows 50 per resource; the stack sets 6), got 45"),
+    ({"tags": {"daskminworkers": "9"}}, 'clusters.dask.tags: DaskMinWorkers is set by the stack itself; choose another tag name, got "daskminworkers"'),
     ({"jupyter": "yes"}, 'clusters.dask.jupyter: must be true or false, got "yes"'),
     ({"wrokers": 3}, "clusters.dask: unknown setting"),
 ]  # fmt: skip
@@ -141,7 +153,16 @@ def test_several_clusters_keep_file_order(tmp_path):
     clusters = {"big": {"allowed_cidrs": ALLOWED, "workers": 20}, "small": {"allowed_cidrs": ALLOWED}}
     config.write_text(json.dumps({"app": "python main.py", "context": {"clusters": clusters}}))
     assert [c.name for c in load_clusters(config)] == ["big", "small"]
-    assert load_clusters(config)[0].workers == 20
+    big, small = load_clusters(config)
+    assert (big.min_workers, big.max_workers, big.adaptive) == (20, 20, False), "workers: a fixed size"
+    assert (small.min_workers, small.max_workers) == (0, 2)
+
+
+def test_worker_bounds_alone_make_an_adaptive_cluster():
+    settings = parse_cluster("dask", {"allowed_cidrs": ALLOWED, "min_workers": 1, "max_workers": 8})
+    assert (settings.min_workers, settings.max_workers, settings.adaptive) == (1, 8, True)
+    fixed = parse_cluster("dask", {"allowed_cidrs": ALLOWED, "min_workers": 3, "max_workers": 3})
+    assert not fixed.adaptive
 
 
 def test_the_committed_config_asks_for_the_allowed_networks():

@@ -7,6 +7,7 @@ provider: the stack's own `variable` blocks are planned on their own, offline.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -16,10 +17,12 @@ from .conftest import terraform_env
 
 @pytest.fixture(scope="module")
 def variables_only(synthesized, tmp_path_factory):
-    """A directory holding the default stack's variables, and outputs that read them."""
+    """A directory holding the custom stack's variables and locals, and outputs that read them."""
     folder = tmp_path_factory.mktemp("variables")
-    variables = synthesized["custom"]["variable"]
-    config = {"variable": variables, "output": {name: {"value": f"${{var.{name}}}"} for name in variables}}
+    variables, local_values = synthesized["custom"]["variable"], synthesized["custom"]["locals"]
+    outputs = {name: {"value": f"${{var.{name}}}"} for name in variables}
+    outputs |= {name: {"value": f"${{local.{name}}}"} for name in local_values}
+    config = {"variable": variables, "locals": local_values, "output": outputs}
     (folder / "main.tf.json").write_text(json.dumps(config))
     subprocess.run(
         ["terraform", "init", "-input=false"], cwd=folder, env=terraform_env(folder), check=True, capture_output=True
@@ -41,28 +44,56 @@ def test_defaults_come_from_cdktf_json_and_plan_cleanly(variables_only):
     assert '"c6i.2xlarge"' in run.stdout
 
 
+def planned_outputs(run: subprocess.CompletedProcess) -> dict[str, str]:
+    """`name = value` lines of a plan's "Changes to Outputs"."""
+    return dict(re.findall(r"^\s*\+ (\w+)\s+= (.+)$", run.stdout, re.M))
+
+
 def test_good_overrides_are_accepted(variables_only):
     run = plan(
         variables_only,
-        "-var=workers=12",
+        "-var=min_workers=1",
+        "-var=max_workers=12",
         '-var=worker_instance_types=["m6i.2xlarge","m5.2xlarge"]',
         "-var=spot_max_price=",
     )
     assert run.returncode == 0, run.stderr
-    assert "workers               = 12" in run.stdout
+    outputs = planned_outputs(run)
+    assert (outputs["min_worker_nodes"], outputs["max_worker_nodes"]) == ("1", "12")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "bounds"),
+    [
+        ((), ("0", "2")),  # cdktf.json's defaults: adaptive from 0 to 2
+        (("-var=max_workers=6",), ("0", "6")),
+        (("-var=workers=5",), ("5", "5")),  # fixed, as before
+        (("-var=workers=3", "-var=min_workers=9", "-var=max_workers=4"), ("3", "3")),  # workers wins
+    ],
+)
+def test_workers_fixes_the_size_and_min_max_bound_it(variables_only, arguments, bounds):
+    run = plan(variables_only, *arguments)
+    assert run.returncode == 0, run.stderr
+    outputs = planned_outputs(run)
+    assert (outputs["min_worker_nodes"], outputs["max_worker_nodes"]) == bounds
 
 
 def test_environment_overrides_are_checked_too(variables_only):
-    run = plan(variables_only, env={"TF_VAR_workers": "-2"})
+    run = plan(variables_only, env={"TF_VAR_max_workers": "-2"})
     assert run.returncode != 0
-    assert "workers: must be a whole number from 1 to 500, got -2." in " ".join(run.stderr.split())
+    assert "max_workers: must be a whole number from 1 to 500, got -2." in " ".join(run.stderr.split())
 
 
 PRICE = 'spot_max_price: must be empty or a positive price in USD per hour such as "0.25", got'
 TYPES = "worker_instance_types: each entry must be an x86_64 EC2 instance type such as c6i.xlarge"
 BAD = [
-    ("-var=workers=0", "workers: must be a whole number from 1 to 500, got 0."),
-    ("-var=workers=2.5", "workers: must be a whole number from 1 to 500, got 2.5."),
+    ("-var=workers=-1", "workers: must be a whole number from 1 to 500 (a fixed size), or 0 to use min_workers and max_workers, got -1."),
+    ("-var=workers=2.5", "workers: must be a whole number from 1 to 500 (a fixed size), or 0 to use min_workers and max_workers, got 2.5."),
+    ("-var=min_workers=-1", "min_workers: must be a whole number from 0 to 500, got -1."),
+    ("-var=min_workers=501", "min_workers: must be a whole number from 0 to 500, got 501."),
+    ("-var=max_workers=0", "max_workers: must be a whole number from 1 to 500, got 0."),
+    ("-var=max_workers=1.5", "max_workers: must be a whole number from 1 to 500, got 1.5."),
+    ("-var=min_workers=3", "min_workers: must be at most max_workers, got 3 > 2."),
     ("-var=worker_instance_types=[]", "worker_instance_types: must not be empty, got []."),
     ('-var=worker_instance_types=["c7g.xlarge"]', TYPES),
     ('-var=worker_instance_types=["c6i.large","big"]', 'cannot run a node), got ["c6i.large","big"].'),
@@ -70,7 +101,7 @@ BAD = [
     ('-var=worker_instance_types=["mac2.metal"]', 'cannot run a node), got ["mac2.metal"].'),
     ('-var=worker_instance_types=["t2.large"]', 'cannot run a node), got ["t2.large"].'),
     ('-var=worker_instance_types=["c6i.large","c6i.large"]', 'at most 40 types, each listed once, got ["c6i.large","c6i.large"].'),
-    ("-var=workers=501", "workers: must be a whole number from 1 to 500, got 501."),
+    ("-var=workers=501", "got 501."),
     ("-var=spot_max_price=abc", f'{PRICE} "abc".'),
     ("-var=spot_max_price=-1", f'{PRICE} "-1".'),
     ("-var=spot_max_price=0", f'{PRICE} "0".'),

@@ -109,11 +109,27 @@ def test_no_role_reaches_outside_its_cluster(cluster, role):
         assert not allowed(documents, action, r["other image"]), f"{role} may {action} another repository"
     assert not allowed(documents, "ecr:PutImage", r["own image"]), "nodes never push"
     for action in ("autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup",
-                   "autoscaling:TerminateInstanceInAutoScalingGroup"):  # fmt: skip
+                   "autoscaling:TerminateInstanceInAutoScalingGroup", "autoscaling:SetInstanceProtection"):  # fmt: skip
         assert not allowed(documents, action, r["other group"]), f"{role} may {action} another group"
     assert not allowed(documents, "autoscaling:UpdateAutoScalingGroup", r["own group"])
     for action in ("kms:Decrypt", "iam:PassRole", "ec2:RunInstances", "s3:GetObject", "sts:AssumeRole"):
         assert not allowed(documents, action, "*"), f"{role} may {action}"
+
+
+def test_only_the_scheduler_removes_worker_nodes_and_only_from_its_own_group(cluster):
+    """The worker autoscaler (image/worker_autoscaler.py) reads groups, protects instances and
+    terminates them in its own group; tasks on worker nodes can do neither."""
+    s, policies = cluster
+    scheduler, worker = policies[f"dask-{s.name}-scheduler"], policies[f"dask-{s.name}-worker"]
+    own, other = arns(s, "scheduler")["own group"], arns(s, "scheduler")["other group"]
+    assert allowed(scheduler, "autoscaling:DescribeAutoScalingGroups", "*")
+    for action in ("autoscaling:SetInstanceProtection", "autoscaling:TerminateInstanceInAutoScalingGroup"):
+        assert allowed(scheduler, action, own), action
+        assert not allowed(scheduler, action, other), action
+        assert not allowed(worker, action, own), f"a worker node may {action}"
+    assert not allowed(worker, "autoscaling:DescribeAutoScalingGroups", "*")
+    for action in ("ec2:TerminateInstances", "autoscaling:DetachInstances", "autoscaling:DeleteAutoScalingGroup"):
+        assert not allowed(scheduler, action, own if action.startswith("autoscaling") else "*"), action
 
 
 def test_a_worker_cannot_read_the_schedulers_secrets(cluster):
@@ -134,6 +150,7 @@ def test_unscoped_statements_are_only_those_iam_cannot_scope(cluster):
                 if statement["Resource"] == "*":
                     assert set(actions) <= {
                         "ecr:GetAuthorizationToken",
+                        "autoscaling:DescribeAutoScalingGroups",
                         "ssmmessages:CreateControlChannel",
                         "ssmmessages:CreateDataChannel",
                         "ssmmessages:OpenControlChannel",

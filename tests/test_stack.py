@@ -15,7 +15,7 @@ from .conftest import terraform_outputs
 
 OUTPUTS = {
     "scheduler_address", "scheduler_private_address", "dashboard_url", "image_uri", "ecr_repository_url",
-    "worker_group_name", "workers", "region", "tls_ca_pem", "tls_client_cert_pem", "tls_client_key_pem",
+    "worker_group_name", "workers", "min_workers", "max_workers", "region", "tls_ca_pem", "tls_client_cert_pem", "tls_client_key_pem",
     # Added for cost figures: what a run needs to price itself, and the cluster's hourly estimate.
     "worker_instance_types", "scheduler_instance_type", "scheduler_market", "estimated_hourly_cost_usd",
 }  # fmt: skip
@@ -64,7 +64,8 @@ def test_outputs_follow_the_contract(synthesized, settings):
         r"tls://\$\{aws_instance\.\w+\.private_ip\}:8786", outputs["scheduler_private_address"]["value"]
     )
     assert re.fullmatch(r"https://\$\{aws_instance\.\w+\.public_ip\}:8787/status", outputs["dashboard_url"]["value"])
-    assert outputs["workers"]["value"] == "${var.workers}"
+    assert outputs["workers"]["value"] == outputs["min_workers"]["value"] == "${local.min_worker_nodes}"
+    assert outputs["max_workers"]["value"] == "${local.max_worker_nodes}"
     assert outputs["region"]["value"] == "us-east-1"
 
 
@@ -276,7 +277,13 @@ def test_workers_are_a_100_percent_spot_mixed_group(synthesized):
     override = policy_["launch_template"]["dynamic"]["override"]
     assert override["for_each"] == "${toset(var.worker_instance_types)}"
     assert doc["variable"]["worker_instance_types"]["default"] == ["c6i.2xlarge", "c5.2xlarge"]
-    assert group["desired_capacity"] == group["max_size"] == "${var.workers}"
+    assert group["min_size"] == 0, "the cluster's end sets the group to 0, whatever min_workers says"
+    assert group["max_size"] == "${local.max_worker_nodes}"
+    assert group["desired_capacity"] == "${local.min_worker_nodes}"
+    assert group["lifecycle"]["ignore_changes"] == ["desired_capacity"], "a redeploy must not resize a busy cluster"
+    assert group["protect_from_scale_in"] is True, "only the autoscaler chooses which nodes go"
+    (bound,) = [t for t in group["tag"] if t["key"] == "DaskMinWorkers"]
+    assert bound == {"key": "DaskMinWorkers", "value": "${local.min_worker_nodes}", "propagate_at_launch": False}
     assert group["vpc_zone_identifier"] == ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"]
     default_group = only(synthesized["default"], "aws_autoscaling_group")
     assert default_group["vpc_zone_identifier"].startswith("${data.aws_subnets."), "default VPC subnets"
@@ -318,8 +325,9 @@ def test_hourly_cost_estimate_evaluates_in_terraform(variant, expected, synthesi
         r"data\.aws_ec2_spot_price\.worker-spot-prices\b", json.dumps(worker_prices).replace(":", " ="), expression
     )
     expression = expression.replace("data.aws_ec2_spot_price.scheduler-spot-price.spot_price", '"0.11"')
-    variables = {"workers": doc["variable"]["workers"]}
-    outputs = terraform_outputs(tmp_path, {"variable": variables, "output": {"cost": {"value": expression}}})
+    variables = {name: doc["variable"][name] for name in ("workers", "min_workers", "max_workers")}
+    config = {"variable": variables, "locals": doc["locals"], "output": {"cost": {"value": expression}}}
+    outputs = terraform_outputs(tmp_path, config)
     assert outputs["cost"] == expected  # default: 2 x 0.12 + 0.11; ondemand: 4 x 0.12, scheduler not priced
 
 

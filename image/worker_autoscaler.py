@@ -1,0 +1,238 @@
+"""Worker nodes that follow the work: the scheduler node's autoscaler for the worker group.
+
+Every few seconds it asks the Dask scheduler how many workers the work wants (Dask's own
+adaptive target: the expected duration of running and queued tasks, and memory use), turns
+workers into nodes, and keeps the worker Auto Scaling group's desired capacity within its
+bounds:
+
+- up at once, straight to what the work asks for: a waiting search pays for idle slots already;
+- down only after the work has asked for fewer nodes for `--scale-down-after` seconds in a row,
+  and only by removing nodes Dask chooses (`workers_to_close`, grouped by node: idle ones with
+  the least data first). Their workers are retired first (their results move to the nodes that
+  stay), then exactly those instances are terminated, the desired capacity decremented in the
+  same call. The group protects every instance from scale-in, so it never picks a node itself.
+
+The bounds are read from the group on every round: its MaxSize (max_workers) and its
+DaskMinWorkers tag (min_workers). A restart of this process, or a redeploy with new bounds,
+changes nothing else; AWS itself refuses a desired capacity above MaxSize.
+
+Workers are named after their instance (the worker node starts them with `--name <instance id>`),
+which is how a Dask worker is matched to the instance to terminate.
+
+    python worker_autoscaler.py --scheduler tls://127.0.0.1:8786 --group dask-dask-workers \\
+        --region us-east-1 --tls-dir /etc/dask/tls
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import operator
+import pickle
+import re
+import sys
+from dataclasses import dataclass
+
+log = logging.getLogger("worker-autoscaler")
+MIN_WORKERS_TAG = "DaskMinWorkers"  # stacks/config.py sets it on the group
+INTERVAL_SECONDS = 5.0
+SCALE_DOWN_AFTER_SECONDS = 60.0
+# What the worker node names its workers: the instance id, with "-<n>" for several processes.
+WORKER_NAME = re.compile(r"^(i-[0-9a-f]{8,17})(?:-\d+)?$")
+# Instances that count towards the group's size: launching, or in service.
+ACTIVE_STATES = ("Pending", "Pending:Wait", "Pending:Proceed", "InService")
+
+
+@dataclass
+class GroupState:
+    desired: int
+    minimum: int
+    maximum: int
+    instances: dict[str, bool]  # active instance id -> protected from scale-in
+
+
+class WorkerGroup:
+    """The worker Auto Scaling group, through the scheduler node's role (boto3)."""
+
+    def __init__(self, name: str, client) -> None:
+        self.name, self.client = name, client
+
+    def read(self) -> GroupState:
+        (group,) = self.client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.name])["AutoScalingGroups"]
+        tags = {tag["Key"]: tag["Value"] for tag in group.get("Tags", [])}
+        return GroupState(
+            desired=group["DesiredCapacity"],
+            minimum=int(tags.get(MIN_WORKERS_TAG, "0")),
+            maximum=group["MaxSize"],
+            instances={
+                i["InstanceId"]: i.get("ProtectedFromScaleIn", False)
+                for i in group.get("Instances", [])
+                if i["LifecycleState"] in ACTIVE_STATES
+            },
+        )
+
+    def set_desired(self, nodes: int) -> None:
+        self.client.set_desired_capacity(AutoScalingGroupName=self.name, DesiredCapacity=nodes, HonorCooldown=False)
+
+    def protect(self, instances: list[str]) -> None:
+        self.client.set_instance_protection(
+            AutoScalingGroupName=self.name, InstanceIds=instances, ProtectedFromScaleIn=True
+        )
+
+    def terminate(self, instance: str, decrement: bool) -> None:
+        self.client.terminate_instance_in_auto_scaling_group(
+            InstanceId=instance, ShouldDecrementDesiredCapacity=decrement
+        )
+
+
+class DaskScheduler:
+    """The scheduler's view, over its RPC: not a Client, so the idle rule does not count it as a user."""
+
+    def __init__(self, rpc) -> None:
+        self.rpc = rpc
+
+    async def target_workers(self) -> int:
+        return await self.rpc.adaptive_target()
+
+    async def nodes(self) -> dict[str, list[str]]:
+        """Instance id -> addresses of its Dask workers."""
+        identity = await self.rpc.identity(n_workers=-1)
+        nodes: dict[str, list[str]] = {}
+        for address, worker in identity["workers"].items():
+            if match := WORKER_NAME.match(str(worker.get("name", ""))):
+                nodes.setdefault(match.group(1), []).append(address)
+        return nodes
+
+    async def nodes_to_close(self) -> list[str]:
+        """Nodes Dask would close, in its order: idle ones, least data first (whole nodes only)."""
+        names = await self.rpc.workers_to_close(key=pickle.dumps(operator.attrgetter("host")), attribute="name")
+        chosen: list[str] = []
+        for name in names:
+            if (match := WORKER_NAME.match(str(name))) and match.group(1) not in chosen:
+                chosen.append(match.group(1))
+        return chosen
+
+    async def retire(self, addresses: list[str]) -> set[str]:
+        """Retire workers (their data moves to others); the addresses actually retired."""
+        retired = await self.rpc.retire_workers(workers=addresses, close_workers=True)
+        return set(retired)
+
+
+class Autoscaler:
+    def __init__(self, group: WorkerGroup, dask: DaskScheduler, *, interval: float, scale_down_after: float) -> None:
+        self.group, self.dask = group, dask
+        self.interval, self.scale_down_after = interval, scale_down_after
+        self.low_since_rounds = 0  # consecutive rounds in which the work wanted fewer nodes
+        self.last_target: int | None = None
+
+    async def step(self) -> None:
+        group = self.group.read()
+        nodes = {i: a for i, a in (await self.dask.nodes()).items() if i in group.instances}
+        if unprotected := sorted(i for i, protected in group.instances.items() if not protected):
+            # Instances launched before the group protected new ones, or unprotected by hand.
+            self.group.protect(unprotected)
+            log.info("protected %d node(s) from the group's own scale-in: %s", len(unprotected), ", ".join(unprotected))
+        wanted = await self.dask.target_workers()
+        # Nodes, not processes: a node runs one or more workers. Until one has joined, Dask's
+        # count (threads wanted) is taken as nodes; the next rounds correct it.
+        per_node = sum(map(len, nodes.values())) / len(nodes) if nodes else 1
+        target = min(max(math.ceil(wanted / per_node), group.minimum), group.maximum)
+        if target != self.last_target:
+            log.info(
+                "the work asks for %d worker(s): %d node(s) within [%d, %d]; %d joined, desired %d",
+                wanted, target, group.minimum, group.maximum, len(nodes), group.desired,
+            )  # fmt: skip
+            self.last_target = target
+        if target > group.desired:
+            self.group.set_desired(target)
+            log.info("scaling up: desired capacity %d -> %d", group.desired, target)
+            self.low_since_rounds = 0
+        elif target < len(nodes):
+            self.low_since_rounds += 1
+            if self.low_since_rounds * self.interval >= self.scale_down_after:
+                self.low_since_rounds = 0
+                await self.remove(len(nodes) - target, nodes, group)
+        else:
+            self.low_since_rounds = 0
+
+    async def remove(self, count: int, nodes: dict[str, list[str]], group: GroupState) -> None:
+        chosen = [i for i in await self.dask.nodes_to_close() if i in nodes][:count]
+        if not chosen:
+            log.info("no idle node to remove yet (%d wanted gone)", count)
+            return
+        addresses = [a for i in chosen for a in nodes[i]]
+        retired = await self.dask.retire(addresses)
+        active = len(group.instances)
+        for instance in chosen:
+            if not set(nodes[instance]) <= retired:
+                log.warning("node %s kept: Dask could not retire all of its workers", instance)
+                continue
+            # A group already above its size (a lowered max_workers) loses the node without shrinking.
+            decrement = active <= group.desired
+            self.group.terminate(instance, decrement)
+            active -= 1
+            if decrement:
+                group.desired -= 1
+            log.info("scaling down: node %s retired and terminated; desired capacity %d", instance, group.desired)
+
+    async def run(self) -> None:
+        failing = False
+        while True:
+            try:
+                await self.step()
+                if failing:
+                    log.info("recovered: the scheduler and the group answer again")
+                failing = False
+            except Exception as error:  # noqa: BLE001 (AWS throttling, a scheduler restart: try again next round)
+                if not failing:
+                    log.warning("this round failed, retrying every %g s: %s: %s", self.interval,
+                                type(error).__name__, error)  # fmt: skip
+                failing = True
+            await asyncio.sleep(self.interval)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    import boto3
+    from distributed.core import rpc
+    from distributed.security import Security
+
+    security = Security(
+        tls_ca_file=f"{args.tls_dir}/ca.pem",
+        tls_client_cert=f"{args.tls_dir}/scheduler.pem",
+        tls_client_key=f"{args.tls_dir}/scheduler.key",
+        require_encryption=True,
+    )
+    group = WorkerGroup(args.group, boto3.client("autoscaling", region_name=args.region))
+    async with rpc(args.scheduler, connection_args=security.get_connection_args("client")) as scheduler:
+        autoscaler = Autoscaler(
+            group, DaskScheduler(scheduler), interval=args.interval, scale_down_after=args.scale_down_after
+        )
+        await autoscaler.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scheduler", required=True, help="the scheduler's address, tls://...")
+    parser.add_argument("--group", required=True, help="the worker Auto Scaling group's name")
+    parser.add_argument("--region", required=True)
+    parser.add_argument("--tls-dir", default="/etc/dask/tls")
+    parser.add_argument("--interval", type=float, default=INTERVAL_SECONDS, help="seconds between rounds")
+    parser.add_argument(
+        "--scale-down-after", type=float, default=SCALE_DOWN_AFTER_SECONDS,
+        help="seconds the work must want fewer nodes before nodes are removed",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    for flag, value in (("--interval", args.interval), ("--scale-down-after", args.scale_down_after)):
+        if not value > 0:
+            parser.error(f"{flag}: must be a positive number of seconds, got {value:g}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker-autoscaler: %(message)s", stream=sys.stdout)
+    log.info("following the work every %g s (scale down after %g s); group %s", args.interval,
+             args.scale_down_after, args.group)  # fmt: skip
+    asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
