@@ -24,6 +24,7 @@ import socket
 import ssl
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,11 +56,13 @@ class Where:
     kind: str  # "local" or "remote"
     scheduler: str
     dashboard: str | None
-    worker_nodes: int
+    worker_nodes: int  # when the search started
     threads: int
     stack: str | None = None
     # Region, instance types and scheduler market from the stack's outputs, to price the run.
     cost_basis: dict | None = None
+    # An adaptive stack's bounds (min, max): worker nodes come and go with the work.
+    adaptive: tuple[int, int] | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-ca", metavar="FILE", help="CA certificate (with --scheduler)")
     group.add_argument("--tls-cert", metavar="FILE", help="client certificate (with --scheduler)")
     group.add_argument("--tls-key", metavar="FILE", help="client private key (with --scheduler)")
-    group.add_argument("--workers", metavar="N", type=int, help="worker nodes to wait for (default: the stack's count)")
+    group.add_argument(
+        "--workers", metavar="N", type=int, help="worker nodes to wait for (default: the stack's minimum)"
+    )
     group.add_argument(
         "--timeout",
         metavar="SECONDS",
@@ -269,6 +274,47 @@ def wait_for_nodes(client, expected: int, timeout: float, report: Callable[[int,
     report(count, expected)
 
 
+class NodeMeter:
+    """Worker nodes over time, from a thread of its own: says when the count changes, and adds
+    up node-seconds (what an adaptive cluster's run is billed for)."""
+
+    def __init__(self, client, on_change: Callable[[int, int], object], interval: float = 1.0) -> None:
+        self._client, self._on_change, self._interval = client, on_change, interval
+        self._stop = threading.Event()
+        self.node_seconds = 0.0
+        self.peak = 0
+
+    def _sample(self) -> None:
+        count, now = worker_nodes(self._client), time.monotonic()
+        self.node_seconds += self._count * (now - self._since)
+        if count != self._count:
+            self._on_change(self._count, count)
+        self._count, self._since, self.peak = count, now, max(self.peak, count)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def start(self) -> NodeMeter:
+        self._count, self._since = worker_nodes(self._client), time.monotonic()
+        self.peak = self._count
+        self._thread = threading.Thread(target=self._run, name="node-meter", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+
+    def __enter__(self) -> NodeMeter:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
 def version_mismatches(versions: dict) -> list[str]:
     """'package: client X, <where> Y' for every matched package that differs anywhere."""
 
@@ -326,7 +372,10 @@ def connect(args: argparse.Namespace) -> Iterator[tuple[object, Where]]:
         yield from _local()
     elif args.stack is not None:
         outputs = read_outputs(args.outputs, args.stack)
+        # `workers` is the minimum the cluster keeps; an adaptive cluster adds nodes as work asks.
         expected = args.workers if args.workers is not None else int(outputs["workers"])
+        bounds = (int(outputs["min_workers"]), int(outputs["max_workers"])) if "max_workers" in outputs else None
+        adaptive = bounds if bounds and bounds[0] != bounds[1] else None
         if warning := stale_code_warning(outputs.get("image_uri", "")):
             console(warning)
         with private_tls_files(outputs) as tls:
@@ -335,11 +384,11 @@ def connect(args: argparse.Namespace) -> Iterator[tuple[object, Where]]:
             cost_basis = {k: outputs[k] for k in COST_OUTPUTS} if all(k in outputs for k in COST_OUTPUTS) else None
             yield from _remote(
                 outputs["scheduler_address"], security, expected, args.timeout, args.stack, outputs["dashboard_url"],
-                cost_basis,
+                cost_basis, adaptive,
             )  # fmt: skip
     else:
         security = security_for(args.tls_ca, args.tls_cert, args.tls_key)
-        yield from _remote(args.scheduler, security, args.workers or 1, args.timeout, None, None, None)
+        yield from _remote(args.scheduler, security, args.workers or 1, args.timeout, None, None, None, None)
 
 
 def _local() -> Iterator[tuple[object, Where]]:
@@ -375,6 +424,7 @@ def _remote(
     stack: str | None,
     dashboard: str | None,
     cost_basis: dict | None,
+    adaptive: tuple[int, int] | None,
 ) -> Iterator[tuple[object, Where]]:
     from distributed import Client
 
@@ -382,8 +432,15 @@ def _remote(
 
     probe(address, security, timeout)
     with Client(address, security=security, timeout=f"{max(timeout, 10):g}s") as client:
-        console(f"connected to {address}; waiting for {expected} worker node(s)")
-        wait_for_nodes(client, expected, timeout, lambda n, of: console(f"  worker nodes: {n}/{of}"))
+        if adaptive:
+            console(
+                f"connected to {address}; an adaptive cluster of {adaptive[0]} to {adaptive[1]} worker nodes: "
+                "nodes join as the search asks for them and leave when idle"
+            )
+        else:
+            console(f"connected to {address}; waiting for {expected} worker node(s)")
+        if expected:
+            wait_for_nodes(client, expected, timeout, lambda n, of: console(f"  worker nodes: {n}/{of}"))
         check_versions(client)
         info = client.scheduler_info(n_workers=-1)
         threads = sum(w["nthreads"] for w in info["workers"].values())
@@ -392,7 +449,10 @@ def _remote(
         link = contextlib.nullcontext(client.dashboard_link) if dashboard is None else local_link(dashboard, *files)
         with link as dashboard:
             _startup_over()
-            yield client, Where("remote", address, dashboard, worker_nodes(client), threads, stack, cost_basis)
+            yield (
+                client,
+                Where("remote", address, dashboard, worker_nodes(client), threads, stack, cost_basis, adaptive),
+            )
 
 
 def _startup_over() -> None:

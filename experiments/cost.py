@@ -34,23 +34,24 @@ def estimate(
     worker_types: list[str],
     scheduler_type: str,
     scheduler_market: str,
-    worker_nodes: int,
+    worker_node_seconds: float,
     seconds: float,
 ) -> dict:
-    """Node-hours of a run and their estimated cost in USD."""
-    hours = seconds / 3600
+    """Node-hours of a run and their estimated cost in USD: the scheduler for `seconds`, the
+    worker nodes for as long as each was there (they come and go on an adaptive cluster)."""
+    hours, worker_hours = seconds / 3600, worker_node_seconds / 3600
     known = [prices[t] for t in worker_types if t in prices]
     worker_price = mean(known) if known else None
     scheduler_price = prices.get(scheduler_type) if scheduler_market == "spot" else None
-    cost = (worker_price or 0) * worker_nodes * hours + (scheduler_price or 0) * hours
+    cost = (worker_price or 0) * worker_hours + (scheduler_price or 0) * hours
     notes = []
     if worker_price is None:
         notes.append("no spot price found for the worker types")
     if scheduler_market != "spot":
         notes.append("the on-demand scheduler is not included")
     return {
-        "node_hours": round((worker_nodes + 1) * hours, 4),
-        "worker_node_hours": round(worker_nodes * hours, 4),
+        "node_hours": round(worker_hours + hours, 4),
+        "worker_node_hours": round(worker_hours, 4),
         "estimated_cost_usd": round(cost, 4),
         "worker_price_usd_per_hour": worker_price,
         "scheduler_price_usd_per_hour": scheduler_price,
@@ -58,7 +59,7 @@ def estimate(
     }
 
 
-def for_run(outputs: dict, worker_nodes: int, seconds: float) -> dict:
+def for_run(outputs: dict, worker_node_seconds: float, seconds: float) -> dict:
     """The estimate of one run on a deployed stack, from the spot prices in its region."""
     import boto3
 
@@ -71,19 +72,19 @@ def for_run(outputs: dict, worker_nodes: int, seconds: float) -> dict:
         worker_types=worker_types,
         scheduler_type=scheduler_type,
         scheduler_market=outputs["scheduler_market"],
-        worker_nodes=worker_nodes,
+        worker_node_seconds=worker_node_seconds,
         seconds=seconds,
     )
 
 
-def for_where(where, seconds: float) -> dict | None:
+def for_where(where, worker_node_seconds: float, seconds: float) -> dict | None:
     """The estimate of a run on a deployed stack, or why there is none; None for local runs."""
     if where.kind != "remote" or where.cost_basis is None:
         return None
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        return for_run(where.cost_basis, where.worker_nodes, seconds)
+        return for_run(where.cost_basis, worker_node_seconds, seconds)
     except (BotoCoreError, ClientError) as error:
         return {"error": f"not estimated: {error}"}
 

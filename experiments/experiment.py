@@ -48,10 +48,13 @@ def run_search(
         print(f"Dask dashboard: {where.dashboard}", flush=True)
         run = report.new_run_folder(args.results, experiment, where)
         # Inline: the report embeds Bokeh, so it opens offline and years from now.
+        # Worker nodes over the search phase: they come and go on an adaptive cluster.
+        nodes = cluster.NodeMeter(client, lambda was, now: tqdm.write(f"worker nodes: {was} -> {now}")).start()
         with performance_report(filename=str(run / report.DASK_REPORT), mode="inline"):
             with tqdm(total=expected_fits(search, X_train, y_train), desc="fits", unit="fit") as bar:
-                fit_on_cluster(client, search, X_train, y_train, on_fits=bar.update)
+                fit_on_cluster(client, search, X_train, y_train, on_fits=bar.update, wait_for_workers=args.timeout)
             searched = time.perf_counter()
+            nodes.stop()
             figure = plot(run, search)  # drawn in the helper while Dask writes its report
         test_accuracy = search.best_estimator_.score(X_test, y_test)
         test_report = classification_report(y_test, search.best_estimator_.predict(X_test), digits=3)
@@ -63,8 +66,11 @@ def run_search(
         report.write_cv_table(run / report.CV_TABLE, search.cv_results_)
         figure.result()
     timings = {"connect": connected - started, "search": searched - connected, "total": time.perf_counter() - started}
-    fields = report.summary_fields(search, where, timings, test_accuracy=test_accuracy, **summary)
-    if estimate := cost.for_where(where, searched - connected):
+    node_use = {"peak": nodes.peak, "worker_node_hours": round(nodes.node_seconds / 3600, 4)}
+    fields = report.summary_fields(
+        search, where, timings, test_accuracy=test_accuracy, worker_nodes=node_use, **summary
+    )
+    if estimate := cost.for_where(where, nodes.node_seconds, searched - connected):
         fields["cost"] = estimate
         print(cost.summary_line(estimate))
     report.write_summary(run / report.SUMMARY, **fields)

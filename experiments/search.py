@@ -82,8 +82,31 @@ class FitCounter:
             self._poll()  # the last fits, finished since the last look
 
 
-def fit_on_cluster(client, search, X, y, *, on_fits: Callable[[int], object] | None = None, **fit_params):
-    """Fit `search` (a scikit-learn or dask-ml search object) with the cluster's workers."""
+def wait_for_first_worker(client, timeout: float) -> None:
+    """On a cluster with no worker (adaptive, from none): a first task makes the cluster add a
+    node, which the data scattered to workers needs."""
+    from distributed import TimeoutError as DaskTimeout
+
+    from experiments.cluster import ClusterError
+
+    try:
+        client.submit(len, [], pure=False).result(timeout=timeout)
+    except DaskTimeout:
+        raise ClusterError(
+            f"no worker node joined within {timeout:g} s; check the worker group in the AWS console, or pass --timeout"
+        ) from None
+
+
+def fit_on_cluster(
+    client, search, X, y, *, on_fits: Callable[[int], object] | None = None, wait_for_workers: float = 600.0,
+    **fit_params,
+):  # fmt: skip
+    """Fit `search` (a scikit-learn or dask-ml search object) with the cluster's workers.
+
+    On a cluster with no worker yet (adaptive, from none), scikit-learn's searches wait up to
+    `wait_for_workers` seconds for the first; dask-ml's graph waits in the scheduler's queue
+    (its tasks are what asks for nodes).
+    """
     counting = FitCounter(client, on_fits) if on_fits else nullcontext()
     with counting:
         if is_dask_ml(search):
@@ -91,7 +114,16 @@ def fit_on_cluster(client, search, X, y, *, on_fits: Callable[[int], object] | N
             return search.fit(X, y, **fit_params)
         from joblib import parallel_config
 
+        if not client.scheduler_info(n_workers=-1)["workers"]:
+            wait_for_first_worker(client, wait_for_workers)
+        if "pre_dispatch" in search.get_params():
+            # Every fit of a round submitted at once, not two per thread of the nodes there are
+            # when it starts: the scheduler sees the whole round, and an adaptive cluster adds
+            # the nodes it needs; nodes that join take their share.
+            search.set_params(pre_dispatch="all")
         # n_jobs=-1: as many fits at once as the cluster has threads. scatter: X and y go to
         # every worker once, and the fits refer to those copies.
-        with parallel_config(backend="dask", n_jobs=-1, client=client, scatter=[X, y]):
+        with parallel_config(
+            backend="dask", n_jobs=-1, client=client, scatter=[X, y], wait_for_workers_timeout=wait_for_workers
+        ):
             return search.fit(X, y, **fit_params)

@@ -185,7 +185,7 @@ class Autoscaler:
                 if failing:
                     log.info("recovered: the scheduler and the group answer again")
                 failing = False
-            except Exception as error:  # noqa: BLE001 (AWS throttling, a scheduler restart: try again next round)
+            except Exception as error:
                 if not failing:
                     log.warning("this round failed, retrying every %g s: %s: %s", self.interval,
                                 type(error).__name__, error)  # fmt: skip

@@ -53,6 +53,12 @@ def _hcl(pattern: str) -> str:
     return '"' + pattern.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _whole_between(variable: str, low: int, high: int) -> str:
+    """A Terraform condition: the number variable is a whole number from low to high."""
+    v = f"var.{variable}"
+    return f"${{{v} >= {low} && {v} <= {high} && floor({v}) == {v}}}"
+
+
 def default_tags(settings: ClusterSettings) -> dict[str, str]:
     return {"Project": "dask-spot-cluster", "DaskCluster": settings.name, "ManagedBy": "cdktf", **settings.tags}
 
@@ -189,7 +195,6 @@ class DaskClusterStack(TerraformStack):
         Terraform checks overrides with the same rules stacks/config.py applies to cdktf.json,
         and fails at plan, before anything is created.
         """
-        whole = "floor(var.{0}) == var.{0}"
         workers = TerraformVariable(
             self,
             "workers-variable",
@@ -201,7 +206,7 @@ class DaskClusterStack(TerraformStack):
             ),
             validation=[
                 TerraformVariableValidationConfig(
-                    condition=f"${{var.workers >= 0 && var.workers <= {MAX_WORKERS} && {whole.format('workers')}}}",
+                    condition=_whole_between("workers", 0, MAX_WORKERS),
                     error_message=(
                         f"workers: must be a whole number from 1 to {MAX_WORKERS} (a fixed size), or 0 to use "
                         "min_workers and max_workers, got ${jsonencode(var.workers)}."
@@ -217,7 +222,7 @@ class DaskClusterStack(TerraformStack):
             description="Fewest worker nodes, kept even when the cluster has no work",
             validation=[
                 TerraformVariableValidationConfig(
-                    condition=f"${{var.min_workers >= 0 && var.min_workers <= {MAX_WORKERS} && {whole.format('min_workers')}}}",
+                    condition=_whole_between("min_workers", 0, MAX_WORKERS),
                     error_message=(
                         f"min_workers: must be a whole number from 0 to {MAX_WORKERS}, "
                         "got ${jsonencode(var.min_workers)}."
@@ -233,7 +238,7 @@ class DaskClusterStack(TerraformStack):
             description="Most worker nodes the cluster grows to when its work asks for them",
             validation=[
                 TerraformVariableValidationConfig(
-                    condition=f"${{var.max_workers >= 1 && var.max_workers <= {MAX_WORKERS} && {whole.format('max_workers')}}}",
+                    condition=_whole_between("max_workers", 1, MAX_WORKERS),
                     error_message=(
                         f"max_workers: must be a whole number from 1 to {MAX_WORKERS}, "
                         "got ${jsonencode(var.max_workers)}."

@@ -283,7 +283,11 @@ def _tags(where: str, value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise _fail(where, "must be an object of tag names to values", value)
     if len(value) > MAX_USER_TAGS:
-        raise _fail(where, f"at most {MAX_USER_TAGS} tags (AWS allows 50 per resource; the stack sets {len(RESERVED_TAGS)})", len(value))
+        raise _fail(
+            where,
+            f"at most {MAX_USER_TAGS} tags (AWS allows 50 per resource; the stack sets {len(RESERVED_TAGS)})",
+            len(value),
+        )
     reserved = {name.lower(): name for name in RESERVED_TAGS}
     for key, tag in value.items():
         if not key or len(key) > 128 or key.lower().startswith("aws:") or not TAG_TEXT_RE.match(key):

@@ -229,9 +229,7 @@ class WorkerGroup(Construct):
                     AutoscalingGroupTag(key=key, value=value, propagate_at_launch=True)
                     for key, value in {**common.tags, **name_tag}.items()
                 ),
-                AutoscalingGroupTag(
-                    key=MIN_WORKERS_TAG, value=bounds.minimum.as_string, propagate_at_launch=False
-                ),
+                AutoscalingGroupTag(key=MIN_WORKERS_TAG, value=bounds.minimum.as_string, propagate_at_launch=False),
             ],
             depends_on=common.boot_after,
             lifecycle=TerraformResourceLifecycle(
@@ -239,4 +237,3 @@ class WorkerGroup(Construct):
                 ignore_changes=["desired_capacity"],
             ),
         )
-

@@ -30,6 +30,10 @@ CONTAINER_UID = 10001  # the image's non-root user; it must be able to read its 
 MAX_WAIT_SECONDS = 900
 # Workers exit when their scheduler has been unreachable this long; their node then stops.
 DEATH_TIMEOUT_SECONDS = 300
+# The worker autoscaler's pace: a round every few seconds; nodes go only after the work has
+# wanted fewer of them for a minute (EC2 bills at least a minute, a node takes minutes to boot).
+AUTOSCALER_INTERVAL_SECONDS = 5
+SCALE_DOWN_AFTER_SECONDS = 60
 
 
 def template_files(role: str) -> list[str]:
@@ -120,6 +124,8 @@ def autoscaler_command(
         f"--scheduler={scheduler}",
         f"--group={worker_group_name(settings)}",
         f"--tls-dir={tls_dir}",
+        f"--interval={AUTOSCALER_INTERVAL_SECONDS:g}",
+        f"--scale-down-after={SCALE_DOWN_AFTER_SECONDS:g}",
     ]  # fmt: skip
 
 

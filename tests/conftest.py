@@ -52,6 +52,10 @@ EMULATED = {
     "idle_timeout_minutes": 1,
 }
 EMULATED_MAX_WAIT_SECONDS = 30
+# The adaptive cluster of the emulated deploy: none to three worker nodes, which go after 8 s
+# of less work (60 s on AWS), looked at every second (5 s).
+EMULATED_ADAPTIVE = {**{k: v for k, v in EMULATED.items() if k != "workers"}, "min_workers": 0, "max_workers": 3}
+EMULATED_PACE = {"AUTOSCALER_INTERVAL_SECONDS": 1, "SCALE_DOWN_AFTER_SECONDS": 8}
 
 
 def terraform_env(folder: Path) -> dict[str, str]:
@@ -89,18 +93,33 @@ def synthesized(settings) -> dict[str, dict]:
     return {name: json.loads(Testing.synth(stack)) for name, stack in stacks.items()}
 
 
-@pytest.fixture(scope="session")
-def emulated_stack():
-    """Settings and Terraform JSON of the emulated deploy's stack, "emu"."""
+def emulated_synth(raw: dict) -> tuple:
+    """Settings and Terraform JSON of an emulated deploy's stack, "emu", with its waits shortened."""
     from cdktf import Testing
 
     from stacks import userdata
     from stacks.cluster import DaskClusterStack
 
-    settings = parse_cluster("emu", EMULATED)
-    default, userdata.MAX_WAIT_SECONDS = userdata.MAX_WAIT_SECONDS, EMULATED_MAX_WAIT_SECONDS
+    settings = parse_cluster("emu", raw)
+    shortened = {"MAX_WAIT_SECONDS": EMULATED_MAX_WAIT_SECONDS, **EMULATED_PACE}
+    defaults = {name: getattr(userdata, name) for name in shortened}
+    for name, value in shortened.items():
+        setattr(userdata, name, value)
     try:
         document = json.loads(Testing.synth(DaskClusterStack(Testing.app(), "emu", settings=settings)))
     finally:
-        userdata.MAX_WAIT_SECONDS = default
+        for name, value in defaults.items():
+            setattr(userdata, name, value)
     return settings, document
+
+
+@pytest.fixture(scope="session")
+def emulated_stack():
+    """The emulated deploy's cluster of fixed size."""
+    return emulated_synth(EMULATED)
+
+
+@pytest.fixture(scope="session")
+def emulated_adaptive_stack():
+    """The emulated deploy's adaptive cluster."""
+    return emulated_synth(EMULATED_ADAPTIVE)

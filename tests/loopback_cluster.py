@@ -180,6 +180,8 @@ class LoopbackCluster:
             "ecr_repository_url": "123456789012.dkr.ecr.us-east-1.amazonaws.com/dask-loopback",
             "worker_group_name": "dask-loopback-workers",
             "workers": workers,
+            "min_workers": workers,
+            "max_workers": workers,
             "region": "us-east-1",
             "worker_instance_types": ["c6i.xlarge", "c5.xlarge"],
             "scheduler_instance_type": "m6i.large",

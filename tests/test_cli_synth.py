@@ -72,7 +72,11 @@ def test_cdktf_cli_and_python_main_agree(project, tmp_path):
     from_cli, from_python = stacks(tmp_path / "cli.out"), stacks(project / "cdktf.out")
     assert set(from_cli) == {"dask", "big"}, "one stack per configured cluster"
     assert from_cli == from_python
-    assert from_cli["big"]["variable"]["min_workers"]["default"] == from_cli["big"]["variable"]["max_workers"]["default"] == 10
+    assert (
+        from_cli["big"]["variable"]["min_workers"]["default"]
+        == from_cli["big"]["variable"]["max_workers"]["default"]
+        == 10
+    )
     for name in from_cli:
         assets = project / "cdktf.out/stacks" / name / "assets/userdata"
         (folder,) = assets.iterdir()

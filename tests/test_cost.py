@@ -23,7 +23,7 @@ def test_estimate_prices_workers_at_the_average_and_a_spot_scheduler():
     prices = {"c6i.xlarge": 0.08, "c5.xlarge": 0.06, "m6i.large": 0.04}
     estimate = cost.estimate(
         prices=prices, worker_types=["c6i.xlarge", "c5.xlarge"], scheduler_type="m6i.large",
-        scheduler_market="spot", worker_nodes=4, seconds=1800,
+        scheduler_market="spot", worker_node_seconds=4 * 1800, seconds=1800,
     )  # fmt: skip
     assert estimate["node_hours"] == 2.5  # (4 workers + the scheduler) x half an hour
     assert estimate["worker_node_hours"] == 2.0
@@ -31,10 +31,20 @@ def test_estimate_prices_workers_at_the_average_and_a_spot_scheduler():
     assert estimate["notes"] == []
 
 
+def test_worker_nodes_that_came_and_went_are_priced_for_their_own_time():
+    """An adaptive cluster: 1 node for the whole half hour, 3 more for 10 minutes of it."""
+    estimate = cost.estimate(
+        prices={"c6i.xlarge": 0.06, "m6i.large": 0.04}, worker_types=["c6i.xlarge"], scheduler_type="m6i.large",
+        scheduler_market="spot", worker_node_seconds=1800 + 3 * 600, seconds=1800,
+    )  # fmt: skip
+    assert estimate["worker_node_hours"] == 1.0 and estimate["node_hours"] == 1.5
+    assert estimate["estimated_cost_usd"] == pytest.approx(0.06 * 1.0 + 0.04 * 0.5)
+
+
 def test_estimate_says_what_it_leaves_out():
     estimate = cost.estimate(
         prices={}, worker_types=["c6i.xlarge"], scheduler_type="m6i.large",
-        scheduler_market="on-demand", worker_nodes=2, seconds=3600,
+        scheduler_market="on-demand", worker_node_seconds=2 * 3600, seconds=3600,
     )  # fmt: skip
     assert estimate["estimated_cost_usd"] == 0
     assert estimate["notes"] == ["no spot price found for the worker types", "the on-demand scheduler is not included"]
@@ -58,7 +68,7 @@ def test_missing_credentials_do_not_fail_the_run(monkeypatch, tmp_path):
         "scheduler_market": "spot",
     }
     where = Where("remote", "tls://127.0.0.1:8786", None, 2, 8, "dask", basis)
-    estimate = cost.for_where(where, 60)
+    estimate = cost.for_where(where, 120, 60)
     assert estimate == {"error": "not estimated: Unable to locate credentials"}
     assert cost.summary_line(estimate) == "Cost: not estimated: Unable to locate credentials"
-    assert cost.for_where(Where("local", "inproc://", None, 1, 2), 60) is None
+    assert cost.for_where(Where("local", "inproc://", None, 1, 2), 60, 60) is None

@@ -35,8 +35,9 @@ def cluster(emulated_stack, tmp_path_factory):
     with EmulatedDeploy(settings, document, folder) as deploy:
         scheduler = deploy.boot("scheduler")
         scheduler.wait_until(lambda: "scheduler up" in scheduler.log(), 90, "scheduler up")
-        workers = [deploy.boot("worker"), deploy.boot("worker")]
-        for worker in workers:
+        deploy.start_group()  # a fixed size: the group launches its two nodes at once
+        scheduler.wait_until(lambda: len(deploy.workers) == 2, 30, "two worker nodes launched")
+        for worker in deploy.workers.values():
             worker.wait_until(lambda w=worker: "worker up" in w.log(), 120, "worker up")
         deploy.outputs_file = deploy.write_outputs(folder / "outputs.json", STACK)
         yield deploy
@@ -97,7 +98,7 @@ def command_lines() -> list[str]:
 
 
 def test_boot_brings_up_scheduler_and_workers_with_private_keys(cluster):
-    scheduler, *workers = cluster.nodes
+    scheduler = cluster.nodes[0]
     for node in cluster.nodes:
         tls = node.file("/etc/dask/tls")
         assert tls.stat().st_mode & 0o777 == 0o700 and tls.stat().st_uid == CONTAINER_UID, node.name
@@ -112,18 +113,24 @@ def test_boot_brings_up_scheduler_and_workers_with_private_keys(cluster):
         ]
         assert all(authorized for _, authorized in node.metadata.reads), "IMDSv2 tokens on every read"
         assert any("iam/security-credentials/" in path for path, _ in node.metadata.reads), "role credentials"
-    assert {n: scheduler.container(n)["status"] for n in ("dask-scheduler", "dask-tls-gateway", "dask-spot-watcher")} == {
-        "dask-scheduler": "running", "dask-tls-gateway": "running", "dask-spot-watcher": "running"}  # fmt: skip
-    for worker in workers:
+    services = ("dask-scheduler", "dask-tls-gateway", "dask-autoscaler", "dask-spot-watcher")
+    assert {n: scheduler.container(n)["status"] for n in services} == dict.fromkeys(services, "running")
+    for instance, worker in cluster.workers.items():
         assert worker.container("dask-worker")["status"] == "running"
         assert f"worker up: registered with tls://{SCHEDULER_ADDRESS}:8786" in worker.log()
+        assert f"--name {instance}" in " ".join(worker.container_command("dask-worker")), "named after its instance"
+    # A fixed size: the autoscaler keeps the group at 2, protected, and removes nothing.
+    group = cluster.group()
+    assert group["DesiredCapacity"] == group["MaxSize"] == 2
+    assert all(i["ProtectedFromScaleIn"] for i in group["Instances"])
 
     # No secret anywhere it could leak from.
     leaks = {
         "user-data": "".join(cluster.user_data.values()),
         "node logs": "".join(node.log() for node in cluster.nodes),
         "container output": "".join(node.container_output(c) for node in cluster.nodes
-                                    for c in ("dask-scheduler", "dask-worker", "dask-tls-gateway", "dask-spot-watcher")),
+                                    for c in ("dask-scheduler", "dask-worker", "dask-tls-gateway", "dask-autoscaler",
+                                              "dask-spot-watcher")),
         "stand-in calls": "".join(json.dumps(node.calls()) for node in cluster.nodes),
         "command lines": "\n".join(command_lines()),
     }  # fmt: skip
@@ -173,12 +180,15 @@ def test_spot_notice_mid_search_drains_one_worker_node(cluster, tmp_path):
     assert "worker group" not in doomed.log(), "a spot-interrupted node must leave the group's size alone"
     assert cluster.desired_capacity() == 2, "the group replaces the node: its size is unchanged"
     assert not cluster.nodes[1].powered_off and not cluster.nodes[0].powered_off
+    cluster.nodes[0].wait_until(lambda: len(cluster.workers) == 3, 30, "a replacement launched")
+    cluster.check_group()
 
 
 def test_idle_cluster_scales_to_zero_and_every_node_powers_off(cluster):
     scheduler, survivor = cluster.nodes[0], cluster.nodes[1]
     scheduler.wait_powered_off(150)
-    survivor.wait_powered_off(60)
+    for node in cluster.nodes[1:]:
+        node.wait_powered_off(60)
     assert cluster.desired_capacity() == 0
     assert all(node.powered_off for node in cluster.nodes)
     assert re.search(

@@ -249,7 +249,9 @@ def test_remote_run_through_an_outputs_file(loopback, local_run, tmp_path):
         "kind": "remote", "scheduler": loopback.address, "dashboard": dashboard,
         "worker_nodes": 2, "threads": 2, "stack": "loopback",
         "cost_basis": {"region": "us-east-1", "worker_instance_types": ["c6i.xlarge", "c5.xlarge"], "scheduler_instance_type": "m6i.large", "scheduler_market": "spot"},
+        "adaptive": None,
     }  # fmt: skip
+    assert summary["worker_nodes"]["peak"] == 2
     # Priced against moto's EC2 (it quotes every type at USD 0.00001 an hour).
     cost = summary["cost"]
     search_hours = summary["timings_seconds"]["search"] / 3600
@@ -731,3 +733,72 @@ def test_cv_table_leaves_a_parameter_a_candidate_lacks_empty(tmp_path):
         rows = list(csv.DictReader(file))
     assert [(row["param_kernel"], row["param_gamma"]) for row in rows] == [("linear", ""), ("rbf", "0.1")]
     assert [json.loads(row["params"]) for row in rows] == [{"kernel": "linear"}, {"kernel": "rbf", "gamma": 0.1}]
+
+
+def test_an_adaptive_stack_is_not_waited_for_and_its_nodes_are_metered(loopback, tmp_path):
+    outputs = loopback.outputs_file(tmp_path / "outputs.json", workers=0)
+    document = json.loads(outputs.read_text())
+    document["loopback"]["max_workers"] = 3
+    outputs.write_text(json.dumps(document))
+    run = run_experiment("--stack", "loopback", "--outputs", str(outputs), "--timeout", "60", "--results", "results",
+                         cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "an adaptive cluster of 0 to 3 worker nodes" in run.stderr
+    assert "waiting for" not in run.stderr and "worker nodes: 2/" not in run.stderr
+    summary = json.loads((only_run_folder(tmp_path / "results") / "summary.json").read_text())
+    assert summary["where"]["adaptive"] == [0, 3] and summary["worker_nodes"]["peak"] == 2
+    search_hours = summary["timings_seconds"]["search"] / 3600
+    assert summary["worker_nodes"]["worker_node_hours"] == pytest.approx(2 * search_hours, rel=0.05, abs=1e-4)
+
+
+def test_the_node_meter_reports_changes_and_adds_up_node_seconds():
+    class Cluster:  # a client's view: worker addresses, two per node
+        def __init__(self) -> None:
+            self.hosts = ["10.0.0.1"]
+
+        def scheduler_info(self, n_workers):
+            assert n_workers == -1
+            return {"workers": {f"tls://{h}:{p}": {} for h in self.hosts for p in (4000, 4001)}}
+
+    client, changes = Cluster(), []
+    with connect_module.NodeMeter(client, lambda was, now: changes.append((was, now)), interval=0.05) as meter:
+        time.sleep(0.3)
+        client.hosts = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+        time.sleep(0.3)
+        client.hosts = ["10.0.0.2"]
+        time.sleep(0.3)
+    assert changes == [(1, 3), (3, 1)] and meter.peak == 3
+    assert meter.node_seconds == pytest.approx(0.3 + 3 * 0.3 + 0.3, abs=0.25)
+
+
+def test_a_scikit_learn_search_on_a_cluster_without_workers_waits_then_says_so():
+    from distributed import Client, LocalCluster
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    search = GridSearchCV(SVC(), {"C": [1, 2]}, cv=2)
+    X, y = np.arange(40.0).reshape(20, 2), np.arange(20) % 2
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty, Client(empty) as client:
+        started = time.monotonic()
+        with pytest.raises(connect_module.ClusterError) as error:
+            fit_on_cluster(client, search, X, y, wait_for_workers=1)
+        assert 1 <= time.monotonic() - started < 10
+    assert str(error.value) == (
+        "no worker node joined within 1 s; check the worker group in the AWS console, or pass --timeout"
+    )
+
+
+def test_scikit_learn_searches_submit_every_fit_of_a_round_at_once():
+    """So that an adaptive cluster sees the whole round, not two fits per thread it had at the start."""
+    from distributed import Client, LocalCluster
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    search = GridSearchCV(SVC(), {"C": [1, 2]}, cv=2)
+    X, y = np.arange(40.0).reshape(20, 2), np.arange(20) % 2
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as local,
+        Client(local) as client,
+    ):
+        fit_on_cluster(client, search, X, y)
+    assert search.pre_dispatch == "all" and len(search.cv_results_["params"]) == 2

@@ -9,7 +9,6 @@ import importlib.util
 import sys
 
 import boto3
-import pytest
 from moto import mock_aws
 
 from stacks.config import MIN_WORKERS_TAG
@@ -234,7 +233,7 @@ def test_dask_side_on_a_real_scheduler():
         Event(name).wait()
 
     async def scenario():
-        async with Scheduler(host="127.0.0.1", port=0, dashboard_address=":0") as scheduler:
+        async with Scheduler(host="127.0.0.1", port=0, dashboard_address=":0") as scheduler:  # noqa: SIM117
             async with (
                 Worker(scheduler.address, name=f"{A}-0", nthreads=1, host="127.0.0.2"),
                 Worker(scheduler.address, name=f"{A}-1", nthreads=1, host="127.0.0.2"),

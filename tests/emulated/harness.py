@@ -15,7 +15,12 @@ What is emulated, and how:
   node's own loopback, IMDSv2 only. Only the values AWS would produce are substituted into
   the rendered user-data: the scheduler's address and the ECR repository URL.
 - AWS APIs: moto holds the TLS material as SecureString parameters, the ECR repository with the
-  image's tag (as `cdktf deploy` pushes it) and the worker Auto Scaling group.
+  image's tag (as `cdktf deploy` pushes it) and the worker Auto Scaling group. Nodes reach it
+  through AWS_ENDPOINT_URL (the AWS CLI, and boto3 in containers), standing in for AWS's DNS.
+- EC2 Auto Scaling: once started (`start_group`), a thread boots a worker node for each instance
+  moto's group launches, shuts a node down when its instance leaves the group, and terminates
+  the instance of a node that powered itself off (moto's group then replaces it while below
+  its desired capacity).
 - The machine: node_init.py is each node's PID 1 (own mount and process namespaces, overlays on
   /etc, /usr/local and /var); standins.py stands in for docker, dnf and systemd.
 - The image: built from the Dockerfile's ENV, USER, WORKDIR and COPY lines; its Python
@@ -39,13 +44,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stacks import userdata
-from stacks.config import ClusterSettings
+from stacks.config import MIN_WORKERS_TAG, ClusterSettings
 
 from .. import loopback_cluster
 from ..conftest import ROOT, terraform_outputs
@@ -59,6 +65,7 @@ LAPTOP_ADDRESS = f"{NETWORK}.100"
 AWS_CLI = ROOT / ".venv-awscli" / "bin" / "aws"
 HERE = Path(__file__).resolve().parent
 CLONE_NEWNET = 0x40000000
+GROUP_SECONDS = 0.5  # how often the emulated worker group looks at moto's
 _deploys = itertools.count()
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -163,6 +170,7 @@ class Node:
     folder: Path
     metadata: FakeMetadata
     process: subprocess.Popen | None = None
+    terminated: bool = False  # shut down from outside, by the group (not by its own poweroff)
 
     def calls(self) -> list[list[str]]:
         """The node's stand-in calls (docker, dnf, systemctl, systemd-run), tool first."""
@@ -183,6 +191,9 @@ class Node:
         path = self.folder / "containers" / name / "state.json"
         return json.loads(path.read_text()) if path.exists() else None
 
+    def container_command(self, name: str) -> list[str]:
+        return json.loads((self.folder / "containers" / name / "spec.json").read_text())["command"]
+
     def container_output(self, name: str) -> str:
         path = self.folder / "containers" / name / "output.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -202,6 +213,28 @@ class Node:
                 raise AssertionError(f"{self.name}: {what} not within {timeout:g} s\n--- node log ---\n{self.log()}")
             time.sleep(0.5)
 
+    def _init_pid(self) -> int:
+        unshare = self.process.pid  # `ip netns exec` became unshare, whose only child is node_init
+        (init,) = Path(f"/proc/{unshare}/task/{unshare}/children").read_text().split()
+        return int(init)
+
+    def host_pid(self, node_pid: int) -> int:
+        """This machine's pid of the node's process `node_pid` (as the node's own tools see it)."""
+        namespace = os.readlink(f"/proc/{self._init_pid()}/ns/pid")
+        for status in Path("/proc").glob("[0-9]*/status"):
+            with contextlib.suppress(OSError):
+                if os.readlink(status.parent / "ns" / "pid") != namespace:
+                    continue
+                (line,) = [x for x in status.read_text().splitlines() if x.startswith("NSpid:")]
+                if int(line.split()[-1]) == node_pid:
+                    return int(status.parent.name)
+        raise LookupError(f"{self.name}: no process {node_pid}")
+
+    def terminate(self) -> None:
+        """EC2 terminates the instance: an orderly shutdown, started from outside the node."""
+        self.terminated = True
+        os.kill(self._init_pid(), signal.SIGTERM)
+
     def wait_powered_off(self, timeout: float) -> None:
         self.wait_until(lambda: self.process is not None and self.process.poll() is not None, timeout, "power-off")
 
@@ -219,6 +252,10 @@ class EmulatedDeploy:
     nodes: list[Node] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     laptop_processes: list[subprocess.Popen] = field(default_factory=list)
+    workers: dict[str, Node] = field(default_factory=dict)  # by instance id, booted by the emulated group
+    group_history: list[tuple[float, int, int]] = field(default_factory=list)  # (moment, instances, desired)
+    group_errors: list[BaseException] = field(default_factory=list)
+    _group_thread: threading.Thread | None = None
 
     # ---- setup and teardown ----
 
@@ -241,6 +278,9 @@ class EmulatedDeploy:
         self.close()
 
     def close(self) -> None:
+        if self._group_thread:
+            self._group_stop.set()
+            self._group_thread.join(30)
         for process in self.laptop_processes:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
@@ -300,11 +340,6 @@ class EmulatedDeploy:
         (repository,) = self.document["resource"]["aws_ecr_repository"].values()
         created = self.aws("ecr", "create_repository", repositoryName=repository["name"])
         self.repository_url = created["repository"]["repositoryUri"]
-        self.aws("ec2", "create_launch_template", LaunchTemplateName="workers",
-                 LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "c6i.xlarge"})  # fmt: skip
-        self.aws("autoscaling", "create_auto_scaling_group", AutoScalingGroupName=self.group_name,
-                 LaunchTemplate={"LaunchTemplateName": "workers"}, MinSize=0, MaxSize=self.settings.workers,
-                 DesiredCapacity=self.settings.workers, AvailabilityZones=[f"{self.settings.region}a"])  # fmt: skip
 
     @property
     def group_name(self) -> str:
@@ -321,9 +356,63 @@ class EmulatedDeploy:
             )  # fmt: skip
             return getattr(client, method)(**kwargs)
 
-    def desired_capacity(self) -> int:
+    def group(self) -> dict:
         groups = self.aws("autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[self.group_name])
-        return groups["AutoScalingGroups"][0]["DesiredCapacity"]
+        return groups["AutoScalingGroups"][0]
+
+    def desired_capacity(self) -> int:
+        return self.group()["DesiredCapacity"]
+
+    # ---- the worker group, emulated ----
+
+    def start_group(self) -> None:
+        """Let the worker group launch nodes, as EC2 Auto Scaling does once the stack is applied.
+
+        Every GROUP_SECONDS: an instance moto's group has and no node runs yet boots a worker node
+        (the instance's id in its metadata); a node whose instance left the group (the autoscaler
+        terminated it) is shut down, as EC2 does; a node that powered itself off is terminated
+        (its shutdown behaviour) and leaves the group, which launches a replacement only while it
+        is below its desired capacity.
+        """
+        self._group_stop = threading.Event()
+        self._group_thread = threading.Thread(target=self._run_group, name="emulated-group", daemon=True)
+        self._group_thread.start()
+
+    def _run_group(self) -> None:
+        while not self._group_stop.wait(GROUP_SECONDS):
+            try:
+                self._reconcile_group()
+            except Exception as error:
+                self.group_errors.append(error)
+
+    def _reconcile_group(self) -> None:
+        group = self.group()
+        active = {i["InstanceId"] for i in group["Instances"] if i["LifecycleState"] == "InService"}
+        self.group_history.append((time.monotonic(), len(active), group["DesiredCapacity"]))
+        for instance in sorted(active - set(self.workers)):
+            self.workers[instance] = self.boot("worker", instance_id=instance)
+        for instance, node in self.workers.items():
+            if node.powered_off and instance in active:
+                self.aws("autoscaling", "detach_instances", AutoScalingGroupName=self.group_name,
+                         InstanceIds=[instance], ShouldDecrementDesiredCapacity=False)  # fmt: skip
+                self.aws("ec2", "terminate_instances", InstanceIds=[instance])
+            elif instance not in active and not node.powered_off and not node.terminated:
+                node.terminate()
+
+    def check_group(self) -> None:
+        """Fail with what went wrong in the group's thread, if anything did."""
+        if self.group_errors:
+            raise self.group_errors[0]
+
+    def worker_node_seconds(self, since: float, until: float) -> float:
+        """Instance-seconds the group ran between two moments (time.monotonic())."""
+        total, previous = 0.0, None
+        for moment, count, _ in self.group_history:
+            if previous is not None:
+                start, end = max(previous[0], since), min(moment, until)
+                total += max(0.0, end - start) * previous[1]
+            previous = (moment, count)
+        return total
 
     def _render(self) -> None:
         """User-data and outputs from the synthesized expressions, by real Terraform."""
@@ -342,7 +431,7 @@ class EmulatedDeploy:
                 value = substitute(value, **values)
             if not unresolved.search(json.dumps(value)):  # the price estimate reads spot prices: left out
                 outputs[name] = {"value": value}
-        config = {"output": outputs, "variable": doc.get("variable", {})}
+        config = {"output": outputs, "variable": doc.get("variable", {}), "locals": doc.get("locals", {})}
         (self.folder / "render").mkdir()
         rendered = terraform_outputs(self.folder / "render", config)
         self.user_data = {
@@ -360,10 +449,25 @@ class EmulatedDeploy:
             self.aws("ecr", "put_image", repositoryName=repository, imageTag=tag, imageManifest=json.dumps(manifest))
         self.image_root = self.folder / "image"
         self.image = image_spec(self.image_uri, self.image_root)
+        self._worker_group(rendered)
+
+    def _worker_group(self, rendered: dict) -> None:
+        """The group as the stack defines it: its bounds as Terraform rendered them, MinSize 0,
+        new instances protected from scale-in, the DaskMinWorkers tag."""
+        (group,) = self.document["resource"]["aws_autoscaling_group"].values()
+        tags = [{"Key": t["key"], "Value": str(rendered["min_workers"]) if t["key"] == MIN_WORKERS_TAG else t["value"],
+                 "PropagateAtLaunch": t["propagate_at_launch"]} for t in group["tag"]]  # fmt: skip
+        assert group["protect_from_scale_in"] is True and group["min_size"] == 0
+        self.aws("ec2", "create_launch_template", LaunchTemplateName="workers",
+                 LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "c6i.xlarge"})  # fmt: skip
+        self.aws("autoscaling", "create_auto_scaling_group", AutoScalingGroupName=self.group_name,
+                 LaunchTemplate={"LaunchTemplateName": "workers"}, MinSize=0, MaxSize=rendered["max_workers"],
+                 DesiredCapacity=rendered["min_workers"], AvailabilityZones=[f"{self.settings.region}a"],
+                 NewInstancesProtectedFromScaleIn=True, Tags=tags)  # fmt: skip
 
     # ---- nodes and the laptop ----
 
-    def boot(self, role: str) -> Node:
+    def boot(self, role: str, instance_id: str | None = None) -> Node:
         """Launch one node of `role`: its namespace, metadata service and user-data."""
         index = len(self.nodes)
         address = SCHEDULER_ADDRESS if role == "scheduler" else f"{NETWORK}.{20 + index}"
@@ -376,7 +480,7 @@ class EmulatedDeploy:
         with entered(namespace):
             metadata = FakeMetadata(
                 address, address=("169.254.169.254", 80), region=self.settings.region,
-                role=f"{self.settings.resource_prefix}-{role}", instance_id=f"i-{index:017x}",
+                role=f"{self.settings.resource_prefix}-{role}", instance_id=instance_id or f"i-{index:017x}",
             )  # fmt: skip
         node = Node(name, role, address, namespace, folder, metadata)
         self.nodes.append(node)
@@ -414,11 +518,11 @@ class EmulatedDeploy:
         path.chmod(0o600)
         return path
 
-    def on_laptop(self, *command: str, cwd: Path) -> subprocess.Popen:
+    def on_laptop(self, *command: str, cwd: Path, stdin=subprocess.DEVNULL) -> subprocess.Popen:
         """A command on the laptop, which reaches the cluster only through the network; it is
         killed with the deploy if it is still running then."""
         process = subprocess.Popen(
-            ["ip", "netns", "exec", self.laptop, *command], cwd=cwd, stdout=subprocess.PIPE,
+            ["ip", "netns", "exec", self.laptop, *command], cwd=cwd, stdin=stdin, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
         self.laptop_processes.append(process)

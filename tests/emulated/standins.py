@@ -358,6 +358,8 @@ def enter(node: Node, name: str) -> int:
     os.setuid(image["uid"])
     os.chdir(image["workdir"])
     environment = {**image["env"], "HOME": image["home"], "HOSTNAME": node.config["hostname"], **spec["env"]}
+    # AWS's endpoints are moto's, for boto3 in containers as for the AWS CLI on the node.
+    environment["AWS_ENDPOINT_URL"] = node.config["aws_endpoint"]
     command = spec["command"]
     os.execvpe(command[0], command, environment)  # noqa: S606 (the container's own command)
 

@@ -1,0 +1,171 @@
+"""An adaptive cluster (none to three worker nodes), emulated end to end: the worker group
+launches nodes when the scheduler's autoscaler raises its desired capacity, and shuts down
+exactly the nodes the autoscaler terminates (tests/emulated/harness.py, `start_group`).
+
+In order, on one cluster: nothing runs without work; a search grows the group to its maximum
+and no further, through a restart of the autoscaler; busy nodes are never the ones removed, and
+data held on the cluster survives the nodes that go; the group shrinks to its minimum; idle,
+everything ends. The autoscaler's pace is shortened (conftest.EMULATED_PACE).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from .conftest import EMULATED_PACE, ROOT
+from .emulated.harness import EmulatedDeploy
+from .test_emulated_deploy import STACK, finish, local_run, run_on_laptop, summary
+
+pytestmark = pytest.mark.slow
+SCALE_DOWN = EMULATED_PACE["SCALE_DOWN_AFTER_SECONDS"]
+
+
+@pytest.fixture(scope="module")
+def cluster(emulated_adaptive_stack, tmp_path_factory):
+    settings, document = emulated_adaptive_stack
+    folder = tmp_path_factory.mktemp("adaptive")
+    with EmulatedDeploy(settings, document, folder) as deploy:
+        scheduler = deploy.boot("scheduler")
+        scheduler.wait_until(lambda: "scheduler up" in scheduler.log(), 90, "scheduler up")
+        deploy.start_group()
+        deploy.outputs_file = deploy.write_outputs(folder / "outputs.json", STACK)
+        yield deploy
+
+
+def autoscaler_log(cluster: EmulatedDeploy) -> str:
+    return cluster.nodes[0].container_output("dask-autoscaler")
+
+
+def wait_for(cluster: EmulatedDeploy, condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        cluster.check_group()
+        assert time.monotonic() < deadline, (
+            f"{what} not within {timeout:g} s\n--- autoscaler ---\n{autoscaler_log(cluster)}"
+        )
+        time.sleep(0.25)
+
+
+def running(cluster: EmulatedDeploy) -> dict:
+    """Worker nodes up and neither terminated nor powered off, by instance id."""
+    return {i: n for i, n in cluster.workers.items() if not (n.terminated or n.powered_off) and "worker up" in n.log()}
+
+
+class Laptop:
+    """tests/emulated/laptop_client.py on the laptop, one command at a time."""
+
+    def __init__(self, cluster: EmulatedDeploy) -> None:
+        self.process = cluster.on_laptop(
+            sys.executable, str(ROOT / "tests" / "emulated" / "laptop_client.py"), str(cluster.outputs_file), STACK,
+            cwd=cluster.folder, stdin=subprocess.PIPE,
+        )  # fmt: skip
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [self.lines.put(line) for line in self.process.stdout], daemon=True).start()
+        assert self.read(60) == "connected"
+
+    def read(self, timeout: float):
+        seen = []
+        deadline = time.monotonic() + timeout
+        while True:  # the answer is the JSON line; anything else is the client's own output
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"laptop client: no answer within {timeout:g} s: {''.join(seen)}") from None
+            seen.append(line)
+            with contextlib.suppress(json.JSONDecodeError):
+                return json.loads(line)
+
+    def ask(self, command: str, timeout: float = 120):
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.read(timeout)
+
+
+def test_without_work_no_worker_node_runs(cluster):
+    time.sleep(3 * EMULATED_PACE["AUTOSCALER_INTERVAL_SECONDS"])
+    assert cluster.workers == {} and cluster.desired_capacity() == 0
+    assert "following the work every 1 s (scale down after 8 s)" in autoscaler_log(cluster)
+
+
+def test_a_search_from_no_node_gets_nodes_and_the_local_results(cluster, tmp_path):
+    expected = local_run("svc_digits.py", tmp_path / "local")
+    output = finish(run_on_laptop(cluster, "svc_digits.py", tmp_path / "remote"))
+    remote = summary(tmp_path / "remote")
+    assert remote["best_params"] == expected["best_params"] and remote["best_cv_score"] == expected["best_cv_score"]
+    assert "an adaptive cluster of 0 to 3 worker nodes" in output
+    assert re.search(r"worker nodes: 0 -> [123]", output), output
+    assert remote["where"]["adaptive"] == [0, 3] and remote["where"]["worker_nodes"] == 0
+    assert remote["worker_nodes"]["peak"] >= 1 and remote["worker_nodes"]["worker_node_hours"] > 0
+
+
+def test_a_long_search_grows_the_group_to_its_maximum_and_no_further_across_an_autoscaler_restart(cluster):
+    """scikit-learn's GridSearchCV through joblib (fit_on_cluster), 60 candidates x 3 splits of
+    fits that take a second: far more than one node's two threads get through quickly."""
+    laptop = Laptop(cluster)
+    laptop.process.stdin.write("search 60 1\n")
+    laptop.process.stdin.flush()
+    wait_for(cluster, lambda: cluster.desired_capacity() == 3, 120, "a scale-up to the maximum")
+    # Mid-search, the autoscaler process dies; its container restarts it; the bounds hold.
+    scheduler = cluster.nodes[0]
+    os.kill(scheduler.host_pid(scheduler.container("dask-autoscaler")["pid"]), signal.SIGKILL)
+    assert laptop.read(300) == 0, "the search finished with its best candidate"
+    laptop.process.kill()
+    wait_for(cluster, lambda: scheduler.container("dask-autoscaler")["restarts"] == 1, 30, "a restart")
+    assert autoscaler_log(cluster).count("following the work") == 2
+    assert max(instances for _, instances, _ in cluster.group_history) == 3, "never more nodes than max_workers"
+    assert max(desired for _, _, desired in cluster.group_history) == 3
+    assert sum("worker up" in n.log() for n in cluster.workers.values()) >= 3, "the nodes joined"
+
+
+def test_busy_nodes_stay_idle_ones_go_and_held_data_survives(cluster):
+    laptop = Laptop(cluster)
+    assert laptop.ask("spin 400 0.5") == 400  # work enough for every node, for a while
+    wait_for(cluster, lambda: len(running(cluster)) == 3, 120, "three nodes up")
+    on = laptop.ask("hold")  # then a task that stays, on every node
+    assert laptop.ask("settle", 300) == "settled"
+    assert sorted(on) == sorted(running(cluster))
+    first, *others = sorted(on)
+    assert laptop.ask(f"keep {first}")
+
+    time.sleep(SCALE_DOWN + 4)  # longer than the damping: busy nodes are work, Dask keeps them
+    assert len(running(cluster)) == 3 and not any(n.terminated for n in cluster.workers.values())
+
+    assert laptop.ask(f"release {first}") == on[first], "the held task ran where it was put, once"
+    wait_for(cluster, lambda: cluster.workers[first].terminated, SCALE_DOWN + 20, "the idle node removed")
+    assert sorted(running(cluster)) == sorted(others), "busy nodes are never the ones removed"
+    assert laptop.ask("check") is True, "the data on the removed node moved before it went"
+    assert f"scaling down: node {first} retired and terminated" in autoscaler_log(cluster)
+    assert cluster.desired_capacity() == 2
+
+    for instance in others:
+        assert laptop.ask(f"release {instance}") == on[instance]
+    # The kept data needs a node: Dask keeps one until it is dropped, then none is left.
+    wait_for(cluster, lambda: len(running(cluster)) == 1, SCALE_DOWN + 20, "one node left")
+    time.sleep(SCALE_DOWN + 2)
+    assert len(running(cluster)) == 1 and laptop.ask("check") is True
+    laptop.ask("drop")
+    wait_for(cluster, lambda: not running(cluster), SCALE_DOWN + 20, "the group at its minimum")
+    assert cluster.desired_capacity() == 0
+    laptop.process.kill()
+
+
+def test_idle_the_cluster_ends_and_every_node_powers_off(cluster):
+    scheduler = cluster.nodes[0]
+    scheduler.wait_powered_off(150)
+    for node in cluster.nodes[1:]:
+        node.wait_powered_off(60)
+    assert cluster.desired_capacity() == 0
+    for node in cluster.nodes[1:]:
+        assert node.terminated or "stopping this node" in node.log(), node.name
+    cluster.check_group()
