@@ -60,7 +60,10 @@ class WorkerGroup:
         self.name, self.client = name, client
 
     def read(self) -> GroupState:
-        (group,) = self.client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.name])["AutoScalingGroups"]
+        groups = self.client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.name])["AutoScalingGroups"]
+        if not groups:  # Terraform creates the group after the scheduler, whose address it needs
+            raise LookupError(f"worker group {self.name} not found (yet)")
+        (group,) = groups
         tags = {tag["Key"]: tag["Value"] for tag in group.get("Tags", [])}
         return GroupState(
             desired=group["DesiredCapacity"],

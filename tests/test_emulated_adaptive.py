@@ -110,10 +110,10 @@ def test_a_search_from_no_node_gets_nodes_and_the_local_results(cluster, tmp_pat
 
 
 def test_a_long_search_grows_the_group_to_its_maximum_and_no_further_across_an_autoscaler_restart(cluster):
-    """scikit-learn's GridSearchCV through joblib (fit_on_cluster), 60 candidates x 3 splits of
+    """scikit-learn's GridSearchCV through joblib (fit_on_cluster), 30 candidates x 3 splits of
     fits that take a second: far more than one node's two threads get through quickly."""
     laptop = Laptop(cluster)
-    laptop.process.stdin.write("search 60 1\n")
+    laptop.process.stdin.write("search 30 1\n")
     laptop.process.stdin.flush()
     wait_for(cluster, lambda: cluster.desired_capacity() == 3, 120, "a scale-up to the maximum")
     # Mid-search, the autoscaler process dies; its container restarts it; the bounds hold.
@@ -130,7 +130,7 @@ def test_a_long_search_grows_the_group_to_its_maximum_and_no_further_across_an_a
 
 def test_busy_nodes_stay_idle_ones_go_and_held_data_survives(cluster):
     laptop = Laptop(cluster)
-    assert laptop.ask("spin 400 0.5") == 400  # work enough for every node, for a while
+    assert laptop.ask("spin 240 0.5") == 240  # work enough for every node, for a while
     wait_for(cluster, lambda: len(running(cluster)) == 3, 120, "three nodes up")
     on = laptop.ask("hold")  # then a task that stays, on every node
     assert laptop.ask("settle", 300) == "settled"

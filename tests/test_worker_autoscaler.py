@@ -9,6 +9,7 @@ import importlib.util
 import sys
 
 import boto3
+import pytest
 from moto import mock_aws
 
 from stacks.config import MIN_WORKERS_TAG
@@ -273,6 +274,9 @@ def test_aws_side_on_moto():
         MinSize=0, MaxSize=3, DesiredCapacity=2, AvailabilityZones=["us-east-1a"],
         Tags=[{"Key": MIN_WORKERS_TAG, "Value": "1", "PropagateAtLaunch": False}],
     )  # fmt: skip
+    missing = worker_autoscaler.WorkerGroup("dask-other-workers", client)
+    with pytest.raises(LookupError, match=r"^worker group dask-other-workers not found \(yet\)$"):
+        missing.read()
     group = worker_autoscaler.WorkerGroup("dask-dask-workers", client)
     state = group.read()
     assert (state.desired, state.minimum, state.maximum, len(state.instances)) == (2, 1, 3, 2)

@@ -25,8 +25,9 @@ What is emulated, and how:
   /etc, /usr/local and /var); standins.py stands in for docker, dnf and systemd.
 - The image: built from the Dockerfile's ENV, USER, WORKDIR and COPY lines; its Python
   packages are this venv's (the pins are the same, tests/test_image.py checks).
-Tests may shorten two waits, and say so: the idle timeout (a setting) and how long a node
-retries a bootstrap step (userdata.MAX_WAIT_SECONDS), so that failures show in seconds.
+Tests may shorten waits, and say so: the idle timeout (a setting), how long a node retries a
+bootstrap step (userdata.MAX_WAIT_SECONDS), so that failures show in seconds, and the worker
+autoscaler's pace (userdata.AUTOSCALER_INTERVAL_SECONDS, SCALE_DOWN_AFTER_SECONDS).
 """
 
 from __future__ import annotations
