@@ -198,6 +198,7 @@ class Autoscaler:
 
 async def serve(args: argparse.Namespace) -> None:
     import boto3
+    from botocore.config import Config
     from distributed.core import rpc
     from distributed.security import Security
 
@@ -207,7 +208,10 @@ async def serve(args: argparse.Namespace) -> None:
         tls_client_key=f"{args.tls_dir}/scheduler.key",
         require_encryption=True,
     )
-    group = WorkerGroup(args.group, boto3.client("autoscaling", region_name=args.region))
+    # Short timeouts: a call that hangs would freeze every decision for botocore's default minute;
+    # a failed round is simply tried again at the next.
+    config = Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 2})
+    group = WorkerGroup(args.group, boto3.client("autoscaling", region_name=args.region, config=config))
     async with rpc(args.scheduler, connection_args=security.get_connection_args("client")) as scheduler:
         autoscaler = Autoscaler(
             group, DaskScheduler(scheduler), interval=args.interval, scale_down_after=args.scale_down_after

@@ -86,6 +86,13 @@ class Laptop:
             with contextlib.suppress(json.JSONDecodeError):
                 return json.loads(line)
 
+    def __enter__(self) -> Laptop:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process.kill()  # its client would keep the cluster in use
+        self.process.wait(30)
+
     def ask(self, command: str, timeout: float = 120):
         self.process.stdin.write(command + "\n")
         self.process.stdin.flush()
@@ -110,17 +117,16 @@ def test_a_search_from_no_node_gets_nodes_and_the_local_results(cluster, tmp_pat
 
 
 def test_a_long_search_grows_the_group_to_its_maximum_and_no_further_across_an_autoscaler_restart(cluster):
-    """scikit-learn's GridSearchCV through joblib (fit_on_cluster), 30 candidates x 3 splits of
+    """scikit-learn's GridSearchCV through joblib (fit_on_cluster), 45 candidates x 3 splits of
     fits that take a second: far more than one node's two threads get through quickly."""
-    laptop = Laptop(cluster)
-    laptop.process.stdin.write("search 30 1\n")
-    laptop.process.stdin.flush()
-    wait_for(cluster, lambda: cluster.desired_capacity() == 3, 120, "a scale-up to the maximum")
-    # Mid-search, the autoscaler process dies; its container restarts it; the bounds hold.
-    scheduler = cluster.nodes[0]
-    os.kill(scheduler.host_pid(scheduler.container("dask-autoscaler")["pid"]), signal.SIGKILL)
-    assert laptop.read(300) == 0, "the search finished with its best candidate"
-    laptop.process.kill()
+    with Laptop(cluster) as laptop:
+        laptop.process.stdin.write("search 45 1\n")
+        laptop.process.stdin.flush()
+        wait_for(cluster, lambda: cluster.desired_capacity() == 3, 120, "a scale-up to the maximum")
+        # Mid-search, the autoscaler process dies; its container restarts it; the bounds hold.
+        scheduler = cluster.nodes[0]
+        os.kill(scheduler.host_pid(scheduler.container("dask-autoscaler")["pid"]), signal.SIGKILL)
+        assert laptop.read(300) == 0, "the search finished with its best candidate"
     wait_for(cluster, lambda: scheduler.container("dask-autoscaler")["restarts"] == 1, 30, "a restart")
     assert autoscaler_log(cluster).count("following the work") == 2
     assert max(instances for _, instances, _ in cluster.group_history) == 3, "never more nodes than max_workers"
@@ -129,35 +135,34 @@ def test_a_long_search_grows_the_group_to_its_maximum_and_no_further_across_an_a
 
 
 def test_busy_nodes_stay_idle_ones_go_and_held_data_survives(cluster):
-    laptop = Laptop(cluster)
-    assert laptop.ask("spin 240 0.5") == 240  # work enough for every node, for a while
-    wait_for(cluster, lambda: len(running(cluster)) == 3, 120, "three nodes up")
-    on = laptop.ask("hold")  # then a task that stays, on every node
-    assert laptop.ask("settle", 300) == "settled"
-    assert sorted(on) == sorted(running(cluster))
-    first, *others = sorted(on)
-    assert laptop.ask(f"keep {first}")
+    with Laptop(cluster) as laptop:
+        assert laptop.ask("spin 240 0.5") == 240  # work enough for every node, for a while
+        wait_for(cluster, lambda: len(running(cluster)) == 3, 120, "three nodes up")
+        on = laptop.ask("hold")  # then a task that stays, on every node
+        assert laptop.ask("settle", 300) == "settled"
+        assert sorted(on) == sorted(running(cluster))
+        first, *others = sorted(on)
+        assert laptop.ask(f"keep {first}")
 
-    time.sleep(SCALE_DOWN + 4)  # longer than the damping: busy nodes are work, Dask keeps them
-    assert len(running(cluster)) == 3 and not any(n.terminated for n in cluster.workers.values())
+        time.sleep(SCALE_DOWN + 4)  # longer than the damping: busy nodes are work, Dask keeps them
+        assert sorted(running(cluster)) == sorted(on), "no busy node removed"
 
-    assert laptop.ask(f"release {first}") == on[first], "the held task ran where it was put, once"
-    wait_for(cluster, lambda: cluster.workers[first].terminated, SCALE_DOWN + 20, "the idle node removed")
-    assert sorted(running(cluster)) == sorted(others), "busy nodes are never the ones removed"
-    assert laptop.ask("check") is True, "the data on the removed node moved before it went"
-    assert f"scaling down: node {first} retired and terminated" in autoscaler_log(cluster)
-    assert cluster.desired_capacity() == 2
+        assert laptop.ask(f"release {first}") == on[first], "the held task ran where it was put, once"
+        wait_for(cluster, lambda: cluster.workers[first].terminated, SCALE_DOWN + 20, "the idle node removed")
+        assert sorted(running(cluster)) == sorted(others), "busy nodes are never the ones removed"
+        assert laptop.ask("check") is True, "the data on the removed node moved before it went"
+        assert f"scaling down: node {first} retired and terminated" in autoscaler_log(cluster)
+        assert cluster.desired_capacity() == 2
 
-    for instance in others:
-        assert laptop.ask(f"release {instance}") == on[instance]
-    # The kept data needs a node: Dask keeps one until it is dropped, then none is left.
-    wait_for(cluster, lambda: len(running(cluster)) == 1, SCALE_DOWN + 20, "one node left")
-    time.sleep(SCALE_DOWN + 2)
-    assert len(running(cluster)) == 1 and laptop.ask("check") is True
-    laptop.ask("drop")
-    wait_for(cluster, lambda: not running(cluster), SCALE_DOWN + 20, "the group at its minimum")
-    assert cluster.desired_capacity() == 0
-    laptop.process.kill()
+        for instance in others:
+            assert laptop.ask(f"release {instance}") == on[instance]
+        # The kept data needs a node: Dask keeps one until it is dropped, then none is left.
+        wait_for(cluster, lambda: len(running(cluster)) == 1, SCALE_DOWN + 20, "one node left")
+        time.sleep(SCALE_DOWN + 2)
+        assert len(running(cluster)) == 1 and laptop.ask("check") is True
+        laptop.ask("drop")
+        wait_for(cluster, lambda: not running(cluster), SCALE_DOWN + 20, "the group at its minimum")
+        assert cluster.desired_capacity() == 0
 
 
 def test_idle_the_cluster_ends_and_every_node_powers_off(cluster):

@@ -257,6 +257,8 @@ class EmulatedDeploy:
     group_history: list[tuple[float, int, int]] = field(default_factory=list)  # (moment, instances, desired)
     group_errors: list[BaseException] = field(default_factory=list)
     _group_thread: threading.Thread | None = None
+    _clients: dict = field(default_factory=dict)
+    _clients_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ---- setup and teardown ----
 
@@ -350,12 +352,14 @@ class EmulatedDeploy:
         """Call moto as the test (not as a node), from inside the network namespace it serves in."""
         import boto3
 
-        with entered(self.fabric):
-            client = boto3.client(
-                service, region_name=self.settings.region, endpoint_url=f"http://{AWS_ADDRESS}:{AWS_PORT}",
-                aws_access_key_id="test", aws_secret_access_key="test",
-            )  # fmt: skip
-            return getattr(client, method)(**kwargs)
+        with entered(self.fabric):  # connections are made here, whichever thread calls
+            with self._clients_lock:  # made once (tens of milliseconds), and boto3's session is not thread-safe
+                if service not in self._clients:
+                    self._clients[service] = boto3.client(
+                        service, region_name=self.settings.region, endpoint_url=f"http://{AWS_ADDRESS}:{AWS_PORT}",
+                        aws_access_key_id="test", aws_secret_access_key="test",
+                    )  # fmt: skip
+            return getattr(self._clients[service], method)(**kwargs)
 
     def group(self) -> dict:
         groups = self.aws("autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[self.group_name])
