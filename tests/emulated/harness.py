@@ -234,7 +234,8 @@ class Node:
     def terminate(self) -> None:
         """EC2 terminates the instance: an orderly shutdown, started from outside the node."""
         self.terminated = True
-        os.kill(self._init_pid(), signal.SIGTERM)
+        with contextlib.suppress(ValueError, OSError):  # it went down by itself a moment ago
+            os.kill(self._init_pid(), signal.SIGTERM)
 
     def wait_powered_off(self, timeout: float) -> None:
         self.wait_until(lambda: self.process is not None and self.process.poll() is not None, timeout, "power-off")
