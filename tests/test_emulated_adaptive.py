@@ -47,12 +47,13 @@ def autoscaler_log(cluster: EmulatedDeploy) -> str:
     return cluster.nodes[0].container_output("dask-autoscaler")
 
 
-def wait_for(cluster: EmulatedDeploy, condition, timeout: float, what: str) -> None:
+def wait_for(cluster: EmulatedDeploy, condition, timeout: float, what: str, laptop: Laptop | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         cluster.check_group()
         assert time.monotonic() < deadline, (
             f"{what} not within {timeout:g} s\n--- autoscaler ---\n{autoscaler_log(cluster)}"
+            + (f"--- laptop ---\n{''.join(laptop.output)}" if laptop else "")
         )
         time.sleep(0.25)
 
@@ -71,20 +72,24 @@ class Laptop:
             cwd=cluster.folder, stdin=subprocess.PIPE,
         )  # fmt: skip
         self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [self.lines.put(line) for line in self.process.stdout], daemon=True).start()
+        self.output: list[str] = []  # everything it printed, for failure messages
+        threading.Thread(target=self._read_all, daemon=True).start()
         assert self.read(60) == "connected"
 
     def read(self, timeout: float):
-        seen = []
         deadline = time.monotonic() + timeout
         while True:  # the answer is the JSON line; anything else is the client's own output
             try:
                 line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"laptop client: no answer within {timeout:g} s: {''.join(seen)}") from None
-            seen.append(line)
+                raise AssertionError(f"laptop client: no answer within {timeout:g} s: {''.join(self.output)}") from None
             with contextlib.suppress(json.JSONDecodeError):
                 return json.loads(line)
+
+    def _read_all(self) -> None:
+        for line in self.process.stdout:
+            self.output.append(line)
+            self.lines.put(line)
 
     def __enter__(self) -> Laptop:
         return self
@@ -119,10 +124,13 @@ def test_a_search_from_no_node_gets_nodes_and_the_local_results(cluster, tmp_pat
 def test_a_long_search_grows_the_group_to_its_maximum_and_no_further_across_an_autoscaler_restart(cluster):
     """scikit-learn's GridSearchCV through joblib (fit_on_cluster), 45 candidates x 3 splits of
     fits that take a second: far more than one node's two threads get through quickly."""
+    # The search before this one left idle nodes: let them go first (see the README on a search
+    # that starts just as the last node is retired).
+    wait_for(cluster, lambda: not running(cluster) and cluster.desired_capacity() == 0, SCALE_DOWN + 30, "no node")
     with Laptop(cluster) as laptop:
         laptop.process.stdin.write("search 45 1\n")
         laptop.process.stdin.flush()
-        wait_for(cluster, lambda: cluster.desired_capacity() == 3, 120, "a scale-up to the maximum")
+        wait_for(cluster, lambda: cluster.desired_capacity() == 3, 120, "a scale-up to the maximum", laptop)
         # Mid-search, the autoscaler process dies; its container restarts it; the bounds hold.
         scheduler = cluster.nodes[0]
         os.kill(scheduler.host_pid(scheduler.container("dask-autoscaler")["pid"]), signal.SIGKILL)
