@@ -37,7 +37,7 @@ def cluster(emulated_stack, tmp_path_factory):
         scheduler.wait_until(lambda: "scheduler up" in scheduler.log(), 90, "scheduler up")
         deploy.start_group()  # a fixed size: the group launches its two nodes at once
         scheduler.wait_until(lambda: len(deploy.workers) == 2, 30, "two worker nodes launched")
-        for worker in deploy.workers.values():
+        for worker in list(deploy.workers.values()):
             worker.wait_until(lambda w=worker: "worker up" in w.log(), 120, "worker up")
         deploy.outputs_file = deploy.write_outputs(folder / "outputs.json", STACK)
         yield deploy
@@ -115,7 +115,7 @@ def test_boot_brings_up_scheduler_and_workers_with_private_keys(cluster):
         assert any("iam/security-credentials/" in path for path, _ in node.metadata.reads), "role credentials"
     services = ("dask-scheduler", "dask-tls-gateway", "dask-autoscaler", "dask-spot-watcher")
     assert {n: scheduler.container(n)["status"] for n in services} == dict.fromkeys(services, "running")
-    for instance, worker in cluster.workers.items():
+    for instance, worker in list(cluster.workers.items()):
         assert worker.container("dask-worker")["status"] == "running"
         assert f"worker up: registered with tls://{SCHEDULER_ADDRESS}:8786" in worker.log()
         assert f"--name {instance}" in " ".join(worker.container_command("dask-worker")), "named after its instance"
