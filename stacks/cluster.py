@@ -59,6 +59,14 @@ def _whole_between(variable: str, low: int, high: int) -> str:
     return f"${{{v} >= {low} && {v} <= {high} && floor({v}) == {v}}}"
 
 
+def _whole_number_rule(variable: str, low: int, high: int) -> TerraformVariableValidationConfig:
+    """The variable must be a whole number from low to high; the error names it and its value."""
+    return TerraformVariableValidationConfig(
+        condition=_whole_between(variable, low, high),
+        error_message=f"{variable}: must be a whole number from {low} to {high}, got ${{jsonencode(var.{variable})}}.",
+    )
+
+
 def default_tags(settings: ClusterSettings) -> dict[str, str]:
     return {"Project": "dask-spot-cluster", "DaskCluster": settings.name, "ManagedBy": "cdktf", **settings.tags}
 
@@ -220,15 +228,7 @@ class DaskClusterStack(TerraformStack):
             type="number",
             default=settings.min_workers,
             description="Fewest worker nodes, kept even when the cluster has no work",
-            validation=[
-                TerraformVariableValidationConfig(
-                    condition=_whole_between("min_workers", 0, MAX_WORKERS),
-                    error_message=(
-                        f"min_workers: must be a whole number from 0 to {MAX_WORKERS}, "
-                        "got ${jsonencode(var.min_workers)}."
-                    ),
-                )
-            ],
+            validation=[_whole_number_rule("min_workers", 0, MAX_WORKERS)],
         )
         high = TerraformVariable(
             self,
@@ -237,13 +237,7 @@ class DaskClusterStack(TerraformStack):
             default=settings.max_workers,
             description="Most worker nodes the cluster grows to when its work asks for them",
             validation=[
-                TerraformVariableValidationConfig(
-                    condition=_whole_between("max_workers", 1, MAX_WORKERS),
-                    error_message=(
-                        f"max_workers: must be a whole number from 1 to {MAX_WORKERS}, "
-                        "got ${jsonencode(var.max_workers)}."
-                    ),
-                ),
+                _whole_number_rule("max_workers", 1, MAX_WORKERS),
                 # Refers to the other variables: Terraform 1.9 or later checks it, at plan.
                 TerraformVariableValidationConfig(
                     condition="${var.workers > 0 || var.min_workers <= var.max_workers}",
