@@ -10,6 +10,8 @@ tenfold  Ten times the seed grid's fits (180 candidates x 3 splits of digits): p
 scale    Fits that sleep 0.3 s and use no CPU, on 4 worker processes x N threads on loopback, so
          that the scheduler's and the transport's overhead shows apart from this machine's cores:
          efficiency = ideal time (fits x 0.3 s / slots) / measured time, at 8, 32 and 64 slots.
+         The scheduler runs in a process of its own, as on a real cluster, where it has a node
+         to itself and the client is on the laptop.
 bytes    How many times the training data crosses the network per search, on 4 worker
          processes: the bytes the loopback interface carried during one search (client to
          scheduler, scheduler to workers, worker to worker), over the size of X and y. Run it on
@@ -19,6 +21,7 @@ bytes    How many times the training data crosses the network per search, on 4 w
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -124,10 +127,18 @@ def tenfold(runs: int, scale: int = 10) -> None:
 
 def scale(runs: int, slots_list: tuple[int, ...] = (8, 32, 64), workers: int = 4) -> None:
     import numpy as np
-    from distributed import Client, LocalCluster
+    from distributed import Client
+    from distributed.deploy.subprocess import SubprocessCluster
 
+    # The estimator travels by reference, as scikit-learn's own do: a class of the script being
+    # run would travel by value (cloudpickle), which costs the client and the scheduler more per
+    # fit. The workers import it from this module.
+    from experiments.benchmark_scale import SleepClassifier
+
+    root = str(Path(__file__).resolve().parent.parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))
     X, y = np.zeros((300, 2)), np.arange(300) % 2
-    print(f"\n### fits of {SLEEP} s that use no CPU, {workers} worker processes, {runs} rounds; efficiency\n")
+    print(f"\n### fits of {SLEEP} s that use no CPU, {workers} worker processes and the scheduler's, {runs} rounds\n")
     print("| slots | fits | ideal s | " + " | ".join(f"{e}: median s | efficiency" for e in DASK_ENGINES) + " |")
     print("|---|---|---|" + "---|---|" * len(DASK_ENGINES))
     for slots in slots_list:
@@ -136,12 +147,16 @@ def scale(runs: int, slots_list: tuple[int, ...] = (8, 32, 64), workers: int = 4
         fits = len(grid["candidate"]) * cv
         ideal = fits * SLEEP / slots
         with (
-            LocalCluster(
-                n_workers=workers, threads_per_worker=slots // workers, processes=True,
-                host="127.0.0.1", dashboard_address=None,
+            SubprocessCluster(
+                n_workers=workers, threads_per_worker=slots // workers, host="127.0.0.1", dashboard_address=None
             ) as local,
             Client(local) as client,
-        ):  # fmt: skip
+        ):
+            client.wait_for_workers(workers)
+            # Every worker imports the engines once before the clock starts: a worker that had
+            # no fit in the warm-up would import scikit-learn (seconds) on its first timed fit.
+            for module in ("sklearn.model_selection", "dask_ml.model_selection", "experiments.benchmark_scale"):
+                client.run(importlib.import_module, module)
             for engine in DASK_ENGINES:  # warm-up
                 timed_search(client, engine, SleepClassifier(delay=0.0), {"candidate": [0, 1]}, X, y, cv)
             times: dict[str, list[float]] = {engine: [] for engine in DASK_ENGINES}

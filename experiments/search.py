@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
-from contextlib import nullcontext
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 
 # Keys of the tasks that fit and score one candidate on one split: joblib's batches (named
 # after the function and the number of calls in them) and dask-ml's fit-and-score tasks.
@@ -82,19 +84,52 @@ class FitCounter:
             self._poll()  # the last fits, finished since the last look
 
 
-def wait_for_first_worker(client, timeout: float) -> None:
-    """On a cluster with no worker (adaptive, from none): a first task makes the cluster add a
-    node, which the data scattered to workers needs."""
-    from distributed import TimeoutError as DaskTimeout
+@contextmanager
+def warning_filters_without_main() -> Iterator[None]:
+    """scikit-learn sends the caller's warning filters with every fit. Python's defaults include
+    one for the module `__main__`, and distributed takes any pickle that mentions `__main__` for
+    code defined in a script: it pickles the task again, by value, with cloudpickle, several times
+    slower, in the client and again in the scheduler (measured: a third of the scheduler's time
+    per fit). On a worker, `__main__` is Dask's own command, so those filters match nothing there;
+    they are left out for the duration of the search and restored after it."""
+    with warnings.catch_warnings():
+        warnings.filters[:] = [
+            rule for rule in warnings.filters if "__main__" not in str(getattr(rule[3], "pattern", rule[3]))
+        ]
+        yield
+
+
+@contextmanager
+def worker_held(client, timeout: float) -> Iterator[None]:
+    """One worker kept busy while the block runs, for the data scikit-learn's searches send to
+    every worker before the fits. An adaptive cluster never retires a busy node, so the data
+    always has a worker to go to (a node retired in that very second would leave Dask waiting
+    for one without asking for it), and on a cluster with none yet, this task is what asks for a
+    node. No worker within `timeout` seconds: ClusterError."""
+    from distributed import Event
 
     from experiments.cluster import ClusterError
 
+    release = Event(client=client)
+    # Distributed's own function, which workers have (they do not have this project's modules).
+    held = client.submit(release.wait, timeout, pure=False)
+    deadline = time.monotonic() + timeout
+    while not any(held.key in keys for keys in client.processing().values()):
+        if time.monotonic() > deadline:
+            client.cancel(held)  # it must not ask for a node later
+            raise ClusterError(
+                f"no worker node joined within {timeout:g} s; check the worker group in the AWS console, "
+                "or pass --timeout"
+            )
+        time.sleep(0.05)
     try:
-        client.submit(len, [], pure=False).result(timeout=timeout)
-    except DaskTimeout:
-        raise ClusterError(
-            f"no worker node joined within {timeout:g} s; check the worker group in the AWS console, or pass --timeout"
-        ) from None
+        yield
+    finally:
+        release.set()
+        # Cancelling the task instead was seen to cancel the search's first fits ("already
+        # forgotten"), so it is left to end; once it has, the scheduler can forget the event.
+        held.result(timeout=timeout)
+        release.clear()
 
 
 def fit_on_cluster(
@@ -104,8 +139,8 @@ def fit_on_cluster(
     """Fit `search` (a scikit-learn or dask-ml search object) with the cluster's workers.
 
     On a cluster with no worker yet (adaptive, from none), scikit-learn's searches wait up to
-    `wait_for_workers` seconds for the first; dask-ml's graph waits in the scheduler's queue
-    (its tasks are what asks for nodes).
+    `wait_for_workers` seconds for the first (see `worker_held`); dask-ml's graph waits in the
+    scheduler's queue (its tasks are what asks for nodes).
     """
     counting = FitCounter(client, on_fits) if on_fits else nullcontext()
     with counting:
@@ -114,16 +149,16 @@ def fit_on_cluster(
             return search.fit(X, y, **fit_params)
         from joblib import parallel_config
 
-        if not client.scheduler_info(n_workers=-1)["workers"]:
-            wait_for_first_worker(client, wait_for_workers)
         if "pre_dispatch" in search.get_params():
             # Every fit of a round submitted at once, not two per thread of the nodes there are
             # when it starts: the scheduler sees the whole round, and an adaptive cluster adds
             # the nodes it needs; nodes that join take their share.
             search.set_params(pre_dispatch="all")
         # n_jobs=-1: as many fits at once as the cluster has threads. scatter: X and y go to
-        # every worker once, and the fits refer to those copies.
-        with parallel_config(
-            backend="dask", n_jobs=-1, client=client, scatter=[X, y], wait_for_workers_timeout=wait_for_workers
-        ):
+        # every worker once, now, and the fits refer to those copies.
+        with worker_held(client, wait_for_workers):
+            dask_backend = parallel_config(
+                backend="dask", n_jobs=-1, client=client, scatter=[X, y], wait_for_workers_timeout=wait_for_workers
+            )
+        with warning_filters_without_main(), dask_backend:
             return search.fit(X, y, **fit_params)

@@ -806,3 +806,60 @@ def test_scikit_learn_searches_submit_every_fit_of_a_round_at_once():
     ):
         fit_on_cluster(client, search, X, y)
     assert search.pre_dispatch == "all" and len(search.cv_results_["params"]) == 2
+
+
+def test_scikit_learn_fits_travel_as_plain_pickles_and_the_callers_warning_filters_come_back(monkeypatch):
+    """Python's default warning filter for `__main__`, sent with every fit, would make distributed
+    pickle every task twice, the second time with cloudpickle (slow, in the client and the scheduler)."""
+    import warnings
+
+    import cloudpickle
+    from distributed import Client, LocalCluster
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    by_value = []
+    pickle_by_value = cloudpickle.dumps
+    monkeypatch.setattr(cloudpickle, "dumps", lambda x, *a, **k: by_value.append(x) or pickle_by_value(x, *a, **k))
+    X, y = np.arange(40.0).reshape(20, 2), np.arange(20) % 2
+    with (
+        warnings.catch_warnings(),
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as local,
+        Client(local) as client,
+    ):
+        warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")  # as Python starts
+        warnings.filterwarnings("ignore", message="a user's own filter")
+        filters = list(warnings.filters)
+        search = fit_on_cluster(client, GridSearchCV(SVC(), {"C": [1, 2]}, cv=2), X, y)
+        assert [type(x).__name__ for x in by_value] == []
+        assert warnings.filters == filters
+    assert len(search.cv_results_["params"]) == 2
+
+
+def test_a_scikit_learn_search_keeps_a_worker_busy_while_its_data_goes_out(monkeypatch):
+    """An adaptive cluster never retires a busy node: the data always has a worker to go to."""
+    from distributed import Client, LocalCluster
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    X, y = np.arange(40.0).reshape(20, 2), np.arange(20) % 2
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as local,
+        Client(local) as client,
+    ):
+        busy_while_scattering = []
+        scatter = client.scatter
+
+        def scatter_and_look(*args, **kwargs):
+            busy_while_scattering.append(sum(map(len, client.processing().values())))
+            return scatter(*args, **kwargs)
+
+        monkeypatch.setattr(client, "scatter", scatter_and_look)
+        fit_on_cluster(client, GridSearchCV(SVC(), {"C": [1, 2]}, cv=2), X, y)
+        monkeypatch.undo()
+        assert busy_while_scattering == [1]
+        deadline = time.monotonic() + 10
+        while client.processing() != {w: [] for w in client.processing()} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(client.processing().values())  # released once the data is out
+        assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.extensions["events"]._events) == {}
