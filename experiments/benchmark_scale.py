@@ -139,8 +139,9 @@ def scale(runs: int, slots_list: tuple[int, ...] = (8, 32, 64), workers: int = 4
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))
     X, y = np.zeros((300, 2)), np.arange(300) % 2
     print(f"\n### fits of {SLEEP} s that use no CPU, {workers} worker processes and the scheduler's, {runs} rounds\n")
-    print("| slots | fits | ideal s | " + " | ".join(f"{e}: median s | efficiency" for e in DASK_ENGINES) + " |")
-    print("|---|---|---|" + "---|---|" * len(DASK_ENGINES))
+    columns = "median s | efficiency | first fit after s | slots busy"
+    print("| slots | fits | ideal s | " + " | ".join(f"{e}: {columns}" for e in DASK_ENGINES) + " |")
+    print("|---|---|---|" + "---|---|---|---|" * len(DASK_ENGINES))
     for slots in slots_list:
         cv = 2
         grid = {"candidate": list(range(WAVES * slots // cv))}
@@ -159,12 +160,38 @@ def scale(runs: int, slots_list: tuple[int, ...] = (8, 32, 64), workers: int = 4
                 client.run(importlib.import_module, module)
             for engine in DASK_ENGINES:  # warm-up
                 timed_search(client, engine, SleepClassifier(delay=0.0), {"candidate": [0, 1]}, X, y, cv)
-            times: dict[str, list[float]] = {engine: [] for engine in DASK_ENGINES}
+            measured: dict[str, list[tuple[float, float, float]]] = {engine: [] for engine in DASK_ENGINES}
             for _ in range(runs):
                 for engine in DASK_ENGINES:
-                    times[engine].append(timed_search(client, engine, SleepClassifier(), grid, X, y, cv))
-        cells = " | ".join(f"{median(t):.2f} | {ideal / median(t):.2f}" for t in times.values())
+                    measured[engine].append(fit_timeline(client, engine, SleepClassifier(), grid, X, y, cv))
+        cells = " | ".join(
+            f"{median(t):.2f} | {ideal / median(t):.2f} | {median(before):.2f} | {median(busy):.2f}"
+            for t, before, busy in (zip(*runs_of, strict=True) for runs_of in measured.values())
+        )
         print(f"| {slots} | {fits} | {ideal:.2f} | {cells} |", flush=True)
+
+
+def fit_timeline(client, engine: str, estimator, grid: dict, X, y, cv: int) -> tuple[float, float, float]:
+    """One timed search, and from the scheduler's task stream: how long before the first fit
+    started (the engine building and sending its tasks), and how busy the slots were from then
+    until the last fit ended (fit-seconds over slot-seconds, as a fraction of the slots)."""
+    from distributed import get_task_stream
+
+    from experiments.search import DASK_ML_FIT, JOBLIB_BATCH
+
+    slots = sum(client.nthreads().values())
+    with get_task_stream(client) as stream:
+        started = time.time()  # the task stream's clock
+        elapsed = timed_search(client, engine, estimator, grid, X, y, cv)
+    fits = [
+        (span["start"], span["stop"])
+        for record in stream.data
+        if JOBLIB_BATCH.search(str(record["key"])) or DASK_ML_FIT.search(str(record["key"]))
+        for span in record["startstops"]
+        if span["action"] == "compute"
+    ]
+    first, last = min(start for start, _ in fits), max(stop for _, stop in fits)
+    return elapsed, first - started, sum(stop - start for start, stop in fits) / ((last - first) * slots)
 
 
 def loopback_bytes() -> int:
