@@ -102,10 +102,10 @@ def warning_filters_without_main() -> Iterator[None]:
 @contextmanager
 def worker_held(client, timeout: float) -> Iterator[None]:
     """One worker kept busy while the block runs, for the data scikit-learn's searches send to
-    every worker before the fits. An adaptive cluster never retires a busy node, so the data
-    always has a worker to go to (a node retired in that very second would leave Dask waiting
-    for one without asking for it), and on a cluster with none yet, this task is what asks for a
-    node. No worker within `timeout` seconds: ClusterError."""
+    every worker before the fits. An adaptive cluster retires idle nodes only, so the data has a
+    worker to go to (sent to a cluster whose last node is leaving, it would wait for a worker
+    without asking for one). On a cluster with none yet, or whose last node is leaving, this
+    task is what asks for a node. No worker within `timeout` seconds: ClusterError."""
     from distributed import Event
 
     from experiments.cluster import ClusterError

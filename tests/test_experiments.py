@@ -865,3 +865,23 @@ def test_a_scikit_learn_search_keeps_a_worker_busy_while_its_data_goes_out(monke
             time.sleep(0.05)
         assert not any(client.processing().values())  # released once the data is out
         assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.extensions["events"]._events) == {}
+
+
+def test_a_scikit_learn_search_on_a_cluster_without_workers_asks_for_one_and_goes_on_when_it_joins():
+    from distributed import Client, LocalCluster
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    search = GridSearchCV(SVC(), {"C": [1, 2]}, cv=2)
+    X, y = np.arange(40.0).reshape(20, 2), np.arange(20) % 2
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty, Client(empty) as client:
+        outcome = []
+        searching = threading.Thread(target=lambda: outcome.append(fit_on_cluster(client, search, X, y)))
+        searching.start()
+        deadline = time.monotonic() + 10
+        while not client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.adaptive_target()):
+            assert time.monotonic() < deadline, "an adaptive cluster would not add a node"
+            time.sleep(0.1)
+        empty.scale(1)
+        searching.join(timeout=60)
+    assert outcome == [search] and len(search.cv_results_["params"]) == 2
