@@ -15,7 +15,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 
 # Keys of the tasks that fit and score one candidate on one split: joblib's batches (named
 # after the function and the number of calls in them) and dask-ml's fit-and-score tasks.
@@ -106,7 +106,7 @@ def worker_held(client, timeout: float) -> Iterator[None]:
     worker to go to (sent to a cluster whose last node is leaving, it would wait for a worker
     without asking for one). On a cluster with none yet, or whose last node is leaving, this
     task is what asks for a node. No worker within `timeout` seconds: ClusterError."""
-    from distributed import Event
+    from distributed import Event, wait
 
     from experiments.cluster import ClusterError
 
@@ -127,9 +127,13 @@ def worker_held(client, timeout: float) -> Iterator[None]:
     finally:
         release.set()
         # Cancelling the task instead was seen to cancel the search's first fits ("already
-        # forgotten"), so it is left to end; once it has, the scheduler can forget the event.
-        held.result(timeout=timeout)
-        release.clear()
+        # forgotten"), so it is left to end. Once it has, the scheduler can forget the event;
+        # until then (lost with its node, say) the event stays set, so the task ends wherever
+        # it runs next rather than hold a node.
+        with suppress(TimeoutError):
+            wait(held, timeout=timeout)
+        if held.done():
+            release.clear()
 
 
 def fit_on_cluster(
@@ -156,9 +160,13 @@ def fit_on_cluster(
             search.set_params(pre_dispatch="all")
         # n_jobs=-1: as many fits at once as the cluster has threads. scatter: X and y go to
         # every worker once, now, and the fits refer to those copies.
-        with worker_held(client, wait_for_workers):
-            dask_backend = parallel_config(
-                backend="dask", n_jobs=-1, client=client, scatter=[X, y], wait_for_workers_timeout=wait_for_workers
-            )
-        with warning_filters_without_main(), dask_backend:
+        with ExitStack() as search_context:
+            with worker_held(client, wait_for_workers):
+                search_context.enter_context(
+                    parallel_config(
+                        backend="dask", n_jobs=-1, client=client, scatter=[X, y],
+                        wait_for_workers_timeout=wait_for_workers,
+                    )
+                )  # fmt: skip
+            search_context.enter_context(warning_filters_without_main())
             return search.fit(X, y, **fit_params)
