@@ -867,21 +867,41 @@ def test_a_scikit_learn_search_keeps_a_worker_busy_while_its_data_goes_out(monke
         assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.extensions["events"]._events) == {}
 
 
-def test_a_scikit_learn_search_on_a_cluster_without_workers_asks_for_one_and_goes_on_when_it_joins():
+@pytest.mark.parametrize("start", ["no worker", "its only worker leaving"])
+def test_a_scikit_learn_search_without_a_worker_for_it_asks_for_one_and_goes_on_when_it_joins(start):
+    """A leaving worker is in the state the autoscaler's retirement puts a worker in: still listed, given no
+    more work. Data sent then would wait for a worker that nothing asks for."""
     from distributed import Client, LocalCluster
     from sklearn.model_selection import GridSearchCV
     from sklearn.svm import SVC
 
     search = GridSearchCV(SVC(), {"C": [1, 2]}, cv=2)
     X, y = np.arange(40.0).reshape(20, 2), np.arange(20) % 2
-    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty, Client(empty) as client:
+    leaving = start == "its only worker leaving"
+    with (
+        LocalCluster(n_workers=int(leaving), processes=False, dashboard_address=":0") as local,
+        Client(local) as client,
+    ):
+        if leaving:
+            client.run_on_scheduler(
+                lambda dask_scheduler: [
+                    dask_scheduler.handle_worker_status_change("closing_gracefully", address, "test-leaving")
+                    for address in list(dask_scheduler.workers)
+                ]
+            )
         outcome = []
         searching = threading.Thread(target=lambda: outcome.append(fit_on_cluster(client, search, X, y)))
         searching.start()
+        if leaving:
+            time.sleep(1)
+            assert not any(client.processing().values()), "nothing runs on a leaving worker"
+            local.scale(0)  # the retirement ends: the worker is gone
+            while client.scheduler_info(n_workers=-1)["workers"]:
+                time.sleep(0.1)
         deadline = time.monotonic() + 10
         while not client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.adaptive_target()):
             assert time.monotonic() < deadline, "an adaptive cluster would not add a node"
             time.sleep(0.1)
-        empty.scale(1)
+        local.scale(1)
         searching.join(timeout=60)
     assert outcome == [search] and len(search.cv_results_["params"]) == 2
