@@ -126,8 +126,8 @@ def test_a_search_from_no_node_gets_nodes_and_the_local_results(cluster, tmp_pat
 def test_a_long_search_grows_the_group_to_its_maximum_and_no_further_across_an_autoscaler_restart(cluster):
     """scikit-learn's GridSearchCV through joblib (fit_on_cluster), 45 candidates x 3 splits of
     fits that take a second: far more than one node's two threads get through quickly."""
-    # The search before this one left idle nodes: let them go first (see the README on a search
-    # that starts just as the last node is retired).
+    # The search before this one left idle nodes: let them go first, so that the group grows
+    # from none for this search alone.
     wait_for(cluster, lambda: not running(cluster) and cluster.desired_capacity() == 0, 120, "no node")
     with Laptop(cluster) as laptop:
         laptop.process.stdin.write("search 45 1\n")
