@@ -777,13 +777,18 @@ def test_the_node_meter_reports_changes_and_adds_up_node_seconds():
     assert meter.node_seconds == pytest.approx(0.3 + 3 * 0.3 + 0.3, abs=0.25)
 
 
-def test_a_scikit_learn_search_on_a_cluster_without_workers_waits_then_says_so():
-    from distributed import Client, LocalCluster
+def tiny_svc_search():
+    """A two-candidate scikit-learn search and its data: the smallest thing fit_on_cluster runs."""
     from sklearn.model_selection import GridSearchCV
     from sklearn.svm import SVC
 
-    search = GridSearchCV(SVC(), {"C": [1, 2]}, cv=2)
-    X, y = np.arange(40.0).reshape(20, 2), np.arange(20) % 2
+    return GridSearchCV(SVC(), {"C": [1, 2]}, cv=2), np.arange(40.0).reshape(20, 2), np.arange(20) % 2
+
+
+def test_a_scikit_learn_search_on_a_cluster_without_workers_waits_then_says_so():
+    from distributed import Client, LocalCluster
+
+    search, X, y = tiny_svc_search()
     with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty, Client(empty) as client:
         started = time.monotonic()
         with pytest.raises(connect_module.ClusterError) as error:
@@ -797,11 +802,8 @@ def test_a_scikit_learn_search_on_a_cluster_without_workers_waits_then_says_so()
 def test_scikit_learn_searches_submit_every_fit_of_a_round_at_once():
     """So that an adaptive cluster sees the whole round, not two fits per thread it had at the start."""
     from distributed import Client, LocalCluster
-    from sklearn.model_selection import GridSearchCV
-    from sklearn.svm import SVC
 
-    search = GridSearchCV(SVC(), {"C": [1, 2]}, cv=2)
-    X, y = np.arange(40.0).reshape(20, 2), np.arange(20) % 2
+    search, X, y = tiny_svc_search()
     with (
         LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as local,
         Client(local) as client,
@@ -817,13 +819,11 @@ def test_scikit_learn_fits_travel_as_plain_pickles_and_the_callers_warning_filte
 
     import cloudpickle
     from distributed import Client, LocalCluster
-    from sklearn.model_selection import GridSearchCV
-    from sklearn.svm import SVC
 
     by_value = []
     pickle_by_value = cloudpickle.dumps
     monkeypatch.setattr(cloudpickle, "dumps", lambda x, *a, **k: by_value.append(x) or pickle_by_value(x, *a, **k))
-    X, y = np.arange(40.0).reshape(20, 2), np.arange(20) % 2
+    search, X, y = tiny_svc_search()
     with (
         warnings.catch_warnings(),
         LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as local,
@@ -832,19 +832,17 @@ def test_scikit_learn_fits_travel_as_plain_pickles_and_the_callers_warning_filte
         warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")  # as Python starts
         warnings.filterwarnings("ignore", message="a user's own filter")
         filters = list(warnings.filters)
-        search = fit_on_cluster(client, GridSearchCV(SVC(), {"C": [1, 2]}, cv=2), X, y)
+        fit_on_cluster(client, search, X, y)
         assert [type(x).__name__ for x in by_value] == []
         assert warnings.filters == filters
     assert len(search.cv_results_["params"]) == 2
 
 
 def test_a_scikit_learn_search_keeps_a_worker_busy_while_its_data_goes_out(monkeypatch):
-    """An adaptive cluster never retires a busy node: the data always has a worker to go to."""
+    """An adaptive cluster retires idle nodes only: a busy one is there for the data."""
     from distributed import Client, LocalCluster
-    from sklearn.model_selection import GridSearchCV
-    from sklearn.svm import SVC
 
-    X, y = np.arange(40.0).reshape(20, 2), np.arange(20) % 2
+    search, X, y = tiny_svc_search()
     with (
         LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as local,
         Client(local) as client,
@@ -857,11 +855,11 @@ def test_a_scikit_learn_search_keeps_a_worker_busy_while_its_data_goes_out(monke
             return scatter(*args, **kwargs)
 
         monkeypatch.setattr(client, "scatter", scatter_and_look)
-        fit_on_cluster(client, GridSearchCV(SVC(), {"C": [1, 2]}, cv=2), X, y)
+        fit_on_cluster(client, search, X, y)
         monkeypatch.undo()
         assert busy_while_scattering == [1]
         deadline = time.monotonic() + 10
-        while client.processing() != {w: [] for w in client.processing()} and time.monotonic() < deadline:
+        while any(client.processing().values()) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(client.processing().values())  # released once the data is out
         assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.extensions["events"]._events) == {}
@@ -872,11 +870,8 @@ def test_a_scikit_learn_search_without_a_worker_for_it_asks_for_one_and_goes_on_
     """A leaving worker is in the state the autoscaler's retirement puts a worker in: still listed, given no
     more work. Data sent then would wait for a worker that nothing asks for."""
     from distributed import Client, LocalCluster
-    from sklearn.model_selection import GridSearchCV
-    from sklearn.svm import SVC
 
-    search = GridSearchCV(SVC(), {"C": [1, 2]}, cv=2)
-    X, y = np.arange(40.0).reshape(20, 2), np.arange(20) % 2
+    search, X, y = tiny_svc_search()
     leaving = start == "its only worker leaving"
     with (
         LocalCluster(n_workers=int(leaving), processes=False, dashboard_address=":0") as local,
@@ -896,7 +891,9 @@ def test_a_scikit_learn_search_without_a_worker_for_it_asks_for_one_and_goes_on_
             time.sleep(1)
             assert not any(client.processing().values()), "nothing runs on a leaving worker"
             local.scale(0)  # the retirement ends: the worker is gone
+            deadline = time.monotonic() + 10
             while client.scheduler_info(n_workers=-1)["workers"]:
+                assert time.monotonic() < deadline, "the leaving worker did not go"
                 time.sleep(0.1)
         deadline = time.monotonic() + 10
         while not client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.adaptive_target()):
