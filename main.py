@@ -18,7 +18,7 @@ def main() -> int:
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
     from cdktf import App
 
-    from stacks.cluster import DaskClusterStack
+    from stacks.stack import DaskClusterStack
 
     app = App()
     for settings in clusters:

@@ -13,14 +13,16 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
-from experiments import cluster, cost, report
+from experiments import cost, report
+from experiments.cluster import cli
+from experiments.cluster.waiting import NodeMeter
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--results", type=Path, default=Path("results"), help="where runs are written (default: %(default)s)"
     )
-    cluster.add_arguments(parser)
+    cli.add_arguments(parser)
 
 
 def run_search(
@@ -43,18 +45,19 @@ def run_search(
 
     X_train, X_test, y_train, y_test = data
     started = time.perf_counter()
-    with plotter, cluster.connect(args) as (client, where):
+    with plotter, cli.connect_from_args(args) as (client, where):
         connected = time.perf_counter()
         print(f"Dask dashboard: {where.dashboard}", flush=True)
         run = report.new_run_folder(args.results, experiment, where)
         # Inline: the report embeds Bokeh, so it opens offline and years from now.
-        # Worker nodes over the search phase: they come and go on an adaptive cluster.
-        nodes = cluster.NodeMeter(client, lambda was, now: tqdm.write(f"worker nodes: {was} -> {now}")).start()
         with performance_report(filename=str(run / report.DASK_REPORT), mode="inline"):
-            with tqdm(total=expected_fits(search, X_train, y_train), desc="fits", unit="fit") as bar:
+            # Worker nodes over the search phase: they come and go on an adaptive cluster.
+            with (
+                NodeMeter(client, lambda was, now: tqdm.write(f"worker nodes: {was} -> {now}")) as nodes,
+                tqdm(total=expected_fits(search, X_train, y_train), desc="fits", unit="fit") as bar,
+            ):
                 fit_on_cluster(client, search, X_train, y_train, on_fits=bar.update, wait_for_workers=args.timeout)
             searched = time.perf_counter()
-            nodes.stop()
             figure = plot(run, search)  # drawn in the helper while Dask writes its report
         test_accuracy = search.best_estimator_.score(X_test, y_test)
         test_report = classification_report(y_test, search.best_estimator_.predict(X_test), digits=3)

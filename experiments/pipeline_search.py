@@ -14,7 +14,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/pipeline_search.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments import cluster, experiment, report
+from experiments import experiment, report
+from experiments.cluster import cli
 
 
 def positive(text: str) -> int:
@@ -79,4 +80,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    cluster.run(main)
+    cli.run(main)

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from experiments.cluster import Where
+from experiments.cluster.connect import Where
 
 CV_TABLE = "cv_results.csv"
 HEATMAP = "heatmap.png"
@@ -121,17 +121,6 @@ def write_heatmap(
     ]
 
 
-def _load_matplotlib() -> None:
-    # Ctrl-C reaches every process of the terminal's group: the main process handles it and
-    # shuts this one down, which must not print a traceback of its own.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import matplotlib.figure  # noqa: F401
-
-    # This process draws a few plots and exits: keep what matplotlib loaded out of every
-    # collection, above all the interpreter's last ones at exit.
-    gc.freeze()
-
-
 def write_candidates(
     path: Path, means: list[float], stds: list[float], rounds: list[int] | None, best: int, *, title: str
 ) -> None:
@@ -220,6 +209,7 @@ def summary_fields(search, where: Where, timings: dict[str, float], **extra) -> 
 
 
 def _jsonable(value):
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    return repr(value)  # an estimator or a function searched over, as Python shows it
+    """What json cannot write itself: numpy scalars as plain values, anything else (an estimator
+    or a function searched over) as Python shows it."""
+    plain = _plain(value)
+    return repr(plain) if plain is value else plain

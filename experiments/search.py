@@ -11,11 +11,13 @@ the usual cv_results_, best_params_, best_score_ and best_estimator_.
 from __future__ import annotations
 
 import re
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
+
+from experiments.cluster.messages import ClusterError
+from experiments.cluster.polling import Poller
 
 # Keys of the tasks that fit and score one candidate on one split: joblib's batches (named
 # after the function and the number of calls in them) and dask-ml's fit-and-score tasks.
@@ -43,11 +45,11 @@ def expected_fits(search, X, y) -> int | None:
 
 
 class FitCounter:
-    """Counts finished fits from the scheduler's task stream, from a thread of its own."""
+    """Counts finished fits from the scheduler's task stream, looked at every `interval` seconds."""
 
     def __init__(self, client, on_fits: Callable[[int], object], interval: float = 0.25) -> None:
-        self._client, self._on_fits, self._interval = client, on_fits, interval
-        self._stop = threading.Event()
+        self._client, self._on_fits = client, on_fits
+        self._poller = Poller(self._poll, interval, "fit-counter")
         self._seen: set[str] = set()  # a task recomputed after a lost worker counts once
 
     def _poll(self) -> None:
@@ -66,22 +68,15 @@ class FitCounter:
         if fits:
             self._on_fits(fits)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self._poll()
-
     def __enter__(self) -> FitCounter:
         # Asking for the cursor also starts the recording, if nothing had asked before.
         self._start = self._client.sync(self._client.scheduler.get_task_stream_index)
-        self._thread = threading.Thread(target=self._run, name="fit-counter", daemon=True)
-        self._thread.start()
+        self._poller.start()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join()
-        if exc_info[0] is None:
-            self._poll()  # the last fits, finished since the last look
+        # The last fits, finished since the last look, unless the search failed.
+        self._poller.stop(last_look=exc_info[0] is None)
 
 
 @contextmanager
@@ -108,10 +103,8 @@ def worker_held(client, timeout: float) -> Iterator[None]:
     task is what asks for a node. No worker within `timeout` seconds: ClusterError."""
     from distributed import Event, wait
 
-    from experiments.cluster import ClusterError
-
     release = Event(client=client)
-    # Distributed's own function, which workers have (they do not have this project's modules).
+    # Distributed's own function: nothing of this project's needs to be importable on a worker.
     held = client.submit(release.wait, timeout, pure=False)
     deadline = time.monotonic() + timeout
     while not any(held.key in keys for keys in client.processing().values()):

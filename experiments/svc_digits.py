@@ -13,7 +13,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/svc_digits.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments import cluster, experiment, report
+from experiments import experiment, report
+from experiments.cluster import cli
 
 PARAM_GRID = {"C": [1e-4, 1, 1e4], "gamma": [1e-3, 1, 1e3], "class_weight": [None, "balanced"]}
 CV_FOLDS = 3
@@ -57,4 +58,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    cluster.run(main)
+    cli.run(main)

@@ -30,7 +30,7 @@ SESSION_MANAGER_CHANNELS = [
 
 
 def autoscaler_statements(group_arn: str) -> list[dict]:
-    """What image/worker_autoscaler.py needs beyond setting the size: its own group only."""
+    """What image/dask_node/worker_autoscaler.py needs beyond setting the size: its own group only."""
     return [
         # Describe calls have no resource scope in IAM; they show groups, not change them.
         {

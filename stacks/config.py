@@ -21,7 +21,7 @@ SCHEDULER_PORT = 8786
 DASHBOARD_PORT = 8787
 JUPYTER_PORT = 8888
 # On the scheduler node the dashboard and JupyterLab listen on loopback only, on these ports;
-# the TLS gateway (experiments/tunnel.py) serves them on the two above.
+# the TLS gateway (image/dask_node/gateway.py) serves them on the two above.
 DASHBOARD_LOCAL_PORT = 8788
 JUPYTER_LOCAL_PORT = 8889
 NODE_ROLES = ("scheduler", "worker")
@@ -98,7 +98,7 @@ class ClusterSettings:
     allowed_cidrs: tuple[str, ...]
     allow_public_access: bool = False
     region: str = "us-east-1"
-    # Worker nodes follow the work between these bounds (image/worker_autoscaler.py);
+    # Worker nodes follow the work between these bounds (image/dask_node/worker_autoscaler.py);
     # `workers` in cdktf.json sets both, for a cluster of fixed size.
     min_workers: int = 0
     max_workers: int = 2

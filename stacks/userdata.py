@@ -22,8 +22,9 @@ from stacks.config import (
 JUPYTER_TOKEN_PARAMETER = "jupyter.token"  # noqa: S105 (an SSM parameter name, not a token)
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "userdata"
-TLS_DIR = "/etc/dask/tls"  # on the node, mounted read-only at the same path in containers
-IMAGE_DIR = "/opt/dask"  # the project's node code inside the image (image/Dockerfile)
+# The node's TLS folder, the one place it is named: the templates and every node command get it
+# from here. Mounted read-only at the same path in the containers.
+TLS_DIR = "/etc/dask/tls"
 CONTAINER_UID = 10001  # the image's non-root user; it must be able to read its TLS key
 # How long a node keeps retrying the image pull or the scheduler before it gives up and
 # powers itself off (which terminates it): a broken cluster must not bill for hours.
@@ -62,14 +63,13 @@ def scheduler_command(
     host: str = "",
     port: int = SCHEDULER_PORT,
     dashboard_port: int = DASHBOARD_LOCAL_PORT,
-    image_dir: str = IMAGE_DIR,
     idle_seconds: float | None = None,
     boot_grace_seconds: float | None = None,
 ) -> list[str]:
     """The `dask scheduler` command line the scheduler container runs (tests run it on loopback).
 
     The dashboard listens on loopback only: the TLS gateway is its only way out. The cluster's
-    idle rule is image/idle_shutdown.py's (tasks, clients, JupyterLab, boot), not Dask's
+    idle rule is dask_node.idle_shutdown's (image/dask_node/) (tasks, clients, JupyterLab, boot), not Dask's
     `--idle-timeout` (tasks only). The first worker is awaited as long as a worker node retries
     its bootstrap steps.
     """
@@ -84,7 +84,7 @@ def scheduler_command(
         f"--port={port}",
         f"--dashboard-address=127.0.0.1:{dashboard_port}",
         *tls_options("scheduler", tls_dir),
-        f"--preload={image_dir}/idle_shutdown.py",
+        "--preload=dask_node.idle_shutdown",
         f"--cluster-idle-seconds={idle_seconds:g}",
         f"--cluster-boot-grace-seconds={boot_grace_seconds:g}",
         *([f"--jupyter-port={JUPYTER_LOCAL_PORT}"] if settings.jupyter else []),
@@ -105,8 +105,8 @@ def gateway_command(
             **({JUPYTER_PORT: JUPYTER_LOCAL_PORT} if settings.jupyter else {}),
         }
     return [
-        "python", "-m", "experiments.tunnel", "gateway",
-        *tls_options("scheduler", tls_dir),
+        "python", "-m", "dask_node.gateway",
+        f"--tls-dir={tls_dir}",
         *(f"{listen_host}:{public}=127.0.0.1:{local}" for public, local in ports.items()),
     ]  # fmt: skip
 
@@ -116,17 +116,23 @@ def autoscaler_command(
     *,
     tls_dir: str = TLS_DIR,
     scheduler: str = f"tls://127.0.0.1:{SCHEDULER_PORT}",
-    image_dir: str = IMAGE_DIR,
 ) -> list[str]:
     """The worker autoscaler's command line on the scheduler node; the node adds --region."""
     return [
-        "python", f"{image_dir}/worker_autoscaler.py",
+        "python", "-m", "dask_node.worker_autoscaler",
         f"--scheduler={scheduler}",
         f"--group={worker_group_name(settings)}",
         f"--tls-dir={tls_dir}",
         f"--interval={AUTOSCALER_INTERVAL_SECONDS:g}",
         f"--scale-down-after={SCALE_DOWN_AFTER_SECONDS:g}",
     ]  # fmt: skip
+
+
+def spot_watcher_command(role: str, *, tls_dir: str = TLS_DIR) -> list[str]:
+    """The spot watcher's command line. A worker's retires its workers through the scheduler (its
+    template adds --scheduler, a Terraform value); the scheduler's only logs, without keys."""
+    command = ["python", "-m", "dask_node.spot_watcher", f"--role={role}"]
+    return [*command, f"--tls-dir={tls_dir}"] if role == "worker" else command
 
 
 def worker_options(settings: ClusterSettings, *, tls_dir: str = TLS_DIR) -> list[str]:
@@ -155,6 +161,8 @@ def _common(settings: ClusterSettings, role: str, image_uri: str, registry: str)
         "max_lifetime_minutes": settings.max_lifetime_hours * 60,
         "worker_group_name": worker_group_name(settings),
         "scheduler_port": SCHEDULER_PORT,
+        "tls_dir": TLS_DIR,
+        "spot_watcher_command": shlex.join(spot_watcher_command(role)),
     }
 
 

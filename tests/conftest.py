@@ -77,6 +77,45 @@ def terraform_outputs(folder: Path, config: dict) -> dict:
 
 
 @pytest.fixture(scope="session")
+def aws_on_loopback():
+    """EC2's API played by moto on loopback: runs price themselves against it, never against AWS."""
+    from moto.server import ThreadedMotoServer
+
+    from . import loopback_cluster
+
+    port = loopback_cluster.free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        yield
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def loopback(tmp_path_factory):
+    """A real cluster on loopback (tests/loopback_cluster.py): a scheduler and two worker nodes."""
+    from . import loopback_cluster
+
+    cluster = loopback_cluster.start(tmp_path_factory.mktemp("loopback"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def local_run(tmp_path_factory):
+    """`python experiments/svc_digits.py` as the README runs it: its output and its run folder."""
+    from .experiment_runs import only_run_folder, run_experiment
+
+    folder = tmp_path_factory.mktemp("local")
+    run = run_experiment("--results", str(folder / "results"), cwd=folder)
+    assert run.returncode == 0, run.stderr
+    return run, only_run_folder(folder / "results")
+
+
+@pytest.fixture(scope="session")
 def settings():
     return {name: parse_cluster(name, raw) for name, raw in VARIANTS.items()}
 
@@ -86,7 +125,7 @@ def synthesized(settings) -> dict[str, dict]:
     """Each variant's Terraform JSON, from cdktf's Testing.synth, keyed by variant name."""
     from cdktf import Testing
 
-    from stacks.cluster import DaskClusterStack
+    from stacks.stack import DaskClusterStack
 
     app = Testing.app()
     stacks = {name: DaskClusterStack(app, name, settings=s) for name, s in settings.items()}
@@ -98,7 +137,7 @@ def emulated_synth(raw: dict) -> tuple:
     from cdktf import Testing
 
     from stacks import userdata
-    from stacks.cluster import DaskClusterStack
+    from stacks.stack import DaskClusterStack
 
     settings = parse_cluster("emu", raw)
     shortened = {"MAX_WAIT_SECONDS": EMULATED_MAX_WAIT_SECONDS, **EMULATED_PACE}

@@ -82,6 +82,12 @@ def make_tls(folder: Path) -> dict[str, str]:
     return texts
 
 
+def node_environment() -> dict[str, str]:
+    """This environment with PYTHONPATH as in the image (/opt/dask): the project's code and the
+    node package importable by name."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(ROOT / "image")))}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
@@ -114,10 +120,10 @@ class LoopbackCluster:
 
     def _start(self, name: str, command: list[str]) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("w")
-        # PYTHONPATH as in the image: the project's code is importable on every node.
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
         # A session of its own, so that a test can kill a whole node (nanny and worker) at once.
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=node_environment()
+        )
         self.processes[name] = process
         return process
 
@@ -126,7 +132,7 @@ class LoopbackCluster:
         cluster = parse_cluster("loopback", {"allowed_cidrs": ["127.0.0.0/8"], **settings})
         command = userdata.scheduler_command(
             cluster, tls_dir=str(self.tls_dir), host="127.0.0.1", port=self.port, dashboard_port=self.dashboard_port,
-            image_dir=str(ROOT / "image"), idle_seconds=idle_seconds, boot_grace_seconds=boot_grace_seconds,
+            idle_seconds=idle_seconds, boot_grace_seconds=boot_grace_seconds,
         )  # fmt: skip
         self._start("scheduler", [DASK, *command[1:]])
         gateway = userdata.gateway_command(
@@ -147,8 +153,8 @@ class LoopbackCluster:
         """A Client over mutual TLS with the client certificate, as an experiment connects."""
         from distributed import Client
 
-        from experiments.cluster import security_for
-        from experiments.cluster import wait_for_nodes as wait
+        from experiments.cluster.tls_files import security_for
+        from experiments.cluster.waiting import wait_for_nodes as wait
 
         tls = [str(self.tls_dir / name) for name in ("ca.pem", "client.pem", "client.key")]
         client = Client(self.address, security=security_for(*tls), timeout="30s")

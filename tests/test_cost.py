@@ -54,7 +54,7 @@ def test_estimate_says_what_it_leaves_out():
 
 
 def test_missing_credentials_do_not_fail_the_run(monkeypatch, tmp_path):
-    from experiments.cluster import Where
+    from experiments.cluster.connect import Where
 
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)

@@ -117,7 +117,7 @@ def test_no_role_reaches_outside_its_cluster(cluster, role):
 
 
 def test_only_the_scheduler_removes_worker_nodes_and_only_from_its_own_group(cluster):
-    """The worker autoscaler (image/worker_autoscaler.py) reads groups, protects instances and
+    """The worker autoscaler (image/dask_node/worker_autoscaler.py) reads groups, protects instances and
     terminates them in its own group; tasks on worker nodes can do neither."""
     s, policies = cluster
     scheduler, worker = policies[f"dask-{s.name}-scheduler"], policies[f"dask-{s.name}-worker"]

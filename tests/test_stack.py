@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from stacks.cluster import AMI_PARAMETER
 from stacks.config import DASHBOARD_PORT, JUPYTER_PORT, SCHEDULER_PORT
 from stacks.content import image_content_hash
+from stacks.stack import AMI_PARAMETER
 
 from .conftest import terraform_outputs
 

@@ -85,18 +85,13 @@ def test_scheduler_script_starts_dask_scheduler_with_tls_and_dashboard(rendered)
     routes = "tls-gateway --network host"
     assert routes in script and '-v "$TLS_DIR:$TLS_DIR:ro"' in script
     gateway = ":8787=127.0.0.1:8788" + (" :8888=127.0.0.1:8889" if rendered["variant"] == "custom" else "")
-    assert (
-        f"python -m experiments.tunnel gateway {' '.join(userdata.tls_options('scheduler'))} {gateway} >/dev/null"
-        in script
-    )
+    assert f"python -m dask_node.gateway --tls-dir=/etc/dask/tls {gateway} >/dev/null" in script
     assert "  start_gateway ||" in script
     assert not re.search(r"(?<!--name )\bdask-scheduler\s+(--|tls://)", script), "the deprecated dask-scheduler command"
     for option in userdata.tls_options("scheduler"):
         assert option in script
     minutes = 15 if rendered["variant"] == "custom" else 30
-    idle = (
-        f"--preload=/opt/dask/idle_shutdown.py --cluster-idle-seconds={minutes * 60} --cluster-boot-grace-seconds=900"
-    )
+    idle = f"--preload=dask_node.idle_shutdown --cluster-idle-seconds={minutes * 60} --cluster-boot-grace-seconds=900"
     assert idle in script, "the cluster's idle rule, not Dask's tasks-only --idle-timeout"
     assert "--idle-timeout" not in script
 
@@ -243,9 +238,12 @@ def test_interrupted_or_crashed_worker_stops_only_its_node(rendered, tmp_path):
 
 
 def test_spot_watcher_runs_where_interruptions_can_happen(rendered):
-    assert "python /opt/dask/spot_watcher.py --role worker --scheduler 'tls://172.31.7.42:8786'" in rendered["worker"]
+    worker = (
+        "python -m dask_node.spot_watcher --role=worker --tls-dir=/etc/dask/tls --scheduler 'tls://172.31.7.42:8786'"
+    )
+    assert worker in rendered["worker"]
     assert "start_spot_watcher ||" in rendered["worker"]
-    assert "python /opt/dask/spot_watcher.py --role scheduler" in rendered["scheduler"]
+    assert "python -m dask_node.spot_watcher --role=scheduler >/dev/null" in rendered["scheduler"]
     started = "  start_spot_watcher ||" in rendered["scheduler"]
     assert started == (rendered["variant"] != "ondemand"), "the scheduler's watcher runs on spot schedulers only"
 

@@ -39,7 +39,7 @@ def hold(name: str) -> str:
 def sleeping_search(client, candidates: int, seconds: float) -> int:
     from sklearn.model_selection import GridSearchCV
 
-    from experiments.benchmark_scale import SleepClassifier
+    from experiments.benchmarks.scale import SleepClassifier
     from experiments.search import fit_on_cluster
 
     X, y = np.arange(60.0).reshape(30, 2), np.arange(30) % 2
@@ -51,7 +51,8 @@ def sleeping_search(client, candidates: int, seconds: float) -> int:
 def main(outputs_path: str, stack: str) -> int:
     from distributed import Client, Event
 
-    from experiments.cluster import private_tls_files, read_outputs, security_for
+    from experiments.cluster.outputs import read_outputs
+    from experiments.cluster.tls_files import private_tls_files, security_for
 
     outputs = read_outputs(Path(outputs_path), stack)
     held, kept, spinning = {}, None, []

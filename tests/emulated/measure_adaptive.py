@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 def measure(raw: dict, gap: float, folder: Path) -> dict:
     from cdktf import Testing
 
-    from stacks.cluster import DaskClusterStack
     from stacks.config import parse_cluster
+    from stacks.stack import DaskClusterStack
     from tests.emulated.harness import EmulatedDeploy
 
     settings = parse_cluster("emu", raw)

@@ -6,7 +6,7 @@ the scheduler copies their results to other workers and reschedules their runnin
 well inside the two minutes, and the Auto Scaling group's capacity rebalancing brings a
 replacement. On the scheduler node nothing can be saved: it logs a clear warning.
 
-    python spot_watcher.py --role worker --scheduler tls://10.0.1.5:8786 --tls-dir /etc/dask/tls
+    python -m dask_node.spot_watcher --role worker --scheduler tls://10.0.1.5:8786 --tls-dir /etc/dask/tls
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+
+from dask_node import tls
 
 METADATA_URL = "http://169.254.169.254"
 POLL_SECONDS = 5.0
@@ -80,27 +82,16 @@ def retire_local_workers(scheduler: str, security, host: str, timeout: float = 6
         return workers
 
 
-def security_from(tls_dir: str, role: str):
-    from distributed.security import Security
-
-    return Security(
-        tls_ca_file=f"{tls_dir}/ca.pem",
-        tls_client_cert=f"{tls_dir}/{role}.pem",
-        tls_client_key=f"{tls_dir}/{role}.key",
-        require_encryption=True,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--role", choices=["scheduler", "worker"], required=True)
     parser.add_argument("--scheduler", help="the scheduler's address (workers only)")
-    parser.add_argument("--tls-dir", default="/etc/dask/tls")
+    parser.add_argument("--tls-dir", help="the node's TLS folder (workers only)")
     parser.add_argument("--metadata-url", default=METADATA_URL)
     parser.add_argument("--interval", type=float, default=POLL_SECONDS)
     args = parser.parse_args(argv)
-    if args.role == "worker" and not args.scheduler:
-        parser.error("--scheduler is required for workers")
+    if args.role == "worker" and not (args.scheduler and args.tls_dir):
+        parser.error("--scheduler and --tls-dir are required for workers")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s spot-watcher: %(message)s", stream=sys.stdout)
 
     metadata = Metadata(args.metadata_url)
@@ -115,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     host = metadata.get("local-ipv4")
-    retired = retire_local_workers(args.scheduler, security_from(args.tls_dir, "worker"), host)
+    retired = retire_local_workers(args.scheduler, tls.security(args.tls_dir, "worker"), host)
     log.warning("retired %d Dask worker(s) of %s before the interruption: %s", len(retired), host, ", ".join(retired))
     return 0
 

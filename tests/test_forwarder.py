@@ -1,19 +1,16 @@
-"""The dashboard behind the TLS gateway, with real processes on loopback: no certificate, or one
-from another CA, is refused; the client's certificate, through the local forwarder, gets the
-dashboard page and its websocket."""
+"""The laptop's side of the dashboard (experiments/cluster/forwarder.py, experiments/tunnel.py):
+the client's certificate, through the local forwarder, gets the dashboard page and its websocket."""
 
 from __future__ import annotations
 
 import re
-import socket
-import ssl
 import subprocess
 import sys
 import urllib.request
 
 import pytest
 
-from experiments.tunnel import client_context, local_link
+from experiments.cluster.forwarder import local_link
 
 from . import loopback_cluster
 
@@ -27,46 +24,6 @@ def scheduler(tmp_path_factory):
 
 def files(folder, role="client"):
     return str(folder / "ca.pem"), str(folder / f"{role}.pem"), str(folder / f"{role}.key")
-
-
-def http_get(port: int, context: ssl.SSLContext) -> bytes:
-    """One HTTP request over TLS to the gateway; what came back (nothing if refused)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, context.wrap_socket(raw) as tls:
-        tls.sendall(b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        return tls.recv(100)
-
-
-def refused(port: int, context: ssl.SSLContext) -> bool:
-    try:
-        return http_get(port, context) == b""
-    except (ssl.SSLError, ConnectionError):
-        return True
-
-
-def test_the_client_certificate_is_served(scheduler):
-    """The control for the refusals below: the same request with the right certificate works."""
-    context = client_context(*files(scheduler.tls_dir))
-    assert http_get(scheduler.gateway_port, context).startswith(b"HTTP/1.1 ")
-    assert not refused(scheduler.gateway_port, context)
-
-
-def test_no_client_certificate_is_refused(scheduler):
-    context = ssl.create_default_context(cafile=str(scheduler.tls_dir / "ca.pem"))
-    context.check_hostname = False
-    assert refused(scheduler.gateway_port, context)
-
-
-def test_a_certificate_from_another_ca_is_refused(scheduler, tmp_path):
-    loopback_cluster.make_tls(tmp_path)
-    context = client_context(str(scheduler.tls_dir / "ca.pem"), *files(tmp_path)[1:])
-    assert refused(scheduler.gateway_port, context)
-
-
-def test_the_dask_dashboard_itself_listens_on_loopback_only(scheduler):
-    """The gateway is the only way in: Dask's own port is bound to 127.0.0.1."""
-    run = subprocess.run(["ss", "-Htlnp"], capture_output=True, text=True, check=True)
-    listening = [line.split()[3] for line in run.stdout.splitlines() if f":{scheduler.dashboard_port} " in line + " "]
-    assert listening == [f"127.0.0.1:{scheduler.dashboard_port}"]
 
 
 def test_the_client_certificate_through_the_forwarder_gets_page_and_websocket(scheduler):

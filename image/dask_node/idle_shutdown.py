@@ -15,7 +15,7 @@ any of these holds, and it closes after `--cluster-idle-seconds` with none of th
 
 When the scheduler closes, its node scales the worker group to 0 and powers off.
 
-    dask scheduler ... --preload /opt/dask/idle_shutdown.py --cluster-idle-seconds 1800 \
+    dask scheduler ... --preload dask_node.idle_shutdown --cluster-idle-seconds 1800 \
         --cluster-boot-grace-seconds 1200 [--jupyter-port 8889]
 """
 

@@ -1,19 +1,14 @@
-"""What counts as use of a cluster (image/idle_shutdown.py), rule by rule, on a stand-in
-scheduler and clock. The real scheduler process is tested in test_lifecycle.py."""
+"""What counts as use of a cluster (image/dask_node/idle_shutdown.py), rule by rule, on a stand-in
+scheduler and clock. The real scheduler process is tested in test_node_lifecycle.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 from types import SimpleNamespace
 
 import pytest
 
-from .conftest import ROOT
-
-spec = importlib.util.spec_from_file_location("idle_shutdown", ROOT / "image" / "idle_shutdown.py")
-idle_shutdown = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(idle_shutdown)
+from dask_node import idle_shutdown
 
 IDLE, GRACE = 60.0, 300.0
 

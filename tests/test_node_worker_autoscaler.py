@@ -1,25 +1,18 @@
-"""The worker autoscaler (image/worker_autoscaler.py): its decisions on stand-ins, its Dask side
+"""The worker autoscaler (image/dask_node/worker_autoscaler.py): its decisions on stand-ins, its Dask side
 on a real scheduler, its AWS side on moto. The whole loop runs in the emulated deploy
 (test_emulated_adaptive.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 
 import boto3
 import pytest
 from moto import mock_aws
 
+from dask_node import worker_autoscaler
 from stacks.config import MIN_WORKERS_TAG
 
-from .conftest import ROOT
-
-spec = importlib.util.spec_from_file_location("worker_autoscaler", ROOT / "image" / "worker_autoscaler.py")
-worker_autoscaler = importlib.util.module_from_spec(spec)
-sys.modules["worker_autoscaler"] = worker_autoscaler  # its dataclasses look their module up
-spec.loader.exec_module(worker_autoscaler)
 GroupState = worker_autoscaler.GroupState
 
 A, B, C, D = (f"i-0000000000000000{c}" for c in "abcd")
@@ -274,10 +267,10 @@ def test_aws_side_on_moto():
         MinSize=0, MaxSize=3, DesiredCapacity=2, AvailabilityZones=["us-east-1a"],
         Tags=[{"Key": MIN_WORKERS_TAG, "Value": "1", "PropagateAtLaunch": False}],
     )  # fmt: skip
-    missing = worker_autoscaler.WorkerGroup("dask-other-workers", client)
+    missing = worker_autoscaler.AutoScalingGroup("dask-other-workers", client)
     with pytest.raises(LookupError, match=r"^worker group dask-other-workers not found \(yet\)$"):
         missing.read()
-    group = worker_autoscaler.WorkerGroup("dask-dask-workers", client)
+    group = worker_autoscaler.AutoScalingGroup("dask-dask-workers", client)
     state = group.read()
     assert (state.desired, state.minimum, state.maximum, len(state.instances)) == (2, 1, 3, 2)
     first, second = sorted(state.instances)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The search engines as the work grows, and what a search moves over the network.
 
-    python experiments/benchmark_scale.py --runs 5                 # every part
-    python experiments/benchmark_scale.py --part scale --runs 3    # one part
+    python experiments/benchmarks/scale.py --runs 5                 # every part
+    python experiments/benchmarks/scale.py --part scale --runs 3    # one part
 
 tenfold  Ten times the seed grid's fits (180 candidates x 3 splits of digits): plain
          GridSearchCV(n_jobs=-1), dask-ml's GridSearchCV and scikit-learn's under joblib's
@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 from statistics import median
 
-if __package__ in (None, ""):  # run as `python experiments/benchmark_scale.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # run as `python experiments/benchmarks/scale.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from experiments.benchmark_local import machine
+from experiments.benchmarks.local import machine
 
 ENGINES = ("scikit-learn n_jobs=-1", "dask-ml", "scikit-learn + joblib Dask")
 DASK_ENGINES = ENGINES[1:]
@@ -133,9 +133,9 @@ def scale(runs: int, slots_list: tuple[int, ...] = (8, 32, 64), workers: int = 4
     # The estimator travels by reference, as scikit-learn's own do: a class of the script being
     # run would travel by value (cloudpickle), which costs the client and the scheduler more per
     # fit. The workers import it from this module.
-    from experiments.benchmark_scale import SleepClassifier
+    from experiments.benchmarks.scale import SleepClassifier
 
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))
     X, y = np.zeros((300, 2)), np.arange(300) % 2
     print(f"\n### fits of {SLEEP} s that use no CPU, {workers} worker processes and the scheduler's, {runs} rounds\n")
@@ -156,7 +156,7 @@ def scale(runs: int, slots_list: tuple[int, ...] = (8, 32, 64), workers: int = 4
             client.wait_for_workers(workers)
             # Every worker imports the engines once before the clock starts: a worker that had
             # no fit in the warm-up would import scikit-learn (seconds) on its first timed fit.
-            for module in ("sklearn.model_selection", "dask_ml.model_selection", "experiments.benchmark_scale"):
+            for module in ("sklearn.model_selection", "dask_ml.model_selection", "experiments.benchmarks.scale"):
                 client.run(importlib.import_module, module)
             for engine in DASK_ENGINES:  # warm-up
                 timed_search(client, engine, SleepClassifier(delay=0.0), {"candidate": [0, 1]}, X, y, cv)

@@ -9,16 +9,15 @@ import sys
 import time
 
 from . import loopback_cluster
-from .conftest import ROOT
 from .emulated.imds import FakeMetadata
-
-WATCHER = ROOT / "image" / "spot_watcher.py"
 
 
 def watcher(*args: str) -> subprocess.Popen:
+    """The spot watcher as the node starts it (`python -m dask_node.spot_watcher`)."""
     return subprocess.Popen(
-        [sys.executable, str(WATCHER), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+        [sys.executable, "-m", "dask_node.spot_watcher", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=loopback_cluster.node_environment(),
+    )  # fmt: skip
 
 
 def test_worker_watcher_retires_its_node_gracefully_on_a_notice(tmp_path):
@@ -85,7 +84,7 @@ def test_watcher_keeps_watching_through_metadata_outages(tmp_path):
 
 
 def test_scheduler_closes_when_idle_but_not_while_a_client_is_connected(tmp_path):
-    """The node's own `dask scheduler` command (image/idle_shutdown.py), with a 4 s idle time."""
+    """The node's own `dask scheduler` command (dask_node.idle_shutdown), with a 4 s idle time."""
     cluster = loopback_cluster.start(tmp_path, workers=("127.0.0.2",), idle_seconds=4)
     try:
         with cluster.client(wait_for_nodes=1) as client:

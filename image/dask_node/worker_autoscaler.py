@@ -19,7 +19,7 @@ changes nothing else; AWS itself refuses a desired capacity above MaxSize.
 Workers are named after their instance (the worker node starts them with `--name <instance id>`),
 which is how a Dask worker is matched to the instance to terminate.
 
-    python worker_autoscaler.py --scheduler tls://127.0.0.1:8786 --group dask-dask-workers \\
+    python -m dask_node.worker_autoscaler --scheduler tls://127.0.0.1:8786 --group dask-dask-workers \\
         --region us-east-1 --tls-dir /etc/dask/tls
 """
 
@@ -35,8 +35,10 @@ import re
 import sys
 from dataclasses import dataclass
 
+from dask_node import tls
+
 log = logging.getLogger("worker-autoscaler")
-MIN_WORKERS_TAG = "DaskMinWorkers"  # stacks/config.py sets it on the group
+MIN_WORKERS_TAG = "DaskMinWorkers"  # stacks/nodes.py sets it on the group
 INTERVAL_SECONDS = 5.0
 SCALE_DOWN_AFTER_SECONDS = 60.0
 # What the worker node names its workers: the instance id, with "-<n>" for several processes.
@@ -53,7 +55,7 @@ class GroupState:
     instances: dict[str, bool]  # active instance id -> protected from scale-in
 
 
-class WorkerGroup:
+class AutoScalingGroup:
     """The worker Auto Scaling group, through the scheduler node's role (boto3)."""
 
     def __init__(self, name: str, client) -> None:
@@ -124,7 +126,9 @@ class DaskScheduler:
 
 
 class Autoscaler:
-    def __init__(self, group: WorkerGroup, dask: DaskScheduler, *, interval: float, scale_down_after: float) -> None:
+    def __init__(
+        self, group: AutoScalingGroup, dask: DaskScheduler, *, interval: float, scale_down_after: float
+    ) -> None:
         self.group, self.dask = group, dask
         self.interval, self.scale_down_after = interval, scale_down_after
         self.low_since_rounds = 0  # consecutive rounds in which the work wanted fewer nodes
@@ -200,18 +204,12 @@ async def serve(args: argparse.Namespace) -> None:
     import boto3
     from botocore.config import Config
     from distributed.core import rpc
-    from distributed.security import Security
 
-    security = Security(
-        tls_ca_file=f"{args.tls_dir}/ca.pem",
-        tls_client_cert=f"{args.tls_dir}/scheduler.pem",
-        tls_client_key=f"{args.tls_dir}/scheduler.key",
-        require_encryption=True,
-    )
+    security = tls.security(args.tls_dir, "scheduler")
     # Short timeouts: a call that hangs would freeze every decision for botocore's default minute;
     # a failed round is simply tried again at the next.
     config = Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 2})
-    group = WorkerGroup(args.group, boto3.client("autoscaling", region_name=args.region, config=config))
+    group = AutoScalingGroup(args.group, boto3.client("autoscaling", region_name=args.region, config=config))
     async with rpc(args.scheduler, connection_args=security.get_connection_args("client")) as scheduler:
         autoscaler = Autoscaler(
             group, DaskScheduler(scheduler), interval=args.interval, scale_down_after=args.scale_down_after
@@ -224,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheduler", required=True, help="the scheduler's address, tls://...")
     parser.add_argument("--group", required=True, help="the worker Auto Scaling group's name")
     parser.add_argument("--region", required=True)
-    parser.add_argument("--tls-dir", default="/etc/dask/tls")
+    parser.add_argument("--tls-dir", required=True, help="the node's TLS folder")
     parser.add_argument("--interval", type=float, default=INTERVAL_SECONDS, help="seconds between rounds")
     parser.add_argument(
         "--scale-down-after", type=float, default=SCALE_DOWN_AFTER_SECONDS,

@@ -4,7 +4,7 @@
 Whole processes, interleaved (A B C A B C ...), medians: what a user waits for at the terminal.
 The baseline is GridSearchCV(n_jobs=-1) on the same split and grid, printing the same report.
 
-    python experiments/benchmark_local.py --runs 9
+    python experiments/benchmarks/local.py --runs 9
 """
 
 import argparse
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from statistics import median
 
-EXPERIMENT = Path(__file__).resolve().parent / "svc_digits.py"
+EXPERIMENT = Path(__file__).resolve().parent.parent / "svc_digits.py"
 BASELINE = """
 import time
 from sklearn.datasets import load_digits

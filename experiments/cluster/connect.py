@@ -1,0 +1,156 @@
+"""A connected Dask Client: a local cluster by default, or a deployed one over mutual TLS."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from experiments.cluster.messages import console
+from experiments.cluster.outputs import COST_OUTPUTS, DEFAULT_OUTPUTS, read_outputs
+from experiments.cluster.tls_files import private_tls_files, security_for
+from experiments.cluster.versions import check_versions, stale_code_warning
+from experiments.cluster.waiting import probe, wait_for_nodes, worker_nodes
+
+DEFAULT_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where the experiment ran, for the summary and the console."""
+
+    kind: str  # "local" or "remote"
+    scheduler: str
+    dashboard: str | None
+    worker_nodes: int  # when the search started
+    threads: int
+    stack: str | None = None
+    # Region, instance types and scheduler market from the stack's outputs, to price the run.
+    cost_basis: dict | None = None
+    # An adaptive stack's bounds (min, max): worker nodes come and go with the work.
+    adaptive: tuple[int, int] | None = None
+
+
+@contextlib.contextmanager
+def connect(
+    *,
+    stack: str | None = None,
+    scheduler: str | None = None,
+    outputs: Path = DEFAULT_OUTPUTS,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    workers: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Iterator[tuple[object, Where]]:
+    """A connected Client and where it runs.
+
+    - neither `stack` nor `scheduler`: a local cluster on loopback;
+    - `stack`: the deployed stack of that name, from the `outputs` file; waits up to `timeout`
+      seconds for the scheduler and for `workers` worker nodes (default: the stack's minimum);
+    - `scheduler`: a tls:// address, with the TLS files (or Dask's own TLS configuration).
+    """
+    if stack is None and scheduler is None:
+        yield from _local()
+    elif stack is not None:
+        found = read_outputs(outputs, stack)
+        # `workers` is the minimum the cluster keeps; an adaptive cluster adds nodes as work asks.
+        expected = workers if workers is not None else int(found["workers"])
+        bounds = (int(found["min_workers"]), int(found["max_workers"])) if "max_workers" in found else None
+        if warning := stale_code_warning(found.get("image_uri", "")):
+            console(warning)
+        with private_tls_files(found) as tls:
+            # Stacks deployed before the cost outputs existed still run; they are just not priced.
+            cost_basis = {k: found[k] for k in COST_OUTPUTS} if all(k in found for k in COST_OUTPUTS) else None
+            yield from _remote(
+                found["scheduler_address"],
+                security_for(tls["ca"], tls["cert"], tls["key"]),
+                expected=expected,
+                timeout=timeout,
+                stack=stack,
+                dashboard=found["dashboard_url"],
+                cost_basis=cost_basis,
+                adaptive=bounds if bounds and bounds[0] != bounds[1] else None,
+            )
+    else:
+        security = security_for(tls_ca, tls_cert, tls_key)
+        yield from _remote(scheduler, security, expected=workers or 1, timeout=timeout)
+
+
+def _local() -> Iterator[tuple[object, Where]]:
+    from distributed import Client, LocalCluster
+
+    # One process with a thread per core: scikit-learn's compiled estimators release the GIL,
+    # so threads run fits in parallel without starting and feeding worker processes.
+    # Every listening socket stays on loopback: nobody else on the network reaches a laptop's
+    # cluster, which would run any code sent to it.
+    threads = os.cpu_count() or 1
+    loopback = "127.0.0.1:0"
+    with (
+        LocalCluster(
+            processes=False,
+            n_workers=1,
+            threads_per_worker=threads,
+            dashboard_address=loopback,
+            worker_dashboard_address=loopback,
+        ) as local,
+        Client(local) as client,
+    ):
+        # Dask's own link names the machine's address, not the loopback one it listens on.
+        dashboard = f"http://127.0.0.1:{client.scheduler_info()['services']['dashboard']}/status"
+        startup_over()
+        yield client, Where("local", local.scheduler_address, dashboard, 1, threads)
+
+
+def _remote(
+    address: str,
+    security,
+    *,
+    expected: int,
+    timeout: float,
+    stack: str | None = None,
+    dashboard: str | None = None,
+    cost_basis: dict | None = None,
+    adaptive: tuple[int, int] | None = None,
+) -> Iterator[tuple[object, Where]]:
+    from distributed import Client
+
+    from experiments.cluster.forwarder import local_link
+
+    probe(address, security, timeout)
+    with Client(address, security=security, timeout=f"{max(timeout, 10):g}s") as client:
+        if adaptive:
+            console(
+                f"connected to {address}; an adaptive cluster of {adaptive[0]} to {adaptive[1]} worker nodes: "
+                "nodes join as the search asks for them and leave when idle"
+            )
+        else:
+            console(f"connected to {address}; waiting for {expected} worker node(s)")
+        if expected:
+            wait_for_nodes(client, expected, timeout, lambda n, of: console(f"  worker nodes: {n}/{of}"))
+        check_versions(client)
+        info = client.scheduler_info(n_workers=-1)
+        threads = sum(w["nthreads"] for w in info["workers"].values())
+        # A stack's dashboard is behind its TLS gateway: the browser gets a local forwarder.
+        files = (security.tls_ca_file, security.tls_client_cert, security.tls_client_key)
+        link = contextlib.nullcontext(client.dashboard_link) if dashboard is None else local_link(dashboard, *files)
+        with link as dashboard_link:
+            startup_over()
+            yield (
+                client,
+                Where("remote", address, dashboard_link, worker_nodes(client), threads, stack, cost_basis, adaptive),
+            )
+
+
+def startup_over() -> None:
+    """Re-enable the garbage collector that `cli.run` turned off for the startup, if it did.
+
+    What the startup loaded (modules, the cluster) lives until exit: frozen, later collections
+    skip it rather than scan it again and again.
+    """
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()

@@ -1,0 +1,54 @@
+"""The client's packages against the cluster's, and node code older than this checkout."""
+
+from __future__ import annotations
+
+from experiments.cluster.messages import ClusterError
+
+# What must be identical on the client and every node, or pickled work breaks in odd ways.
+MATCHED_PACKAGES = ("python", "dask", "distributed", "sklearn", "numpy", "cloudpickle")
+
+
+def version_mismatches(versions: dict) -> list[str]:
+    """'package: client X, <where> Y' for every matched package that differs anywhere."""
+
+    def normalized(package: str, version: str | None) -> str | None:
+        # Python patch releases pickle alike; minor releases do not.
+        return ".".join(version.split(".")[:2]) if package == "python" and version else version
+
+    client = versions["client"]["packages"]
+    nodes = {"scheduler": versions["scheduler"]["packages"]}
+    nodes.update({address: info["packages"] for address, info in versions["workers"].items()})
+    problems = []
+    for package in MATCHED_PACKAGES:
+        mine = normalized(package, client.get(package))
+        theirs = {where: normalized(package, p.get(package)) for where, p in nodes.items()}
+        different = {where: v for where, v in theirs.items() if v != mine}
+        if different:
+            where, version = next(iter(sorted(different.items())))
+            more = f" (and {len(different) - 1} more)" if len(different) > 1 else ""
+            name = "scikit-learn" if package == "sklearn" else package
+            problems.append(f"{name}: client {mine}, {where} {version}{more}")
+    return problems
+
+
+def check_versions(client) -> None:
+    problems = version_mismatches(client.get_versions(packages=["sklearn"]))
+    if problems:
+        raise ClusterError(
+            "client and cluster differ: " + "; ".join(problems) + " - install requirements.txt and redeploy"
+        )
+
+
+def stale_code_warning(image_uri: str) -> str | None:
+    """A warning when the nodes run another version of experiments/ than this checkout."""
+    try:
+        from stacks.content import image_content_hash
+    except ImportError:  # experiments copied without the stacks package
+        return None
+    deployed, local = image_uri.rpartition(":")[2].removesuffix("-lab"), image_content_hash()
+    if deployed == local:
+        return None
+    return (
+        f"warning: the nodes run image {deployed}, built from other code than this checkout ({local}); "
+        "functions from experiments/ run as deployed - run `cdktf deploy` to ship your changes"
+    )

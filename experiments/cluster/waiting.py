@@ -1,0 +1,124 @@
+"""Reaching the scheduler, waiting for worker nodes, and metering them while a search runs."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Callable
+
+from experiments.cluster.messages import ClusterError, console
+from experiments.cluster.polling import Poller
+
+
+def probe(address: str, security, timeout: float) -> None:
+    """Tell an unreachable scheduler from a TLS rejection before Dask retries either for long."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    scheme, location = parse_address(address)
+    if scheme != "tls":
+        raise ClusterError(f"{address}: the cluster only accepts tls:// addresses")
+    host, port = parse_host_port(location)
+    context: ssl.SSLContext = security.get_connection_args("client")["ssl_context"]
+    deadline = time.monotonic() + timeout
+    console(f"connecting to {address} (for up to {timeout:g} s)")
+    waiting = Heartbeat(f"waiting for the scheduler at {address}", deadline)
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(10.0, timeout)) as raw:
+                with context.wrap_socket(raw, server_hostname=host) as tls:
+                    tls.recv(0)  # TLS 1.3 servers reject a client certificate after the handshake
+                return
+        except ssl.SSLError as error:
+            raise ClusterError(
+                f"{address}: TLS rejected ({error.reason or error}); use the certificates of this cluster's deployment"
+            ) from None
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise ClusterError(
+                    f"{address}: scheduler not reachable within {timeout:g} s; is the cluster up, "
+                    "and is your address in allowed_cidrs?"
+                ) from None
+            waiting.beat()
+            time.sleep(1.0)
+
+
+def worker_nodes(client) -> int:
+    """Worker nodes, not processes: a node may run several Dask workers."""
+    from distributed.comm.addressing import get_address_host
+
+    return len({get_address_host(address) for address in client.scheduler_info(n_workers=-1)["workers"]})
+
+
+HEARTBEAT_SECONDS = 10.0
+
+
+class Heartbeat:
+    """Says what the client waits for, with the time left, at least every HEARTBEAT_SECONDS."""
+
+    def __init__(self, what: str, deadline: float) -> None:
+        self.what, self.deadline = what, deadline
+        self.reset()
+
+    def reset(self) -> None:
+        """Something was just said: the next line is due a full interval from now."""
+        self.last = time.monotonic()
+
+    def beat(self, detail: str = "") -> None:
+        now = time.monotonic()
+        if now - self.last >= HEARTBEAT_SECONDS:
+            self.last = now
+            console(f"  still {self.what}{detail}: {max(0.0, self.deadline - now):.0f} s left (Ctrl-C to stop)")
+
+
+def wait_for_nodes(client, expected: int, timeout: float, report: Callable[[int, int], None]) -> None:
+    deadline = time.monotonic() + timeout
+    waiting = Heartbeat(f"waiting for {expected} worker node(s)", deadline)
+    seen = -1
+    while (count := worker_nodes(client)) < expected:
+        if count != seen:
+            report(count, expected)
+            seen = count
+            waiting.reset()
+        else:
+            waiting.beat(f", {count} joined")
+        if time.monotonic() >= deadline:
+            raise ClusterError(
+                f"only {count} of {expected} worker nodes joined within {timeout:g} s; check the worker "
+                "group in the AWS console, or pass --workers/--timeout"
+            )
+        time.sleep(1.0)
+    report(count, expected)
+
+
+class NodeMeter:
+    """Worker nodes over time, looked at every `interval` seconds: says when the count changes,
+    and adds up node-seconds (what an adaptive cluster's run is billed for)."""
+
+    def __init__(self, client, on_change: Callable[[int, int], object], interval: float = 1.0) -> None:
+        self._client, self._on_change = client, on_change
+        self._poller = Poller(self._sample, interval, "node-meter")
+        self.node_seconds = 0.0
+        self.peak = 0
+
+    def _sample(self) -> None:
+        count, now = worker_nodes(self._client), time.monotonic()
+        self.node_seconds += self._count * (now - self._since)
+        if count != self._count:
+            self._on_change(self._count, count)
+        self._count, self._since, self.peak = count, now, max(self.peak, count)
+
+    def start(self) -> NodeMeter:
+        self._count, self._since = worker_nodes(self._client), time.monotonic()
+        self.peak = self._count
+        self._poller.start()
+        return self
+
+    def stop(self) -> None:
+        self._poller.stop()
+
+    def __enter__(self) -> NodeMeter:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

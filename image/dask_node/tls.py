@@ -1,0 +1,20 @@
+"""A node's TLS material: one folder (the stack chooses it and passes it as `--tls-dir`) holding
+the cluster's CA and the node role's certificate and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def files(tls_dir: str, role: str) -> tuple[str, str, str]:
+    """(CA certificate, the role's certificate, the role's key) in the node's TLS folder."""
+    folder = Path(tls_dir)
+    return str(folder / "ca.pem"), str(folder / f"{role}.pem"), str(folder / f"{role}.key")
+
+
+def security(tls_dir: str, role: str):
+    """Dask's mutual TLS as `role` ("scheduler" or "worker"), for the node's own clients."""
+    from distributed.security import Security
+
+    ca, cert, key = files(tls_dir, role)
+    return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True)

@@ -1,0 +1,55 @@
+"""The benchmarks behind the README's Speed section (experiments/benchmarks/) cannot rot: each runs once, small."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from .conftest import ROOT
+
+
+def test_benchmark_times_every_engine_and_compares_them(tmp_path):
+    """One round of the README's speed benchmark, end to end: every command runs and is compared."""
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "benchmarks" / "local.py"), "--runs", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and "median" not in line]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| GridSearchCV(n_jobs=-1)",
+        "| svc_digits.py (dask-ml, local)",
+        "| svc_digits.py (scikit-learn + joblib's Dask backend, local)",
+    ]
+    for row in rows:
+        cells = [float(cell) for cell in row.strip(" |").split(" | ")[1:]]
+        assert len(cells) == 4 and all(cell > 0 for cell in cells), row
+    assert run.stdout.count("/ scikit-learn, ratio of medians: whole process") == 2
+    assert run.stdout.count("median of the 1 per-round ratios") == 2
+    assert not list(tmp_path.iterdir()), "its runs write their results in a folder of their own"
+
+
+def test_scale_benchmark_runs_every_part_at_tiny_size(tmp_path):
+    """The benchmark behind the README's scale table cannot rot: each part runs once, small."""
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "benchmarks" / "scale.py"), "--small", "--runs", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and not line.startswith("| engine")]
+    rows = [row for row in rows if not row.startswith("| slots")]
+    engines = [row.split(" | ")[0].strip("| ") for row in rows]
+    assert engines == [
+        "scikit-learn n_jobs=-1", "dask-ml", "scikit-learn + joblib Dask",  # tenfold
+        "4",  # scale: one row per slot count
+        "dask-ml", "scikit-learn + joblib Dask",  # bytes
+    ], run.stdout  # fmt: skip
+    cells = [float(cell) for cell in rows[3].strip(" |").split(" | ")]
+    efficiencies, first_fit_after, busy = cells[4::4], cells[5::4], cells[6::4]  # per engine
+    assert len(efficiencies) == 2 and all(0 < e <= 1.05 for e in efficiencies), rows[3]
+    assert all(0 <= s < 2.4 for s in first_fit_after) and all(0 < b <= 1.0 for b in busy), rows[3]
+    copies = [float(row.strip(" |").split(" | ")[2]) for row in rows[4:]]
+    assert all(c >= 1 for c in copies), "the data reaches the cluster at least once"

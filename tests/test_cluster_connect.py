@@ -1,0 +1,27 @@
+"""Connecting (experiments/cluster/connect.py): a local cluster on loopback only, the collector."""
+
+from __future__ import annotations
+
+import gc
+
+from experiments.cluster.connect import connect
+
+
+def test_local_cluster_listens_on_loopback_only():
+    """A laptop's cluster runs any code sent to it: nothing may listen beyond loopback."""
+    import psutil
+
+    with connect() as (client, where):
+        listening = [c.laddr for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        assert client.submit(sum, [1, 2]).result() == 3
+    assert listening, "the dashboard should be listening"
+    assert all(address.ip == "127.0.0.1" for address in listening), listening
+    assert where.kind == "local" and where.dashboard.startswith("http://127.0.0.1:")
+
+
+def test_connect_leaves_the_collector_of_a_caller_that_runs_it_alone():
+    """A notebook keeps its collector as it was: nothing it holds is frozen out of collection."""
+    frozen = gc.get_freeze_count()
+    with connect():
+        assert gc.isenabled()
+    assert gc.get_freeze_count() == frozen

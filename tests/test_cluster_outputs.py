@@ -1,0 +1,55 @@
+"""The stack's outputs file (experiments/cluster/outputs.py): read, checked, kept private."""
+
+from __future__ import annotations
+
+import json
+
+from .experiment_runs import (
+    assert_one_line_error,
+    run_experiment,
+)
+
+
+def test_no_outputs_file(tmp_path):
+    run = run_experiment("--stack", "dask", cwd=tmp_path)
+    assert_one_line_error(
+        run, "outputs.json: not found; deploy first with `cdktf deploy dask --outputs-file outputs.json"
+    )
+
+
+def test_unknown_stack(loopback, tmp_path):
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    run = run_experiment("--stack", "big", "--outputs", str(outputs), cwd=tmp_path)
+    assert_one_line_error(run, "no stack named 'big' (stacks found: loopback)")
+
+
+def test_outputs_file_missing_a_key(loopback, tmp_path):
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    document = json.loads(outputs.read_text())
+    del document["loopback"]["tls_client_key_pem"]
+    outputs.write_text(json.dumps(document))
+    run = run_experiment("--stack", "loopback", "--outputs", str(outputs), cwd=tmp_path)
+    assert_one_line_error(
+        run,
+        "has no output 'tls_client_key_pem'; redeploy with `cdktf deploy loopback --outputs-file outputs.json --outputs-file-include-sensitive-outputs` (sensitive outputs need",
+    )
+
+
+def test_outputs_readable_by_others_are_made_private_with_one_line(loopback, tmp_path):
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    state = tmp_path / "terraform.loopback.tfstate"
+    state.write_text("{}")
+    for path in (outputs, state):
+        path.chmod(0o644)
+    run = run_experiment("--stack", "big", "--outputs", str(outputs), cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[0] == (
+        f"warning: {outputs} holds the cluster's TLS keys and others could read it (mode 0644); made it 0600"
+    )
+    assert outputs.stat().st_mode & 0o777 == 0o600
+    assert state.stat().st_mode & 0o777 == 0o644, "only the named stack's state is touched"
+    run = run_experiment(
+        "--stack", "loopback", "--outputs", str(outputs), "--timeout", "1", "--workers", "9", cwd=tmp_path
+    )
+    assert f"warning: {state} holds the cluster's TLS keys" in run.stderr
+    assert state.stat().st_mode & 0o777 == 0o600

@@ -1,0 +1,137 @@
+"""Reaching the scheduler and waiting for nodes (experiments/cluster/waiting.py): visible, bounded,
+stopped by Ctrl-C; the node meter."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments.cluster import waiting
+from experiments.cluster.messages import ClusterError
+from experiments.cluster.waiting import NodeMeter, wait_for_nodes
+
+from . import loopback_cluster
+from .experiment_runs import (
+    SCRIPT,
+    assert_one_line_error,
+    run_experiment,
+)
+
+
+def test_scheduler_unreachable_within_the_timeout(loopback, tmp_path):
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    document = json.loads(outputs.read_text())
+    address = f"tls://127.0.0.1:{loopback_cluster.free_port()}"
+    document["loopback"]["scheduler_address"] = address
+    outputs.write_text(json.dumps(document))
+    run = run_experiment("--stack", "loopback", "--outputs", str(outputs), "--timeout", "2", cwd=tmp_path)
+    assert_one_line_error(
+        run, f"{address}: scheduler not reachable within 2 s; is the cluster up, and is your address in allowed_cidrs?"
+    )
+
+
+def test_tls_rejected(loopback, tmp_path):
+    strangers = loopback_cluster.make_tls(tmp_path / "other-ca")
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    document = json.loads(outputs.read_text())
+    document["loopback"].update(
+        tls_ca_pem=strangers["ca.pem"],
+        tls_client_cert_pem=strangers["client.pem"],
+        tls_client_key_pem=strangers["client.key"],
+    )
+    outputs.write_text(json.dumps(document))
+    run = run_experiment("--stack", "loopback", "--outputs", str(outputs), "--timeout", "10", cwd=tmp_path)
+    assert_one_line_error(run, f"{loopback.address}: TLS rejected (")
+
+
+def test_too_few_workers_within_the_timeout(loopback, tmp_path):
+    outputs = loopback.outputs_file(tmp_path / "outputs.json", workers=3)
+    run = run_experiment("--stack", "loopback", "--outputs", str(outputs), "--timeout", "3", cwd=tmp_path)
+    assert run.returncode == 2
+    assert "worker nodes: 2/3" in run.stderr, "the user sees how many arrived"
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: only 2 of 3 worker nodes joined within 3 s; check the worker group in the AWS console, or pass --workers/--timeout"
+    )
+
+
+def test_waiting_for_nodes_says_how_many_joined_and_the_time_left(monkeypatch, capsys):
+    """The client waiting for worker nodes says so at every interval (shortened here)."""
+
+    class TwoNodes:
+        def scheduler_info(self, n_workers):
+            return {"workers": {"tls://10.0.0.1:4000": {}, "tls://10.0.0.2:4000": {}}}
+
+    monkeypatch.setattr(waiting, "HEARTBEAT_SECONDS", 0.3)
+    reports = []
+    with pytest.raises(ClusterError, match=r"^only 2 of 3 worker nodes joined within 2 s"):
+        wait_for_nodes(TwoNodes(), 3, 2.0, lambda n, of: reports.append((n, of)))
+    assert reports == [(2, 3)], "a change of count is reported once"
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) >= 2, lines  # the loop looks once a second
+    assert all(
+        re.fullmatch(r"  still waiting for 3 worker node\(s\), 2 joined: \d s left \(Ctrl-C to stop\)", line)
+        for line in lines
+    ), lines
+
+
+def test_waiting_is_visible_and_ctrl_c_ends_it_in_one_line(loopback, tmp_path):
+    """A scheduler that never answers: the client says so every 10 s, and Ctrl-C (SIGINT to the
+    whole process group, as a terminal sends it, plotting helper included) ends it cleanly."""
+    import os
+    import signal
+    import socket
+    import time
+
+    # A port held but never listened on: nothing else can take it while the client waits.
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    address = f"tls://127.0.0.1:{held.getsockname()[1]}"
+    tls = loopback.tls_dir
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--scheduler", address, "--timeout", "60",
+         "--tls-ca", str(tls / "ca.pem"), "--tls-cert", str(tls / "client.pem"), "--tls-key", str(tls / "client.key")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    lines, started = [], time.monotonic()
+    try:
+        while not any(line.startswith("  still waiting") for line in lines):
+            line = process.stderr.readline()
+            assert line, f"stderr closed early: {lines}"
+            lines.append(line)
+        waited = time.monotonic() - started
+        os.killpg(process.pid, signal.SIGINT)
+        rest, _ = "".join(process.stderr), process.wait(timeout=30)
+    finally:
+        held.close()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert lines[0].startswith(f"connecting to {address} (for up to 60 s)"), lines
+    assert f"still waiting for the scheduler at {address}: " in lines[-1] and " s left" in lines[-1], lines
+    assert 9 <= waited <= 20, "a line at least every 10 s"
+    assert (process.returncode, rest.strip()) == (130, "interrupted")
+    assert "Traceback" not in "".join(lines) + rest
+
+
+def test_the_node_meter_reports_changes_and_adds_up_node_seconds():
+    class Cluster:  # a client's view: worker addresses, two per node
+        def __init__(self) -> None:
+            self.hosts = ["10.0.0.1"]
+
+        def scheduler_info(self, n_workers):
+            assert n_workers == -1
+            return {"workers": {f"tls://{h}:{p}": {} for h in self.hosts for p in (4000, 4001)}}
+
+    client, changes = Cluster(), []
+    with NodeMeter(client, lambda was, now: changes.append((was, now)), interval=0.05) as meter:
+        time.sleep(0.3)
+        client.hosts = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+        time.sleep(0.3)
+        client.hosts = ["10.0.0.2"]
+        time.sleep(0.3)
+    assert changes == [(1, 3), (3, 1)] and meter.peak == 3
+    assert meter.node_seconds == pytest.approx(0.3 + 3 * 0.3 + 0.3, abs=0.25)

@@ -1,0 +1,66 @@
+"""The scheduler node's TLS gateway (image/dask_node/gateway.py), with real processes on loopback:
+no certificate, or one from another CA, is refused; the client's certificate is served; Dask's
+own dashboard port listens on loopback only."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+
+import pytest
+
+from experiments.cluster.forwarder import client_context
+
+from . import loopback_cluster
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory):
+    cluster = loopback_cluster.start(tmp_path_factory.mktemp("gateway"), workers=())
+    yield cluster
+    cluster.stop()
+
+
+def files(folder, role="client"):
+    return str(folder / "ca.pem"), str(folder / f"{role}.pem"), str(folder / f"{role}.key")
+
+
+def http_get(port: int, context: ssl.SSLContext) -> bytes:
+    """One HTTP request over TLS to the gateway; what came back (nothing if refused)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, context.wrap_socket(raw) as tls:
+        tls.sendall(b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        return tls.recv(100)
+
+
+def refused(port: int, context: ssl.SSLContext) -> bool:
+    try:
+        return http_get(port, context) == b""
+    except (ssl.SSLError, ConnectionError):
+        return True
+
+
+def test_the_client_certificate_is_served(scheduler):
+    """The control for the refusals below: the same request with the right certificate works."""
+    context = client_context(*files(scheduler.tls_dir))
+    assert http_get(scheduler.gateway_port, context).startswith(b"HTTP/1.1 ")
+    assert not refused(scheduler.gateway_port, context)
+
+
+def test_no_client_certificate_is_refused(scheduler):
+    context = ssl.create_default_context(cafile=str(scheduler.tls_dir / "ca.pem"))
+    context.check_hostname = False
+    assert refused(scheduler.gateway_port, context)
+
+
+def test_a_certificate_from_another_ca_is_refused(scheduler, tmp_path):
+    loopback_cluster.make_tls(tmp_path)
+    context = client_context(str(scheduler.tls_dir / "ca.pem"), *files(tmp_path)[1:])
+    assert refused(scheduler.gateway_port, context)
+
+
+def test_the_dask_dashboard_itself_listens_on_loopback_only(scheduler):
+    """The gateway is the only way in: Dask's own port is bound to 127.0.0.1."""
+    run = subprocess.run(["ss", "-Htlnp"], capture_output=True, text=True, check=True)
+    listening = [line.split()[3] for line in run.stdout.splitlines() if f":{scheduler.dashboard_port} " in line + " "]
+    assert listening == [f"127.0.0.1:{scheduler.dashboard_port}"]

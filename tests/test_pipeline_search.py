@@ -1,0 +1,48 @@
+"""A user's own search (experiments/pipeline_search.py): a pipeline searched by successive halving."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+
+from .conftest import ROOT
+from .experiment_runs import (
+    only_run_folder,
+)
+
+
+def test_a_pipeline_searched_by_successive_halving(tmp_path):
+    script = ROOT / "experiments" / "pipeline_search.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--samples", "600", "--features", "12", "--candidates", "9", "--results", "r"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "Best parameters: {'pca__n_components': " in run.stdout and "Traceback" not in run.stderr
+    folder = only_run_folder(tmp_path / "r")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "candidates.png", "cv_results.csv", "dask-report.html", "summary.json"
+    ]  # fmt: skip
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["search"] == "sklearn.HalvingRandomSearchCV"
+    assert summary["samples"] == 600 and summary["features"] == 12
+    with (folder / "cv_results.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert {"iter", "n_resources", "param_svc__C", "mean_test_score"} <= rows[0].keys()
+    assert len({row["iter"] for row in rows}) >= 2, "several rounds, each with more rows"
+    fits = sum(int(count) for count in re.findall(r"fits: (\d+)fit", run.stderr)[-1:])
+    assert fits == 3 * len(rows), "the progress bar counts every fit of every round"
+
+
+def test_pipeline_search_refuses_a_too_small_problem(tmp_path):
+    script = ROOT / "experiments" / "pipeline_search.py"
+    run = subprocess.run([sys.executable, str(script), "--samples", "50"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 2
+    assert (
+        run.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--samples: at least 100, for a held-out part and three folds, got 50")
+    )

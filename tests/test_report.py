@@ -1,0 +1,56 @@
+"""What a run leaves behind (experiments/report.py): plots drawn in a light helper, the CV table."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+
+
+def test_plotting_helper_loads_neither_scikit_learn_nor_dask(tmp_path):
+    """It loads matplotlib on the core the main process's startup leaves free; loading those
+    as well would take that core back."""
+    from experiments import report
+
+    candidates = [
+        {"C": c, "gamma": g, "class_weight": w} for c in (1, 10) for g in (0.1, 1) for w in (None, "balanced")
+    ]
+    scores = np.linspace(0.1, 0.9, len(candidates))
+    cv_results = {"params": candidates, "mean_test_score": scores, "std_test_score": scores / 10}
+    with report.Plotter() as plotter:
+        options = {"rows": "C", "columns": "gamma", "panels": "class_weight", "title": "test"}
+        plotter.heatmap(tmp_path / "heatmap.png", cv_results, **options).result()
+        plotter.candidates(tmp_path / "candidates.png", cv_results, 7, title="test").result()
+        loaded = plotter._pool.submit(eval, "list(__import__('sys').modules)").result()
+    for name in ("heatmap.png", "candidates.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+    assert "matplotlib" in loaded
+    assert not {name.split(".")[0] for name in loaded} & {"sklearn", "scipy", "dask", "distributed"}
+
+
+def test_heatmap_marks_every_best_cell(tmp_path):
+    from experiments.report import write_heatmap
+
+    candidates = [{"C": c, "gamma": g, "w": w} for w in (None, "balanced") for c in (1, 10) for g in (0.1, 1)]
+    scores = [0.5, 0.9, 0.7, 0.9, 0.2, 0.3, 0.4, 0.6]
+    best = write_heatmap(tmp_path / "h.png", candidates, scores, rows="C", columns="gamma", panels="w", title="t")
+    assert best == [{"C": 1, "gamma": 1, "w": None}, {"C": 10, "gamma": 1, "w": None}]
+    assert (tmp_path / "h.png").stat().st_size > 10_000
+
+
+def test_cv_table_leaves_a_parameter_a_candidate_lacks_empty(tmp_path):
+    """A grid of several dicts masks the parameters a candidate does not have: never 0."""
+    from sklearn.datasets import load_iris
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    from experiments.report import write_cv_table
+
+    X, y = load_iris(return_X_y=True)
+    search = GridSearchCV(SVC(), [{"kernel": ["linear"]}, {"kernel": ["rbf"], "gamma": [0.1]}], cv=3).fit(X, y)
+    write_cv_table(tmp_path / "cv.csv", search.cv_results_)
+    with (tmp_path / "cv.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["param_kernel"], row["param_gamma"]) for row in rows] == [("linear", ""), ("rbf", "0.1")]
+    assert [json.loads(row["params"]) for row in rows] == [{"kernel": "linear"}, {"kernel": "rbf", "gamma": 0.1}]
