@@ -12,19 +12,16 @@ import base64
 import contextlib
 import json
 import re
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
 from .emulated.harness import SCHEDULER_ADDRESS, EmulatedDeploy
+from .emulated.laptop import STACK, Laptop, finish, local_run, run_on_laptop, summary
 
 pytestmark = pytest.mark.slow
-STACK = "emu"
 CONTAINER_UID = 10001
 
 
@@ -40,38 +37,10 @@ def cluster(emulated_stack, tmp_path_factory):
         for worker in list(deploy.workers.values()):
             worker.wait_until(lambda w=worker: "worker up" in w.log(), 120, "worker up")
         deploy.outputs_file = deploy.write_outputs(folder / "outputs.json", STACK)
-        yield deploy
-
-
-def run_on_laptop(cluster: EmulatedDeploy, script: str, results: Path, *args: str) -> subprocess.Popen:
-    """An experiment script on the laptop, against the stack in the outputs file."""
-    return cluster.on_laptop(
-        sys.executable, str(ROOT / "experiments" / script), "--stack", STACK, "--outputs", str(cluster.outputs_file),
-        "--results", str(results), *args, cwd=results.parent,
-    )  # fmt: skip
-
-
-def local_run(script: str, results: Path, *args: str) -> dict:
-    run = subprocess.run([sys.executable, str(ROOT / "experiments" / script), "--results", str(results), *args],
-                         capture_output=True, text=True, timeout=300, cwd=results.parent)  # fmt: skip
-    assert run.returncode == 0, run.stdout + run.stderr
-    return summary(results)
-
-
-def summary(results: Path) -> dict:
-    (path,) = results.glob("*/summary.json")
-    return json.loads(path.read_text())
-
-
-def finish(process: subprocess.Popen, timeout: float = 240) -> str:
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-        raise AssertionError(f"the experiment did not finish in {timeout} s:\n{output}") from None
-    assert process.returncode == 0, output
-    return output
+        # A client connected between the tests keeps the cluster in use (its idle time is a minute
+        # here), however slowly the machine runs them; the idle test lets go of it.
+        with Laptop(deploy) as deploy.keeper:
+            yield deploy
 
 
 def secrets_of(cluster: EmulatedDeploy) -> dict[str, str]:
@@ -186,7 +155,9 @@ def test_spot_notice_mid_search_drains_one_worker_node(cluster, tmp_path):
 
 def test_idle_cluster_scales_to_zero_and_every_node_powers_off(cluster):
     scheduler, survivor = cluster.nodes[0], cluster.nodes[1]
-    scheduler.wait_powered_off(150)
+    assert scheduler.process.poll() is None, "the cluster ended while a client was connected"
+    cluster.keeper.close()  # the last client goes: the idle minute starts
+    scheduler.wait_powered_off(300)
     for node in cluster.nodes[1:]:
         node.wait_powered_off(60)
     assert cluster.desired_capacity() == 0

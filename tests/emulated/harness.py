@@ -108,10 +108,11 @@ def substitute(expression: str, *, repository_url: str, scheduler_ip: str, tls: 
     return re.sub(r"assets/userdata/[0-9A-F]+/", f"{userdata.TEMPLATE_DIR.as_posix()}/", expression)
 
 
-def image_spec(uri: str, root: Path) -> dict:
-    """The image as the Dockerfile builds it, for the docker stand-in: files under `root`."""
+def image_spec(uri: str, root: Path, project: Path = ROOT, venv: Path = Path(sys.prefix)) -> dict:
+    """The image as `project`'s Dockerfile builds it, for the docker stand-in: files under `root`,
+    Python packages from `venv` (the image pins the same)."""
     env, user, workdir, cmd = {}, None, "/", []
-    text = (ROOT / "image" / "Dockerfile").read_text().replace("\\\n", " ")
+    text = (project / "image" / "Dockerfile").read_text().replace("\\\n", " ")
     for line in text.splitlines():
         instruction, _, rest = line.strip().partition(" ")
         if instruction == "ENV":
@@ -126,13 +127,13 @@ def image_spec(uri: str, root: Path) -> dict:
             *sources, target = rest.split()
             for source in sources:  # as docker: a folder's contents, or files into a folder/
                 destination = root / target.lstrip("/")
-                if (ROOT / source).is_dir():
-                    shutil.copytree(ROOT / source, destination, ignore=shutil.ignore_patterns("__pycache__"))
+                if (project / source).is_dir():
+                    shutil.copytree(project / source, destination, ignore=shutil.ignore_patterns("__pycache__"))
                 else:
                     if target.endswith("/"):
                         destination = destination / Path(source).name
                     destination.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(ROOT / source, destination)
+                    shutil.copyfile(project / source, destination)
     assert user is not None, "the Dockerfile must name a USER"
     # As the Dockerfile's `useradd` and `ln -s` do.
     (root / "etc").mkdir(exist_ok=True)
@@ -140,12 +141,13 @@ def image_spec(uri: str, root: Path) -> dict:
         (root / "etc" / name).write_text(Path(f"/etc/{name}").read_text() + line + "\n")
     for path in root.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
-    # The image's Python packages are this venv's: its bin first on PATH.
-    env["PATH"] = f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"
-    python_home = str(Path(sys.base_prefix).resolve())
+    # The image's Python packages are this venv's: its bin first on PATH. The container sees the
+    # venv and the interpreter it links to at their own paths, wherever the checkout is.
+    env["PATH"] = f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin"
+    host_paths = [str(venv), str(Path(sys.base_prefix).resolve())]
     return {"uri": uri, "root": str(root), "uid": user, "env": env, "workdir": workdir, "home": workdir,
             "home_links": {"experiments": "/opt/dask/experiments"}, "cmd": cmd, "node_only": ["/etc/dask"],
-            "python_home": python_home}  # fmt: skip
+            "host_paths": host_paths}  # fmt: skip
 
 
 def remove_stale_namespaces() -> None:
@@ -249,6 +251,8 @@ class EmulatedDeploy:
     document: dict  # the synthesized Terraform JSON
     folder: Path
     push_image: bool = True
+    project: Path = ROOT  # the checkout the image is built from
+    venv: Path = Path(sys.prefix)  # the image's Python packages
     tls_overrides: dict[str, str] = field(default_factory=dict)  # SSM values to break on purpose
     prefix: str = field(default_factory=lambda: f"emu{os.getpid()}-{next(_deploys)}")
     nodes: list[Node] = field(default_factory=list)
@@ -268,6 +272,14 @@ class EmulatedDeploy:
             assert shutil.which(tool), f"{tool} is required for the emulated deploy"
         assert os.geteuid() == 0, "the emulated deploy needs root (network and mount namespaces)"
         assert AWS_CLI.exists(), f"{AWS_CLI} missing: `make test` installs it (requirements-awscli.txt)"
+        # The containers run as the image's user, with this venv's packages: they must be readable
+        # by other users (a venv made under umask 077 is not; the folders above it may be closed).
+        unreadable = [
+            p for p in (self.venv, *self.venv.glob("lib/python*/site-packages")) if not p.stat().st_mode & 0o005
+        ]
+        assert not unreadable, (
+            f"{unreadable[0]} is private: the emulated nodes' user cannot read it; `chmod -R a+rX {self.venv}`"
+        )
         remove_stale_namespaces()
         try:
             self._network()
@@ -454,7 +466,7 @@ class EmulatedDeploy:
             manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}
             self.aws("ecr", "put_image", repositoryName=repository, imageTag=tag, imageManifest=json.dumps(manifest))
         self.image_root = self.folder / "image"
-        self.image = image_spec(self.image_uri, self.image_root)
+        self.image = image_spec(self.image_uri, self.image_root, self.project, self.venv)
         self._worker_group(rendered)
 
     def _worker_group(self, rendered: dict) -> None:

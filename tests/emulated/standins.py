@@ -310,27 +310,32 @@ def enter(node: Node, name: str) -> int:
     only, then become the image's user and run the command with the image's environment."""
     spec = json.loads((node.container_dir(name) / "spec.json").read_text())
     image = node.config["image"]
-    folder = node.container_dir(name)
 
     def mount(*args: str) -> None:
         subprocess.run(["mount", *args], check=True)
 
-    # Volumes are staged before the node's own files under them are hidden.
+    # Volumes are staged before the node's own files under them are hidden, on a tmpfs of this
+    # mount namespace: folders opened below may hide this container's own folder.
+    staging = Path("/mnt")
+    mount("-t", "tmpfs", "-o", "mode=0700", "tmpfs", str(staging))
     staged = []
     for index, volume in enumerate(spec["volumes"]):
-        stage = folder / f"volume-{index}"
+        stage = staging / f"volume-{index}"
         stage.mkdir(exist_ok=True)
         mount("--bind", volume["source"], str(stage))
         staged.append((stage, volume))
-    # The image's Python lives where its user can reach it; this machine's may sit under a
-    # private folder (/root/.pyenv): the folder is replaced by an open one holding just that.
-    python = Path(image["python_home"])
-    closed = next((p for p in reversed(python.parents) if p != Path("/") and not p.stat().st_mode & 0o001), None)
-    if closed is not None:
-        stage = folder / "python-home"
-        stage.mkdir(exist_ok=True)
-        mount("--bind", str(python), str(stage))
-        staged_python = stage
+    # The image's Python (this machine's interpreter and the checkout's venv) must be where its
+    # user can reach it, at the same paths; either may sit under a folder that user cannot enter
+    # (/root/.pyenv, a clone in a 0700 home). Each such folder is replaced, for this container
+    # only, by an open one holding just those paths.
+    reachable = []
+    for index, path in enumerate(Path(p) for p in image["host_paths"]):
+        closed = next((a for a in reversed(path.parents) if a != Path("/") and not a.stat().st_mode & 0o001), None)
+        if closed is not None:
+            stage = staging / f"host-path-{index}"
+            stage.mkdir(exist_ok=True)
+            mount("--bind", str(path), str(stage))
+            reachable.append((closed, path, stage))
     for hidden in image["node_only"]:  # node folders the image does not have
         if Path(hidden).is_dir():
             mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", hidden)
@@ -343,10 +348,14 @@ def enter(node: Node, name: str) -> int:
     os.chown(home, image["uid"], image["uid"])
     for link, target in image["home_links"].items():
         (home / link).symlink_to(target)
-    if closed is not None:
-        mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(closed))
-        python.mkdir(parents=True)
-        mount("--bind", str(staged_python), str(python))
+    opened: list[Path] = []
+    for closed, _, _ in sorted(reachable, key=lambda r: len(r[0].parts)):
+        if not any(closed == o or o in closed.parents for o in opened):  # not inside one opened already
+            mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(closed))
+            opened.append(closed)
+    for _, path, stage in reachable:
+        path.mkdir(parents=True, exist_ok=True)
+        mount("--bind", str(stage), str(path))
     for stage, volume in staged:
         Path(volume["target"]).mkdir(parents=True, exist_ok=True)
         mount("--bind", str(stage), volume["target"])
