@@ -76,6 +76,23 @@ def terraform_outputs(folder: Path, config: dict) -> dict:
     return {name: output["value"] for name, output in json.loads(run.stdout).items()}
 
 
+def pytest_configure(config):
+    from . import leftovers
+
+    leftovers.become_subreaper()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_session():
+    """Set up first, torn down last: a process the session started and left running fails it."""
+    from . import leftovers
+
+    yield
+    left = leftovers.leftover_processes()
+    leftovers.kill(left)
+    assert not left, "processes outlived the tests that started them:\n" + "\n".join(map(leftovers.describe, left))
+
+
 @pytest.fixture(scope="session")
 def aws_on_loopback():
     """EC2's API played by moto on loopback: runs price themselves against it, never against AWS."""

@@ -94,7 +94,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
-def wait_for_port(host: str, port: int, timeout: float = 30) -> None:
+def wait_for_port(host: str, port: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as probe:
@@ -157,9 +157,9 @@ class LoopbackCluster:
         from experiments.cluster.waiting import wait_for_nodes as wait
 
         tls = [str(self.tls_dir / name) for name in ("ca.pem", "client.pem", "client.key")]
-        client = Client(self.address, security=security_for(*tls), timeout="30s")
+        client = Client(self.address, security=security_for(*tls), timeout="120s")
         if wait_for_nodes:
-            wait(client, wait_for_nodes, 60, lambda *_: None)
+            wait(client, wait_for_nodes, 180, lambda *_: None)
         return client
 
     def kill(self, name: str) -> None:

@@ -50,6 +50,6 @@ def test_scale_benchmark_runs_every_part_at_tiny_size(tmp_path):
     cells = [float(cell) for cell in rows[3].strip(" |").split(" | ")]
     efficiencies, first_fit_after, busy = cells[4::4], cells[5::4], cells[6::4]  # per engine
     assert len(efficiencies) == 2 and all(0 < e <= 1.05 for e in efficiencies), rows[3]
-    assert all(0 <= s < 2.4 for s in first_fit_after) and all(0 < b <= 1.0 for b in busy), rows[3]
+    assert all(0 <= s < 60 for s in first_fit_after) and all(0 < b <= 1.0 for b in busy), rows[3]
     copies = [float(row.strip(" |").split(" | ")[2]) for row in rows[4:]]
     assert all(c >= 1 for c in copies), "the data reaches the cluster at least once"

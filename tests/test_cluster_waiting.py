@@ -85,7 +85,6 @@ def test_waiting_is_visible_and_ctrl_c_ends_it_in_one_line(loopback, tmp_path):
     import os
     import signal
     import socket
-    import time
 
     # A port held but never listened on: nothing else can take it while the client waits.
     held = socket.socket()
@@ -97,22 +96,24 @@ def test_waiting_is_visible_and_ctrl_c_ends_it_in_one_line(loopback, tmp_path):
          "--tls-ca", str(tls / "ca.pem"), "--tls-cert", str(tls / "client.pem"), "--tls-key", str(tls / "client.key")],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
-    lines, started = [], time.monotonic()
+    lines = []
     try:
         while not any(line.startswith("  still waiting") for line in lines):
             line = process.stderr.readline()
             assert line, f"stderr closed early: {lines}"
             lines.append(line)
-        waited = time.monotonic() - started
         os.killpg(process.pid, signal.SIGINT)
-        rest, _ = "".join(process.stderr), process.wait(timeout=30)
+        rest, _ = "".join(process.stderr), process.wait(timeout=120)
     finally:
         held.close()
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert lines[0].startswith(f"connecting to {address} (for up to 60 s)"), lines
     assert f"still waiting for the scheduler at {address}: " in lines[-1] and " s left" in lines[-1], lines
-    assert 9 <= waited <= 20, "a line at least every 10 s"
+    # By the client's own clock (its startup, slow on a busy machine, does not count): the first
+    # line of waiting comes after 10 s of it.
+    (left,) = re.findall(r": (\d+) s left", lines[-1])
+    assert 48 <= int(left) <= 50, "a line every 10 s of waiting"
     assert (process.returncode, rest.strip()) == (130, "interrupted")
     assert "Traceback" not in "".join(lines) + rest
 
@@ -128,10 +129,14 @@ def test_the_node_meter_reports_changes_and_adds_up_node_seconds():
 
     client, changes = Cluster(), []
     with NodeMeter(client, lambda was, now: changes.append((was, now)), interval=0.05) as meter:
+        started = time.monotonic()
         time.sleep(0.3)
-        client.hosts = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+        client.hosts, grown = ["10.0.0.1", "10.0.0.2", "10.0.0.3"], time.monotonic()
         time.sleep(0.3)
-        client.hosts = ["10.0.0.2"]
+        client.hosts, shrunk = ["10.0.0.2"], time.monotonic()
         time.sleep(0.3)
+    ended = time.monotonic()
     assert changes == [(1, 3), (3, 1)] and meter.peak == 3
-    assert meter.node_seconds == pytest.approx(0.3 + 3 * 0.3 + 0.3, abs=0.25)
+    # Measured, not assumed: on a busy machine the sleeps last longer than asked.
+    expected = (grown - started) + 3 * (shrunk - grown) + (ended - shrunk)
+    assert meter.node_seconds == pytest.approx(expected, abs=0.25)

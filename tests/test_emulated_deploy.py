@@ -31,11 +31,11 @@ def cluster(emulated_stack, tmp_path_factory):
     folder = tmp_path_factory.mktemp("emulated")
     with EmulatedDeploy(settings, document, folder) as deploy:
         scheduler = deploy.boot("scheduler")
-        scheduler.wait_until(lambda: "scheduler up" in scheduler.log(), 90, "scheduler up")
+        scheduler.wait_until(lambda: "scheduler up" in scheduler.log(), 300, "scheduler up")
         deploy.start_group()  # a fixed size: the group launches its two nodes at once
-        scheduler.wait_until(lambda: len(deploy.workers) == 2, 30, "two worker nodes launched")
+        scheduler.wait_until(lambda: len(deploy.workers) == 2, 120, "two worker nodes launched")
         for worker in list(deploy.workers.values()):
-            worker.wait_until(lambda w=worker: "worker up" in w.log(), 120, "worker up")
+            worker.wait_until(lambda w=worker: "worker up" in w.log(), 300, "worker up")
         deploy.outputs_file = deploy.write_outputs(folder / "outputs.json", STACK)
         # A client connected between the tests keeps the cluster in use (its idle time is a minute
         # here), however slowly the machine runs them; the idle test lets go of it.
@@ -128,20 +128,20 @@ def test_spot_notice_mid_search_drains_one_worker_node(cluster, tmp_path):
     reader = threading.Thread(target=lambda: shown.extend(iter(lambda: search.stdout.read(1), "")), daemon=True)
     reader.start()
     # Mid-search: the progress bar shows fits done, the search is not over.
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not (fits := [int(n) for n in re.findall(r"fits: (\d+)fit", "".join(shown))]) or fits[-1] < 20:
         assert time.monotonic() < deadline and search.poll() is None, "".join(shown)
         time.sleep(0.1)
     doomed.metadata.notice = {"action": "terminate", "time": "2026-11-27T12:00:00Z"}
-    reader.join(240)
-    assert search.wait(10) == 0, "".join(shown)
+    reader.join(480)
+    assert search.wait(60) == 0, "".join(shown)
     output = "".join(shown)
     assert "Best parameters" in output and fits[-1] < int(re.findall(r"fits: (\d+)fit", output)[-1])
     remote = summary(tmp_path / "remote")
     assert remote["best_params"] == expected["best_params"], output
     assert remote["best_cv_score"] == expected["best_cv_score"]
 
-    doomed.wait_powered_off(60)
+    doomed.wait_powered_off(180)
     assert re.search(r"retired 1 Dask worker\(s\) of 10\.213\.0\.\d+", doomed.container_output("dask-spot-watcher"))
     assert "stopping this node: spot interruption; workers retired" in doomed.log()
     assert ["systemctl", "poweroff"] in doomed.calls()
@@ -149,7 +149,7 @@ def test_spot_notice_mid_search_drains_one_worker_node(cluster, tmp_path):
     assert "worker group" not in doomed.log(), "a spot-interrupted node must leave the group's size alone"
     assert cluster.desired_capacity() == 2, "the group replaces the node: its size is unchanged"
     assert not cluster.nodes[1].powered_off and not cluster.nodes[0].powered_off
-    cluster.nodes[0].wait_until(lambda: len(cluster.workers) == 3, 30, "a replacement launched")
+    cluster.nodes[0].wait_until(lambda: len(cluster.workers) == 3, 120, "a replacement launched")
     cluster.check_group()
 
 
@@ -159,7 +159,7 @@ def test_idle_cluster_scales_to_zero_and_every_node_powers_off(cluster):
     cluster.keeper.close()  # the last client goes: the idle minute starts
     scheduler.wait_powered_off(300)
     for node in cluster.nodes[1:]:
-        node.wait_powered_off(60)
+        node.wait_powered_off(180)
     assert cluster.desired_capacity() == 0
     assert all(node.powered_off for node in cluster.nodes)
     assert re.search(

@@ -51,7 +51,7 @@ def test_crash_looping_dask_is_reported_as_such_not_as_up(emulated_stack, tmp_pa
     with EmulatedDeploy(settings, document, tmp_path, tls_overrides=broken) as deploy:
         scheduler = deploy.boot("scheduler")
         if role == "worker":
-            scheduler.wait_until(lambda: "scheduler up" in scheduler.log(), 90, "scheduler up")
+            scheduler.wait_until(lambda: "scheduler up" in scheduler.log(), 300, "scheduler up")
             node = deploy.boot("worker")
         else:
             node = scheduler

@@ -34,7 +34,7 @@ def test_the_client_certificate_through_the_forwarder_gets_page_and_websocket(sc
     url = f"https://127.0.0.1:{scheduler.gateway_port}/status"
     with local_link(url, *files(scheduler.tls_dir)) as link:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/status", link)
-        with urllib.request.urlopen(link, timeout=30) as response:
+        with urllib.request.urlopen(link, timeout=120) as response:
             assert response.status == 200
             page = response.read().decode()
         assert "Bokeh" in page
@@ -50,7 +50,7 @@ def test_the_client_certificate_through_the_forwarder_gets_page_and_websocket(sc
             finally:
                 connection.close()
 
-        message = IOLoop.current().run_sync(first_message, timeout=30)
+        message = IOLoop.current().run_sync(first_message, timeout=120)
     assert message and '"msgtype":"ACK"' in message.replace(" ", "")
 
 
@@ -67,10 +67,10 @@ def test_tunnel_command_prints_local_links_and_stops_on_ctrl_c(scheduler, tmp_pa
     try:
         line = process.stdout.readline()
         (link,) = re.findall(r"^Dask dashboard: (http://127\.0\.0\.1:\d+/status)$", line.strip())
-        with urllib.request.urlopen(link, timeout=30) as response:
+        with urllib.request.urlopen(link, timeout=120) as response:
             assert response.status == 200
         os.killpg(process.pid, signal.SIGINT)
-        out, err = process.communicate(timeout=30)
+        out, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

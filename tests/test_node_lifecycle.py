@@ -35,11 +35,11 @@ def test_worker_watcher_retires_its_node_gracefully_on_a_notice(tmp_path):
             assert process.poll() is None, "the watcher must keep polling while there is no notice"
             metadata.notice = {"action": "terminate", "time": "2026-11-26T12:00:00Z"}
             noticed = time.monotonic()
-            output, _ = process.communicate(timeout=60)
+            output, _ = process.communicate(timeout=180)
             drained_in = time.monotonic() - noticed
 
             assert process.returncode == 0, output
-            assert drained_in < 30, f"draining took {drained_in:.0f} s of the two minutes"
+            assert drained_in < 110, f"draining took {drained_in:.0f} s of the two minutes"
             assert "spot interruption notice: terminate at 2026-11-26T12:00:00Z" in output
             assert f"retired 1 Dask worker(s) of 127.0.0.3 before the interruption: {doomed}" in output
             workers = client.scheduler_info(n_workers=-1)["workers"]
