@@ -32,18 +32,22 @@ def run_search(
     search,
     data: tuple,
     *,
-    plot: Callable[[Path, object], Future],
+    plot: Callable[[Path, object], Future] | None = None,
+    fit_params: dict | None = None,
     **summary,
 ) -> int:
-    """Fit `search` on (X_train, y_train) on the cluster, score it on (X_test, y_test), and write
-    results/<run>/: the CV table, `plot`'s figure, Dask's performance report and a summary."""
+    """Fit `search` on (X_train, y_train) on the cluster, evaluate it on (X_test, y_test), and
+    write results/<run>/: the CV table and the summary as soon as the search is over (nothing a
+    plot or a report does afterwards can lose them), Dask's performance report, and `plot`'s
+    figure. y_train and y_test may be None (a density estimator, say); `fit_params` (groups,
+    sample_weight, routed metadata) go to the search's fit."""
     from distributed import performance_report
-    from sklearn.metrics import classification_report
     from tqdm import tqdm
 
     from experiments.search import expected_fits, fit_on_cluster
 
     X_train, X_test, y_train, y_test = data
+    fit_params = fit_params or {}
     started = time.perf_counter()
     with plotter, cli.connect_from_args(args) as (client, where):
         connected = time.perf_counter()
@@ -54,25 +58,35 @@ def run_search(
             # Worker nodes over the search phase: they come and go on an adaptive cluster.
             with (
                 NodeMeter(client, lambda was, now: tqdm.write(f"worker nodes: {was} -> {now}")) as nodes,
-                tqdm(total=expected_fits(search, X_train, y_train), desc="fits", unit="fit") as bar,
+                tqdm(total=expected_fits(search, X_train, y_train, fit_params), desc="fits", unit="fit") as bar,
             ):
-                fit_on_cluster(client, search, X_train, y_train, on_fits=bar.update, wait_for_workers=args.timeout)
+                fit_on_cluster(
+                    client, search, X_train, y_train, on_fits=bar.update, wait_for_workers=args.timeout, **fit_params
+                )
             searched = time.perf_counter()
-            figure = plot(run, search)  # drawn in the helper while Dask writes its report
-        test_accuracy = search.best_estimator_.score(X_test, y_test)
-        test_report = classification_report(y_test, search.best_estimator_.predict(X_test), digits=3)
-        best = report.plain_params(search.best_params_)
-        print(f"\nBest parameters: {best}\nBest mean CV score: {search.best_score_:.4f}")
-        if len(tied := report.tied_for_best(search.cv_results_, search.best_index_)) > 1:
+            # The finished search first: what follows may fail, the search is kept.
+            report.write_cv_table(run / report.CV_TABLE, search.cv_results_)
+            timings = {"connect": connected - started, "search": searched - connected}
+            node_use = {"peak": nodes.peak, "worker_node_hours": round(nodes.node_seconds / 3600, 4)}
+            fields = report.summary_fields(search, where, timings, worker_nodes=node_use, **summary)
+            report.write_summary(run / report.SUMMARY, **fields)
+            figure = plot(run, search) if plot and report.score_column(search) else None  # drawn while Dask writes
+        tested, test_report = report.held_out(search, X_test, y_test)
+        if "best_params" in fields:
+            print(f"\nBest parameters: {fields['best_params']}")
+        if "best_cv_score" in fields:
+            print(f"Best mean CV score{' (' + fields['scored_by'] + ')' if 'scored_by' in fields else ''}: "
+                  f"{fields['best_cv_score']:.4f}")  # fmt: skip
+        if len(tied := fields.get("tied_for_best", [])) > 1:
             print(f"Tied for best ({len(tied)}, the first is kept as scikit-learn does): " + "; ".join(map(str, tied)))
-        print(f"\nClassification report on the held-out data:\n{test_report}")
-        report.write_cv_table(run / report.CV_TABLE, search.cv_results_)
-        figure.result()
-    timings = {"connect": connected - started, "search": searched - connected, "total": time.perf_counter() - started}
-    node_use = {"peak": nodes.peak, "worker_node_hours": round(nodes.node_seconds / 3600, 4)}
-    fields = report.summary_fields(
-        search, where, timings, test_accuracy=test_accuracy, worker_nodes=node_use, **summary
-    )
+        print(f"\n{test_report}")
+        if figure is not None:
+            try:
+                figure.result()
+            except Exception as error:
+                print(f"warning: the plot was not drawn ({type(error).__name__}: {error}); results are in {run}")
+    fields.update(tested)
+    fields["timings_seconds"]["total"] = round(time.perf_counter() - started, 3)
     if estimate := cost.for_where(where, nodes.node_seconds, searched - connected):
         fields["cost"] = estimate
         print(cost.summary_line(estimate))

@@ -62,18 +62,80 @@ def plain_params(params: dict) -> dict:
     return {name: _plain(value) for name, value in params.items()}
 
 
-def tied_for_best(cv_results: dict, best_index: int) -> list[dict]:
+def score_column(search) -> str | None:
+    """The cv_results_ column the search chose its best candidate by: "mean_test_score", the
+    refit metric's of a multi-metric search, or None when no single one did (refit=False or a
+    refit callable with several metrics)."""
+    results = search.cv_results_
+    if "mean_test_score" in results:
+        return "mean_test_score"
+    refit = getattr(search, "refit", None)
+    return f"mean_test_{refit}" if isinstance(refit, str) and f"mean_test_{refit}" in results else None
+
+
+def tied_for_best(cv_results: dict, best_index: int, column: str = "mean_test_score") -> list[dict]:
     """Every candidate as good as the chosen one, in the search's order (the first is kept).
 
     In a successive-halving search only the chosen one's round counts: early rounds score on
     a few rows, where many candidates look perfect.
     """
-    scores, rounds = cv_results["mean_test_score"], cv_results.get("iter")
+    scores, rounds = cv_results[column], cv_results.get("iter")
     return [
         plain_params(params)
         for i, params in enumerate(cv_results["params"])
         if scores[i] == scores[best_index] and (rounds is None or rounds[i] == rounds[best_index])
     ]
+
+
+def best_fields(search) -> dict:
+    """What the search chose, as far as it chose: best_params_, best_score_ and the ties exist
+    for some searches only (refit=False with several metrics chooses nothing; a refit callable
+    chooses an index without a score)."""
+    fields = {}
+    column = score_column(search)
+    if column and column != "mean_test_score":
+        fields["scored_by"] = column.removeprefix("mean_test_")
+    if hasattr(search, "best_params_"):
+        fields["best_params"] = plain_params(search.best_params_)
+    if hasattr(search, "best_score_"):
+        fields["best_cv_score"] = float(search.best_score_)
+    if column and hasattr(search, "best_index_"):
+        fields["tied_for_best"] = tied_for_best(search.cv_results_, search.best_index_, column)
+    return fields
+
+
+def held_out(search, X_test, y_test) -> tuple[dict, str]:
+    """The refitted best model on the held-out data: summary fields and a report to print.
+
+    Classifiers get the classification report, regressors R², MAE and RMSE, anything else
+    (a density estimator, say) its own score; a search without a refit (refit=False) none."""
+    from sklearn.base import is_classifier, is_regressor
+
+    if not hasattr(search, "best_estimator_"):
+        return {}, "No refitted model (refit=False): nothing to evaluate on the held-out data."
+    model = search.best_estimator_
+    if y_test is not None and is_classifier(model):
+        from sklearn.metrics import classification_report
+
+        text = classification_report(y_test, model.predict(X_test), digits=3)
+        return {
+            "test_accuracy": float(model.score(X_test, y_test))
+        }, f"Classification report on the held-out data:\n{text}"
+    if y_test is not None and is_regressor(model):
+        from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
+
+        predicted = model.predict(X_test)
+        fields = {
+            "test_r2": float(r2_score(y_test, predicted)),
+            "test_mae": float(mean_absolute_error(y_test, predicted)),
+            "test_rmse": float(root_mean_squared_error(y_test, predicted)),
+        }
+        lines = [f"  {name.removeprefix('test_')}: {value:.4g}" for name, value in fields.items()]
+        return fields, "Regression report on the held-out data:\n" + "\n".join(lines) + "\n"
+    if hasattr(model, "score"):
+        score = float(model.score(X_test) if y_test is None else model.score(X_test, y_test))
+        return {"test_score": score}, f"The best model's own score on the held-out data: {score:.4g}\n"
+    return {}, "The best model has no score: nothing to evaluate on the held-out data."
 
 
 def write_heatmap(
@@ -170,13 +232,15 @@ class Plotter:
         )
         self._pool.submit(int)  # the pool starts its process on the first task: start it now
 
-    def heatmap(self, path: Path, cv_results: dict, **options) -> Future:
-        means = [float(score) for score in cv_results["mean_test_score"]]
+    def heatmap(self, path: Path, cv_results: dict, *, column: str = "mean_test_score", **options) -> Future:
+        means = [float(score) for score in cv_results[column]]
         return self._pool.submit(write_heatmap, path, list(cv_results["params"]), means, **options)
 
-    def candidates(self, path: Path, cv_results: dict, best_index: int, *, title: str) -> Future:
-        means = [float(score) for score in cv_results["mean_test_score"]]
-        stds = [float(score) for score in cv_results["std_test_score"]]
+    def candidates(
+        self, path: Path, cv_results: dict, best_index: int, *, title: str, column: str = "mean_test_score"
+    ) -> Future:
+        means = [float(score) for score in cv_results[column]]
+        stds = [float(score) for score in cv_results[column.replace("mean_", "std_", 1)]]
         rounds = [int(r) for r in cv_results["iter"]] if "iter" in cv_results else None
         return self._pool.submit(write_candidates, path, means, stds, rounds, int(best_index), title=title)
 
@@ -196,11 +260,9 @@ def summary_fields(search, where: Where, timings: dict[str, float], **extra) -> 
     results = search.cv_results_
     return {
         "search": f"{type(search).__module__.split('.')[0]}.{type(search).__name__}",
-        "best_params": plain_params(search.best_params_),
-        "best_cv_score": float(search.best_score_),
-        "tied_for_best": tied_for_best(results, search.best_index_),
+        **best_fields(search),
         "candidates": len(results["params"]),
-        "splits": sum(1 for column in results if re.fullmatch(r"split\d+_test_score", column)),
+        "splits": len({column.split("_", 1)[0] for column in results if re.fullmatch(r"split\d+_test_\w+", column)}),
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
         "where": asdict(where),
         "client": {"python": platform.python_version(), "machine": platform.machine()},

@@ -29,19 +29,33 @@ def is_dask_ml(search) -> bool:
     return type(search).__module__.startswith("dask_ml.")
 
 
-def expected_fits(search, X, y) -> int | None:
-    """How many (candidate, split) fits the search will run, when that is known beforehand."""
-    from sklearn.base import is_classifier
-    from sklearn.model_selection import ParameterGrid, ParameterSampler, check_cv
+def expected_fits(search, X, y, fit_params: dict | None = None) -> int | None:
+    """How many (candidate, split) fits the search will run, or None when that is not known
+    beforehand. Never touches the search's cv beyond asking it: an iterable of splits (a
+    generator, say) would be used up by counting it."""
+    from numbers import Integral
 
+    from sklearn.model_selection import ParameterGrid, ParameterSampler
+
+    if hasattr(search, "factor"):  # successive halving: rounds and candidates follow the scores
+        return None
     if hasattr(search, "param_grid"):
         candidates = len(ParameterGrid(search.param_grid))
     elif hasattr(search, "n_iter") and hasattr(search, "param_distributions"):
         candidates = len(ParameterSampler(search.param_distributions, search.n_iter, random_state=0))
-    else:  # successive halving: the number of candidates shrinks as the search learns
+    else:
         return None
-    splits = check_cv(search.cv, y, classifier=is_classifier(search.estimator)).get_n_splits(X, y)
-    return candidates * splits
+    cv = search.cv
+    if cv is None:
+        return candidates * 5  # scikit-learn's and dask-ml's default
+    if isinstance(cv, Integral):
+        return candidates * int(cv)
+    if not hasattr(cv, "get_n_splits"):
+        return None
+    try:
+        return candidates * cv.get_n_splits(X, y, (fit_params or {}).get("groups"))
+    except (TypeError, ValueError):  # a splitter that needs what it was not given
+        return None
 
 
 class FitCounter:
@@ -129,37 +143,100 @@ def worker_held(client, timeout: float) -> Iterator[None]:
             release.clear()
 
 
+def refuse_unsupported(search) -> None:
+    """dask-ml's incremental searches (Hyperband and the like) fail inside dask-ml with the pinned
+    dask and distributed: their fit calls `dask.persist` from the client's event loop, which
+    distributed refuses ("an asynchronous Client in a synchronous context"). Refused before any work."""
+    if not is_dask_ml(search):
+        return
+    from dask_ml.model_selection._incremental import BaseIncrementalSearchCV
+
+    if isinstance(search, BaseIncrementalSearchCV):
+        raise ClusterError(
+            f"dask-ml's {type(search).__name__} does not run with this project's dask and distributed (dask-ml "
+            "calls dask.persist inside the client's event loop, which distributed refuses); use scikit-learn's "
+            "HalvingRandomSearchCV or HalvingGridSearchCV for successive halving, or dask-ml's GridSearchCV "
+            "or RandomizedSearchCV"
+        )
+
+
+@contextmanager
+def params_set(search, **values) -> Iterator[None]:
+    """The search's parameters among `values` set for the block, then put back as they were: the
+    fitted search is the user's object, with the user's settings (it pickles, clones, refits)."""
+    own = search.get_params(deep=False)
+    before = {name: own[name] for name in values if name in own}
+    search.set_params(**{name: values[name] for name in before})
+    try:
+        yield
+    finally:
+        search.set_params(**before)
+
+
+@contextmanager
+def cancelled_on_failure(client) -> Iterator[None]:
+    """Whatever the block left on the cluster through `client` is cancelled if it raises (its
+    own error, a lost scheduler, Ctrl-C): no fit keeps running, and billing, for nobody."""
+    from distributed import Future
+
+    before = set(client.futures)
+    try:
+        yield
+    except BaseException:
+        left = [Future(key, client) for key in set(client.futures) - before]
+        with suppress(Exception):  # a lost scheduler: nothing to cancel there any more
+            client.cancel(left)
+        raise
+
+
 def fit_on_cluster(
-    client, search, X, y, *, on_fits: Callable[[int], object] | None = None, wait_for_workers: float = 600.0,
-    **fit_params,
+    client, search, X, y=None, *, on_fits: Callable[[int], object] | None = None,
+    wait_for_workers: float = 600.0, **fit_params,
 ):  # fmt: skip
     """Fit `search` (a scikit-learn or dask-ml search object) with the cluster's workers.
 
-    On a cluster with no worker yet (adaptive, from none), scikit-learn's searches wait up to
-    `wait_for_workers` seconds for the first (see `worker_held`); dask-ml's graph waits in the
-    scheduler's queue (its tasks are what asks for nodes).
+    The user's own modules the search uses are sent to the nodes first (experiments/user_code.py);
+    a module the nodes still cannot import is named in one line (ClusterError), before any work.
+    If the search raises (its own error, a lost scheduler, Ctrl-C), what it submitted is
+    cancelled and its data released before the exception reaches the caller. On a cluster with
+    no worker yet (adaptive, from none), scikit-learn's searches wait up to `wait_for_workers`
+    seconds for the first (see `worker_held`); dask-ml's graph waits in the scheduler's queue
+    (its tasks are what asks for nodes). The search's parameters are left as they were.
     """
-    counting = FitCounter(client, on_fits) if on_fits else nullcontext()
-    with counting:
-        if is_dask_ml(search):
-            search.set_params(scheduler=client)
-            return search.fit(X, y, **fit_params)
-        from joblib import parallel_config
+    from experiments.user_code import ship
 
-        if "pre_dispatch" in search.get_params():
-            # Every fit of a round submitted at once, not two per thread of the nodes there are
-            # when it starts: the scheduler sees the whole round, and an adaptive cluster adds
-            # the nodes it needs; nodes that join take their share.
-            search.set_params(pre_dispatch="all")
-        # n_jobs=-1: as many fits at once as the cluster has threads. scatter: X and y go to
-        # every worker once, now, and the fits refer to those copies.
-        with ExitStack() as search_context:
+    refuse_unsupported(search)
+    ship(client, search, fit_params)
+    counting = FitCounter(client, on_fits) if on_fits else nullcontext()
+    with counting, cancelled_on_failure(client):
+        if is_dask_ml(search):
+            with params_set(search, scheduler=client):
+                return search.fit(X, y, **fit_params)
+        return _fit_with_joblib(client, search, X, y, wait_for_workers, fit_params)
+
+
+def _fit_with_joblib(client, search, X, y, wait_for_workers: float, fit_params: dict):
+    """scikit-learn's search through the project's joblib backend (experiments/joblib_backend.py)."""
+    from joblib import parallel_config
+
+    from experiments.joblib_backend import ClusterBackend
+
+    backend = None
+    # n_jobs=-1: as many fits at once as the cluster has threads (the search's own joblib calls
+    # only; the fits' inner ones keep their n_jobs). pre_dispatch="all": every fit of a round
+    # submitted at once, not two per thread of the nodes there are when it starts: the scheduler
+    # sees the whole round, an adaptive cluster adds the nodes it needs, nodes that join take
+    # their share.
+    with params_set(search, n_jobs=-1, pre_dispatch="all"), ExitStack() as search_context:
+        try:
+            # X and y go to every worker once, now, and the fits refer to those copies.
             with worker_held(client, wait_for_workers):
-                search_context.enter_context(
-                    parallel_config(
-                        backend="dask", n_jobs=-1, client=client, scatter=[X, y],
-                        wait_for_workers_timeout=wait_for_workers,
-                    )
-                )  # fmt: skip
+                data = [part for part in (X, y) if part is not None]
+                backend = ClusterBackend(client=client, scatter=data, wait_for_workers_timeout=wait_for_workers)
+            search_context.enter_context(parallel_config(backend=backend))
             search_context.enter_context(warning_filters_without_main())
             return search.fit(X, y, **fit_params)
+        finally:
+            if backend is not None:
+                with suppress(Exception):  # a lost scheduler: it holds nothing of ours any more
+                    backend.release()

@@ -1,0 +1,119 @@
+"""scikit-learn's searches on the cluster: joblib's Dask backend, made safe for a user's search.
+
+joblib's own backend (`joblib._dask.DaskDistributedBackend`) is kept for what it does well (the
+batches, the scattered data, the task names the fit counter reads); this subclass changes what
+would lose or leak a search:
+
+- a batch that cannot be sent (an unpicklable cv generator, say) fails the search at once with
+  the pickling error; joblib's backend submits from an event-loop callback, where the error is
+  only logged and the search waits forever;
+- an aborted search (an error, Ctrl-C) cancels every fit it submitted, and `release` forgets
+  the data it scattered: nothing keeps running, or holding memory, on the cluster;
+- the fits run as scikit-learn runs them: an estimator's own joblib use inside a fit (a forest's
+  trees) stays in that fit's task, on the worker's threads, as its `n_jobs` says, instead of
+  going to the scheduler as tasks of their own; joblib calls with `n_jobs=None` (the refit of a
+  forest in the client, say) run sequentially, as in scikit-learn;
+- a cluster with one thread still runs the fits there, one at a time: joblib would take one
+  job for "run in this process".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import pickle
+from uuid import uuid4
+
+from joblib._dask import Batch, DaskDistributedBackend
+from joblib._utils import _TracebackCapturingWrapper
+from joblib.parallel import ParallelBackendBase, parallel_config
+
+from experiments.cluster.messages import ClusterError
+
+
+class FitNotSendable(ClusterError, pickle.PicklingError):
+    """A fit cannot be pickled (scikit-learn sends the search itself with every fit, its cv
+    included): the one line names what could not be."""
+
+
+class FitBatch(Batch):
+    """joblib's batch of fits (same task names), with nested joblib calls kept on the worker."""
+
+    def __call__(self, tasks=None):
+        with parallel_config(backend="threading"):  # n_jobs=None: one at a time, as in scikit-learn
+            return [func(*args, **kwargs) for func, args, kwargs in tasks]
+
+
+class ClusterBackend(DaskDistributedBackend):
+    """joblib's Dask backend for one search on `client`; `release` when the search is over."""
+
+    default_n_jobs = 1  # joblib calls that do not ask for the cluster (n_jobs=None) stay where they are
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.submitted: set = set()  # every fit task this search sent, until it is released
+
+    def __reduce__(self):
+        return (ParallelBackendBase, ())  # never sent anywhere; joblib's would rebuild a Dask backend
+
+    def get_nested_backend(self):
+        return ParallelBackendBase.get_nested_backend(self)
+
+    def effective_n_jobs(self, n_jobs):
+        if n_jobs == 1:
+            return 1
+        # Never 1 for the cluster: joblib would run the search in this process instead.
+        return max(2, super().effective_n_jobs(n_jobs))
+
+    async def _to_func_args(self, func):
+        _, tasks = await super()._to_func_args(func)
+        return FitBatch(tasks), tasks
+
+    def submit(self, func, callback=None):
+        result = concurrent.futures.Future()
+        result.get = result.result  # joblib's AsyncResult interface
+
+        async def send() -> None:
+            try:
+                batch, tasks = await self._to_func_args(func)
+                try:
+                    task = self.client.submit(
+                        _TracebackCapturingWrapper(batch), tasks=tasks, key=f"{batch!r}-{uuid4().hex}",
+                        **self.submit_kwargs,
+                    )  # fmt: skip
+                except (pickle.PicklingError, TypeError, AttributeError) as error:
+                    raise FitNotSendable(f"a fit of this search cannot be sent to the cluster: {error}") from error
+            except BaseException as error:
+                result.set_exception(error)
+                return
+            # Held until it ends, not longer: a finished fit's result is the search's, not the cluster's.
+            self.submitted.add(task)
+            task.add_done_callback(self.submitted.discard)
+            self.waiting_futures.add(task)
+            self._callbacks[task] = callback
+            self._results[task] = result
+
+        self.client.loop.add_callback(send)
+        return result
+
+    def abort_everything(self, ensure_ready=True):
+        super().abort_everything(ensure_ready)
+        self._cancel_submitted()
+
+    def _cancel_submitted(self) -> None:
+        pending = [task for task in list(self.submitted) if not task.done()]
+        if pending:
+            self.client.cancel(pending)
+        self.submitted.clear()
+
+    def release(self) -> None:
+        """Cancel what is still running and forget the scattered data: the cluster holds nothing of
+        this search any more (its results are in the search object)."""
+        self._cancel_submitted()
+        data = list(self.data_futures.values())
+        for future in data:
+            future.release()
+        self.data_futures.clear()
+        self._scatter.clear()
+        # The event loop may still hold the last batches' futures; let it drop them.
+        self.client.sync(asyncio.sleep, 0)

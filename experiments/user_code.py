@@ -1,0 +1,122 @@
+"""The user's own code on the nodes: modules a search uses that the image does not have.
+
+A search whose pipeline uses a transformer from the user's own module (`mytools.py` beside the
+script, or a package `src/`) is pickled by reference to that module: the scheduler and every
+worker must import it, and the image holds only its pinned packages and this project. Before
+the search, `ship` finds the modules the search refers to, sends the user's own (source files
+on this machine, not installed packages) to the scheduler and every worker, present and future
+(Dask's upload plugins), and names in one line any module the nodes still cannot import.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import sys
+import sysconfig
+import tempfile
+import zipfile
+from pathlib import Path
+
+from experiments.cluster.messages import ClusterError
+
+# In the image already (image/Dockerfile), or the interpreter's own.
+SHIPPED_WITH_THE_IMAGE = {"experiments", "__main__", "builtins"}
+
+
+def referenced_modules(*objects) -> set[str]:
+    """Top-level names of the modules that pickling `objects` by reference would need."""
+    import cloudpickle
+
+    found: set[str] = set()
+
+    class Recorder(cloudpickle.Pickler):
+        def persistent_id(self, obj):
+            owner = obj if isinstance(obj, type) or (callable(obj) and hasattr(obj, "__qualname__")) else type(obj)
+            module = getattr(owner, "__module__", None)
+            if isinstance(module, str):
+                found.add(module.partition(".")[0])
+            return None
+
+    # Data buffers are skipped (protocol 5, out of band): only the objects' kinds matter here.
+    Recorder(io.BytesIO(), protocol=5, buffer_callback=lambda _: False).dump(objects)
+    return found
+
+
+def own_source(name: str) -> Path | None:
+    """The file or package folder of `name` when it is the user's own code: a source file on
+    this machine that is neither part of Python nor an installed package."""
+    module = sys.modules.get(name)
+    file = getattr(module, "__file__", None)
+    if name in SHIPPED_WITH_THE_IMAGE or not file or not file.endswith(".py"):
+        return None
+    installed = {Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    path = Path(file).resolve()
+    if any(path.is_relative_to(folder) for folder in installed):
+        return None
+    return path.parent if path.name == "__init__.py" else path
+
+
+def missing_on_the_cluster(names: list[str]) -> list[str]:
+    """Run on a node: which of `names` it cannot import."""
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+def _missing(client, names: list[str]) -> dict[str, str]:
+    """Module name -> where it is missing (the scheduler, or a worker's address)."""
+    where: dict[str, str] = {}
+    for name in client.run_on_scheduler(missing_on_the_cluster, names):
+        where.setdefault(name, "the scheduler")
+    for worker, missing in client.run(missing_on_the_cluster, names).items():
+        for name in missing:
+            where.setdefault(name, f"worker {worker}")
+    return where
+
+
+def _upload(client, name: str, source: Path) -> None:
+    """The module's source to the scheduler and every worker, those that join later included.
+    Named after the module, so that a newer upload replaces an older one."""
+    from distributed.diagnostics.plugin import SchedulerUploadFile, UploadFile
+
+    with tempfile.TemporaryDirectory(prefix="dask-user-code-") as folder:
+        if source.is_dir():  # a package: a zip of its source files, importable from sys.path
+            upload = Path(folder) / f"{name}.zip"
+            with zipfile.ZipFile(upload, "w") as archive:
+                for path in sorted(source.rglob("*.py")):
+                    archive.write(path, Path(name) / path.relative_to(source))
+        else:
+            upload = Path(folder) / f"{name}.py"
+            upload.write_bytes(source.read_bytes())
+        # Loaded there at once (a zip is put on sys.path): a module that fails to import says so
+        # now, and a newer upload replaces a module imported before.
+        try:
+            client.register_plugin(SchedulerUploadFile(str(upload)), name=f"user-code-{name}")
+            client.register_plugin(UploadFile(str(upload)), name=f"user-code-{name}")
+        except Exception as error:
+            raise ClusterError(
+                f"the nodes cannot import `{name}`, which the search uses: {type(error).__name__}: {error}"
+            ) from None
+
+
+def ship(client, *objects) -> list[str]:
+    """Send the user's own modules that `objects` need to the cluster; returns their names.
+    ClusterError naming a module the nodes cannot import, before any work is sent."""
+    needed = sorted(referenced_modules(*objects) - SHIPPED_WITH_THE_IMAGE)
+    if not needed:
+        return []
+    # A cluster in this process (the local default) imports what this process imports.
+    if client.run_on_scheduler(os.getpid) == os.getpid():
+        return []
+    own = {name: source for name in needed if (source := own_source(name)) is not None}
+    for name, source in own.items():
+        _upload(client, name, source)
+    if missing := _missing(client, needed):
+        name, where = next(iter(sorted(missing.items())))
+        hint = (
+            "it is your own module and could not be sent"
+            if name in own
+            else "add its package to image/requirements.txt (and requirements.txt) and redeploy"
+        )
+        raise ClusterError(f"the nodes cannot import `{name}` ({where}), which the search uses: {hint}")
+    return sorted(own)
