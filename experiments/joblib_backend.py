@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import pickle
 from uuid import uuid4
 
@@ -34,6 +35,23 @@ from experiments.cluster.messages import ClusterError
 class FitNotSendable(ClusterError, pickle.PicklingError):
     """A fit cannot be pickled (scikit-learn sends the search itself with every fit, its cv
     included): the one line names what could not be."""
+
+
+def _first_cause(error: BaseException) -> BaseException:
+    """What could not be pickled, under distributed's own wrapping of it."""
+    while (cause := error.__cause__ or error.__context__) is not None:
+        error = cause
+    return error
+
+
+class _QuietAboutUnsendableFits(logging.Filter):
+    """distributed logs a traceback for an object it cannot pickle; the search says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to serialize")
+
+
+PICKLE_LOG = logging.getLogger("distributed.protocol.pickle")
 
 
 class FitBatch(Batch):
@@ -52,6 +70,8 @@ class ClusterBackend(DaskDistributedBackend):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.submitted: set = set()  # every fit task this search sent, until it is released
+        self._quiet = _QuietAboutUnsendableFits()
+        PICKLE_LOG.addFilter(self._quiet)
 
     def __reduce__(self):
         return (ParallelBackendBase, ())  # never sent anywhere; joblib's would rebuild a Dask backend
@@ -82,9 +102,15 @@ class ClusterBackend(DaskDistributedBackend):
                         **self.submit_kwargs,
                     )  # fmt: skip
                 except (pickle.PicklingError, TypeError, AttributeError) as error:
-                    raise FitNotSendable(f"a fit of this search cannot be sent to the cluster: {error}") from error
+                    raise FitNotSendable(
+                        f"a fit of this search cannot be sent to the cluster: {_first_cause(error)}"
+                    ) from None
             except BaseException as error:
+                # joblib takes a batch's outcome from its callback: an exception there is raised
+                # in the search's thread, which then aborts the search.
                 result.set_exception(error)
+                if callback is not None:
+                    callback(error)
                 return
             # Held until it ends, not longer: a finished fit's result is the search's, not the cluster's.
             self.submitted.add(task)
@@ -107,13 +133,24 @@ class ClusterBackend(DaskDistributedBackend):
         self.submitted.clear()
 
     def release(self) -> None:
-        """Cancel what is still running and forget the scattered data: the cluster holds nothing of
-        this search any more (its results are in the search object)."""
+        """Cancel what is still running and forget every future of this search: its fits (an
+        aborted search leaves them in joblib's bookkeeping), the data scattered ahead of them, and
+        what joblib scattered on its own. The cluster holds nothing of it any more (its results
+        are in the search object)."""
+        PICKLE_LOG.removeFilter(self._quiet)
         self._cancel_submitted()
-        data = list(self.data_futures.values())
-        for future in data:
-            future.release()
-        self.data_futures.clear()
+        # What joblib scattered on its own, kept as the asyncio tasks that scattered it (in a
+        # weak-key mapping of its own, by id); one cut short by the abort has nothing to release.
+        call_data = getattr(self, "call_data_futures", None)
+        tasks = [task for _, task in getattr(call_data, "_data", {}).values()]
+        scattered = [task.result() for task in tasks if task.done() and not task.cancelled() and not task.exception()]
+        for future in [*self.data_futures.values(), *scattered, *self._results, *self._callbacks]:
+            if hasattr(future, "release"):
+                future.release()
+        for bookkeeping in (self._results, self._callbacks, self.data_futures):
+            bookkeeping.clear()
+        if call_data is not None:
+            call_data.clear()
         self._scatter.clear()
-        # The event loop may still hold the last batches' futures; let it drop them.
+        # The releases are sent from the event loop: let it run them before the caller looks.
         self.client.sync(asyncio.sleep, 0)

@@ -189,6 +189,22 @@ def cancelled_on_failure(client) -> Iterator[None]:
         raise
 
 
+def dask_ml_scheduler(client) -> Callable:
+    """What dask-ml's searches get as their scheduler: `client.get`, as a plain function.
+
+    Handed the Client itself, dask-ml retries a fit that raised, for ever: a search with
+    error_score="raise" whose fit fails never ends (and keeps its nodes busy). Handed a function,
+    it calls it as it would dask's own: the first error ends the search, and the futures
+    Client.get releases end its other fits. A lost worker's fits are still computed again by
+    the scheduler, as for any task."""
+
+    def get(graph, keys, **options):
+        options.pop("num_workers", None)  # dask's local schedulers' option
+        return client.get(graph, keys, allow_other_workers=True, **options)
+
+    return get
+
+
 def fit_on_cluster(
     client, search, X, y=None, *, on_fits: Callable[[int], object] | None = None,
     wait_for_workers: float = 600.0, **fit_params,
@@ -210,7 +226,7 @@ def fit_on_cluster(
     counting = FitCounter(client, on_fits) if on_fits else nullcontext()
     with counting, cancelled_on_failure(client):
         if is_dask_ml(search):
-            with params_set(search, scheduler=client):
+            with params_set(search, scheduler=dask_ml_scheduler(client)):
                 return search.fit(X, y, **fit_params)
         return _fit_with_joblib(client, search, X, y, wait_for_workers, fit_params)
 
@@ -238,5 +254,5 @@ def _fit_with_joblib(client, search, X, y, wait_for_workers: float, fit_params: 
             return search.fit(X, y, **fit_params)
         finally:
             if backend is not None:
-                with suppress(Exception):  # a lost scheduler: it holds nothing of ours any more
+                with suppress(OSError, TimeoutError):  # a lost scheduler: it holds nothing of ours any more
                     backend.release()

@@ -10,9 +10,11 @@ on this machine, not installed packages) to the scheduler and every worker, pres
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import os
+import pickle
 import sys
 import sysconfig
 import tempfile
@@ -40,7 +42,10 @@ def referenced_modules(*objects) -> set[str]:
             return None
 
     # Data buffers are skipped (protocol 5, out of band): only the objects' kinds matter here.
-    Recorder(io.BytesIO(), protocol=5, buffer_callback=lambda _: False).dump(objects)
+    # What cannot be pickled at all (a cv generator, say) is not sent as such by every engine
+    # (dask-ml splits on the client); where it must be, the search fails saying so.
+    with contextlib.suppress(pickle.PicklingError, TypeError, AttributeError):
+        Recorder(io.BytesIO(), protocol=5, buffer_callback=lambda _: False).dump(objects)
     return found
 
 
@@ -74,9 +79,9 @@ def _missing(client, names: list[str]) -> dict[str, str]:
     return where
 
 
-def _upload(client, name: str, source: Path) -> None:
-    """The module's source to the scheduler and every worker, those that join later included.
-    Named after the module, so that a newer upload replaces an older one."""
+def _upload(client, name: str, source: Path, *, scheduler: bool) -> None:
+    """The module's source to every worker, those that join later included, and to the scheduler
+    if asked. Named after the module, so that a newer upload replaces an older one."""
     from distributed.diagnostics.plugin import SchedulerUploadFile, UploadFile
 
     with tempfile.TemporaryDirectory(prefix="dask-user-code-") as folder:
@@ -91,7 +96,8 @@ def _upload(client, name: str, source: Path) -> None:
         # Loaded there at once (a zip is put on sys.path): a module that fails to import says so
         # now, and a newer upload replaces a module imported before.
         try:
-            client.register_plugin(SchedulerUploadFile(str(upload)), name=f"user-code-{name}")
+            if scheduler:
+                client.register_plugin(SchedulerUploadFile(str(upload)), name=f"user-code-{name}")
             client.register_plugin(UploadFile(str(upload)), name=f"user-code-{name}")
         except Exception as error:
             raise ClusterError(
@@ -105,12 +111,18 @@ def ship(client, *objects) -> list[str]:
     needed = sorted(referenced_modules(*objects) - SHIPPED_WITH_THE_IMAGE)
     if not needed:
         return []
-    # A cluster in this process (the local default) imports what this process imports.
-    if client.run_on_scheduler(os.getpid) == os.getpid():
+    # A scheduler or workers in this process (the local default) import what this process
+    # imports; loading an upload there would reload the user's module under their objects.
+    here = os.getpid()
+    scheduler_elsewhere = client.run_on_scheduler(os.getpid) != here
+    workers = client.run(os.getpid)
+    workers_elsewhere = any(pid != here for pid in workers.values()) if workers else scheduler_elsewhere
+    if not (scheduler_elsewhere or workers_elsewhere):
         return []
     own = {name: source for name in needed if (source := own_source(name)) is not None}
-    for name, source in own.items():
-        _upload(client, name, source)
+    if workers_elsewhere:
+        for name, source in own.items():
+            _upload(client, name, source, scheduler=scheduler_elsewhere)
     if missing := _missing(client, needed):
         name, where = next(iter(sorted(missing.items())))
         hint = (

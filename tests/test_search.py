@@ -11,12 +11,11 @@ import pytest
 
 from experiments.cluster.messages import ClusterError
 from experiments.cluster.waiting import worker_nodes
-from experiments.search import fit_on_cluster
+from experiments.search import JOBLIB_BATCH, fit_on_cluster
 
 from . import loopback_cluster
-from .experiment_runs import (
-    tiny_svc_search,
-)
+from .experiment_runs import tiny_svc_search
+from .search_cases import assert_clean
 
 
 @pytest.mark.parametrize("engine", ["dask-ml", "scikit-learn"])
@@ -71,17 +70,30 @@ def test_a_scikit_learn_search_on_a_cluster_without_workers_waits_then_says_so()
     )
 
 
-def test_scikit_learn_searches_submit_every_fit_of_a_round_at_once():
-    """So that an adaptive cluster sees the whole round, not two fits per thread it had at the start."""
+def test_scikit_learn_searches_submit_every_fit_of_a_round_at_once_and_get_their_settings_back(monkeypatch):
+    """So that an adaptive cluster sees the whole round, not two fits per thread it had at the start;
+    afterwards the search has the user's own settings again."""
     from distributed import Client, LocalCluster
 
+    from experiments.joblib_backend import ClusterBackend
+
     search, X, y = tiny_svc_search()
+    while_submitting = []
+    submit = ClusterBackend.submit
+
+    def recording_submit(self, func, callback=None):
+        while_submitting.append((search.pre_dispatch, search.n_jobs))
+        return submit(self, func, callback)
+
+    monkeypatch.setattr(ClusterBackend, "submit", recording_submit)
     with (
         LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as local,
         Client(local) as client,
     ):
         fit_on_cluster(client, search, X, y)
-    assert search.pre_dispatch == "all" and len(search.cv_results_["params"]) == 2
+    assert while_submitting and set(while_submitting) == {("all", -1)}
+    assert (search.pre_dispatch, search.n_jobs) == ("2*n_jobs", None)
+    assert len(search.cv_results_["params"]) == 2
 
 
 def test_scikit_learn_fits_travel_as_plain_pickles_and_the_callers_warning_filters_come_back(monkeypatch):
@@ -174,3 +186,210 @@ def test_a_scikit_learn_search_without_a_worker_for_it_asks_for_one_and_goes_on_
         local.scale(1)
         searching.join(timeout=60)
     assert outcome == [search] and len(search.cv_results_["params"]) == 2
+
+
+# ---- never hangs, never leaks, never loses: on worker processes, where every fit is pickled ----
+
+
+@pytest.fixture(scope="module")
+def process_cluster():
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def digits_search(engine: str, candidates: int = 4, **options):
+    from sklearn.datasets import load_digits
+    from sklearn.svm import SVC
+
+    if engine == "dask-ml":
+        from dask_ml.model_selection import GridSearchCV
+    else:
+        from sklearn.model_selection import GridSearchCV
+    X, y = load_digits(return_X_y=True)
+    grid = {"C": list(np.logspace(-2, 2, candidates))}
+    return GridSearchCV(SVC(gamma=0.001), grid, cv=3, **options), X, y
+
+
+def test_a_search_whose_fits_cannot_be_sent_fails_at_once_in_one_line(process_cluster):
+    """scikit-learn sends the search itself with every fit: a cv that is a generator cannot go."""
+    from sklearn.model_selection import KFold
+
+    from experiments.joblib_backend import FitNotSendable
+
+    search, X, y = digits_search("scikit-learn")
+    search.set_params(cv=KFold(3).split(X))
+    started = time.monotonic()
+    with pytest.raises(FitNotSendable) as error:
+        fit_on_cluster(process_cluster, search, X, y)
+    assert time.monotonic() - started < 60, "it fails, it does not wait"
+    assert str(error.value).startswith("a fit of this search cannot be sent to the cluster: cannot pickle 'generator'")
+    assert "\n" not in str(error.value)
+    assert_clean(process_cluster)
+
+
+@pytest.mark.parametrize("engine", ["dask-ml", "scikit-learn"])
+def test_a_search_that_raises_leaves_nothing_on_the_cluster(process_cluster, engine):
+    search, X, y = digits_search(engine, candidates=12, error_score="raise")
+    search.set_params(param_grid={"C": [*search.param_grid["C"], -1.0]})  # SVC refuses C < 0
+    with pytest.raises(ValueError, match="C"):
+        fit_on_cluster(process_cluster, search, X, y)
+    assert_clean(process_cluster, within=10)
+
+
+@pytest.mark.parametrize("engine", ["dask-ml", "scikit-learn"])
+def test_ctrl_c_mid_search_leaves_nothing_running_and_the_next_search_starts_clean(process_cluster, engine):
+    import _thread
+
+    search, X, y = digits_search(engine, candidates=40)
+    done = []
+
+    def interrupt_after_a_few(fits: int) -> None:
+        done.append(fits)
+        if sum(done) >= 4 and len(done) == len([n for n in done if n]):
+            done.append(0)
+            _thread.interrupt_main()  # what Ctrl-C does: KeyboardInterrupt in the main thread
+
+    def interrupted() -> bool:
+        # As a user's script ends (or a notebook cell moves on): the exception and its frames go.
+        try:
+            fit_on_cluster(process_cluster, search, X, y, on_fits=interrupt_after_a_few)
+        except KeyboardInterrupt:
+            return True
+        return False
+
+    assert interrupted()
+    assert sum(done) < 120, "interrupted mid-search"
+    assert_clean(process_cluster, within=10)
+    small, X, y = digits_search(engine, candidates=2)
+    fit_on_cluster(process_cluster, small, X, y)
+    assert len(small.cv_results_["params"]) == 2
+    assert_clean(process_cluster)
+
+
+def test_a_cluster_with_one_thread_runs_the_fits_there():
+    """joblib takes one job for "run here, in this process": the fits must still go to the cluster."""
+    from distributed import Client, LocalCluster
+
+    search, X, y = tiny_svc_search()
+    counted = []
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as local,
+        Client(local) as client,
+    ):
+        fit_on_cluster(client, search, X, y, on_fits=counted.append)
+    assert sum(counted) == 4, "every fit ran as a task of the cluster"
+
+
+def test_an_estimators_own_joblib_use_stays_inside_its_fit(process_cluster):
+    """A forest's trees (n_jobs=None: one at a time, in scikit-learn) are not tasks of their own,
+    neither from the fits nor from the refit in the client."""
+    from distributed import get_task_stream
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = np.random.default_rng(0).normal(size=(120, 4)), np.arange(120) % 2
+    search = GridSearchCV(RandomForestClassifier(n_estimators=6, random_state=0), {"max_depth": [2, 4]}, cv=2)
+    with get_task_stream(client=process_cluster) as stream:
+        fit_on_cluster(process_cluster, search, X, y)
+    names = {str(record["key"]) for record in stream.data}
+    fits = {name for name in names if JOBLIB_BATCH.search(name)}
+    assert fits and not [name for name in names - fits if "build_trees" in name or "batch_of" in name], names
+
+
+@pytest.mark.parametrize("engine", ["dask-ml", "scikit-learn"])
+def test_a_fitted_search_is_an_ordinary_fitted_estimator(process_cluster, engine):
+    import pickle
+
+    from sklearn.base import clone
+
+    search, X, y = digits_search(engine, candidates=2)
+    before = search.get_params()
+    fit_on_cluster(process_cluster, search, X, y)
+    assert search.get_params().keys() == before.keys()
+    assert all(search.get_params()[k] is before[k] or search.get_params()[k] == before[k] for k in before)
+    restored = pickle.loads(pickle.dumps(search))  # noqa: S301 (our own object)
+    np.testing.assert_array_equal(restored.predict(X[:20]), search.predict(X[:20]))
+    assert clone(search).get_params()["param_grid"] == before["param_grid"]
+
+
+@pytest.mark.parametrize("name", ["HyperbandSearchCV", "IncrementalSearchCV", "SuccessiveHalvingSearchCV",
+                                  "InverseDecaySearchCV"])  # fmt: skip
+def test_dask_mls_incremental_searches_are_refused_before_any_work(process_cluster, name):
+    import dask_ml.model_selection
+    from sklearn.linear_model import SGDClassifier
+
+    search = getattr(dask_ml.model_selection, name)(SGDClassifier(), {"alpha": [1e-4, 1e-3]})
+    with pytest.raises(ClusterError) as error:
+        fit_on_cluster(process_cluster, search, np.zeros((10, 2)), np.arange(10) % 2)
+    assert str(error.value).startswith(f"dask-ml's {name} does not run with this project's dask and distributed")
+    assert "HalvingRandomSearchCV" in str(error.value)
+    assert_clean(process_cluster, within=1)
+
+
+USER_MODULE = """
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+
+class Doubler(TransformerMixin, BaseEstimator):
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return np.asarray(X) * 2.0
+"""
+
+
+@pytest.fixture
+def users_own_module(tmp_path, monkeypatch):
+    """A module of the user's, beside their script: importable here, not on the workers."""
+    import importlib
+    import sys
+    import uuid
+
+    name = f"mytools_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield importlib.import_module(name)
+    sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("engine", ["dask-ml", "scikit-learn"])
+def test_the_users_own_module_reaches_the_workers(process_cluster, users_own_module, engine):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import SVC
+
+    search, X, y = digits_search(engine, candidates=2)
+    search.set_params(
+        estimator=make_pipeline(users_own_module.Doubler(), SVC(gamma=0.001)), param_grid={"svc__C": [1.0, 2.0]}
+    )
+    name = users_own_module.__name__
+    assert not any(process_cluster.run(lambda: name in __import__("sys").modules).values())
+    fit_on_cluster(process_cluster, search, X, y)
+    assert len(search.cv_results_["params"]) == 2
+    assert all(process_cluster.run(lambda: name in __import__("sys").modules).values()), "it ran there"
+    assert_clean(process_cluster)
+
+
+def test_a_module_the_nodes_cannot_get_is_named_in_one_line_before_the_search(process_cluster, users_own_module,
+                                                                              monkeypatch):  # fmt: skip
+    """As an installed package of the laptop's that the image lacks: it cannot be sent."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import SVC
+
+    from experiments import user_code
+
+    monkeypatch.setattr(user_code, "own_source", lambda name: None)
+    search, X, y = digits_search("scikit-learn", candidates=2)
+    search.set_params(estimator=make_pipeline(users_own_module.Doubler(), SVC()), param_grid={"svc__C": [1.0]})
+    with pytest.raises(ClusterError) as error:
+        fit_on_cluster(process_cluster, search, X, y)
+    name = users_own_module.__name__
+    assert str(error.value).startswith(f"the nodes cannot import `{name}` (worker tcp://")
+    assert str(error.value).endswith("add its package to image/requirements.txt (and requirements.txt) and redeploy")
+    assert_clean(process_cluster, within=1)
