@@ -88,9 +88,14 @@ def no_process_outlives_the_session():
     from . import leftovers
 
     yield
+    # joblib's process pool (plain scikit-learn with n_jobs=-1) keeps its workers for reuse: ours.
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)
     left = leftovers.leftover_processes()
+    described = [leftovers.describe(process) for process in left]
     leftovers.kill(left)
-    assert not left, "processes outlived the tests that started them:\n" + "\n".join(map(leftovers.describe, left))
+    assert not left, "processes outlived the tests that started them:\n" + "\n".join(described)
 
 
 @pytest.fixture(scope="session")

@@ -26,9 +26,10 @@ def become_subreaper() -> None:
 
 
 def _ends_with_us(process: psutil.Process) -> bool:
-    """multiprocessing's resource tracker, a child of this process: it exits when this process does."""
+    """A resource tracker (multiprocessing's, or joblib's loky's), a child of this process: it
+    exits when this process does."""
     try:
-        return process.ppid() == os.getpid() and "multiprocessing.resource_tracker" in " ".join(process.cmdline())
+        return process.ppid() == os.getpid() and "resource_tracker" in " ".join(process.cmdline())
     except psutil.Error:
         return True
 

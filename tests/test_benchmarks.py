@@ -53,3 +53,13 @@ def test_scale_benchmark_runs_every_part_at_tiny_size(tmp_path):
     assert all(0 <= s < 60 for s in first_fit_after) and all(0 < b <= 1.0 for b in busy), rows[3]
     copies = [float(row.strip(" |").split(" | ")[2]) for row in rows[4:]]
     assert all(c >= 1 for c in copies), "the data reaches the cluster at least once"
+
+
+def test_forest_benchmark_runs_and_both_searches_agree(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "benchmarks" / "forests.py"), "--runs", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and "median" not in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| scikit-learn n_jobs=-1", "| fit_on_cluster, local cluster"]

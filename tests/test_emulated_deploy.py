@@ -12,12 +12,15 @@ import base64
 import contextlib
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from .conftest import ROOT
 from .emulated.harness import SCHEDULER_ADDRESS, EmulatedDeploy
 from .emulated.laptop import STACK, Laptop, finish, local_run, run_on_laptop, summary
 
@@ -117,6 +120,71 @@ def test_search_from_the_laptop_matches_the_local_run(cluster, tmp_path):
     assert remote["best_params"] == expected["best_params"]
     assert remote["best_cv_score"] == expected["best_cv_score"]
     assert remote["tied_for_best"] == expected["tied_for_best"]
+
+
+USER_MODULE = """
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+
+class Doubler(TransformerMixin, BaseEstimator):
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return np.asarray(X) * 2.0
+"""
+
+USER_SCRIPT = """
+import argparse
+import sys
+
+sys.path.insert(0, sys.argv.pop(1))  # the project's checkout
+from experiments import experiment, report
+from experiments.cluster import cli
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    experiment.add_arguments(parser)
+    args = parser.parse_args()
+    plotter = report.Plotter()
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import GridSearchCV, train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import SVC
+
+    import mytools
+
+    X, y = load_digits(return_X_y=True)
+    search = GridSearchCV(make_pipeline(mytools.Doubler(), SVC(gamma=0.001)), {"svc__C": [0.1, 1.0]}, cv=3)
+    data = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    return experiment.run_search(args, plotter, "mine", search, data)
+
+
+if __name__ == "__main__":
+    cli.run(main)
+"""
+
+
+def test_a_search_with_the_users_own_module_runs_on_nodes_without_it(cluster, tmp_path):
+    """mytools.py sits beside the user's script; the image has no such module: it is sent."""
+    (tmp_path / "mytools.py").write_text(USER_MODULE)
+    (tmp_path / "my_search.py").write_text(USER_SCRIPT)
+    scheduler = cluster.nodes[0]
+    assert not (cluster.image_root / "opt" / "dask" / "mytools.py").exists()
+    local = subprocess.run([sys.executable, "my_search.py", str(ROOT), "--results", "local"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert local.returncode == 0, local.stdout + local.stderr
+    output = finish(cluster.on_laptop(
+        sys.executable, "my_search.py", str(ROOT), "--stack", STACK, "--outputs", str(cluster.outputs_file),
+        "--results", "remote", cwd=tmp_path,
+    ))  # fmt: skip
+    remote = summary(tmp_path / "remote")
+    assert remote["where"]["kind"] == "remote", output
+    assert remote["best_params"] == summary(tmp_path / "local")["best_params"]
+    assert remote["best_cv_score"] == summary(tmp_path / "local")["best_cv_score"]
+    assert scheduler.process.poll() is None
 
 
 def test_spot_notice_mid_search_drains_one_worker_node(cluster, tmp_path):
