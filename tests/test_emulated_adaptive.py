@@ -132,6 +132,20 @@ def test_busy_nodes_stay_idle_ones_go_and_held_data_survives(cluster):
         assert cluster.desired_capacity() == 0
 
 
+def test_an_interrupted_search_lets_the_group_shrink_while_its_client_stays(cluster):
+    """Ctrl-C mid-search, in a client that stays connected (a notebook): the fits it submitted
+    are cancelled, so the work is gone and the nodes go after the usual scale-down delay."""
+    with Laptop(cluster) as laptop:
+        laptop.process.stdin.write("search 200 5\n")  # 600 fits of 5 s: far more than the test waits
+        laptop.process.stdin.flush()
+        wait_for(cluster, lambda: len(running(cluster)) == 3, 300, "three nodes up for the search", laptop)
+        os.kill(laptop.process.pid, signal.SIGINT)
+        assert laptop.read(120) == "interrupted"
+        wait_for(cluster, lambda: not running(cluster), SCALE_DOWN + 120, "the group back at its minimum", laptop)
+        assert cluster.desired_capacity() == 0
+        assert laptop.process.poll() is None, "the client stayed connected all along"
+
+
 def test_idle_the_cluster_ends_and_every_node_powers_off(cluster):
     scheduler = cluster.nodes[0]
     assert scheduler.process.poll() is None, "the cluster ended while a client was connected"

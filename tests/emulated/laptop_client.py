@@ -5,7 +5,8 @@ adaptive cluster in the states its tests need. Each command answers one JSON lin
 
 Commands:
     search N SECONDS  a GridSearchCV of N candidates x 3 splits whose fits take SECONDS each,
-                      through experiments.search.fit_on_cluster; answers its best candidate
+                      through experiments.search.fit_on_cluster; answers its best candidate,
+                      or "interrupted" after a SIGINT (the client stays connected)
     spin N SECONDS    submit N tasks that each sleep SECONDS, spread by Dask; answers at once
     settle            wait for the spinning tasks to finish
     hold              one task per worker node, pinned there, running until released;
@@ -67,7 +68,10 @@ def main(outputs_path: str, stack: str) -> int:
                 workers = {re.match(r"i-[0-9a-f]+", w["name"]).group(): address
                            for address, w in client.scheduler_info(n_workers=-1)["workers"].items()}  # fmt: skip
                 if command == "search":
-                    answer = sleeping_search(client, int(args[0]), float(args[1]))
+                    try:
+                        answer = sleeping_search(client, int(args[0]), float(args[1]))
+                    except KeyboardInterrupt:  # Ctrl-C in a notebook: the search stops, the client stays
+                        answer = "interrupted"
                 elif command == "spin":
                     spinning = client.map(time.sleep, [float(args[1])] * int(args[0]), pure=False)
                     answer = len(spinning)
