@@ -393,3 +393,22 @@ def test_a_module_the_nodes_cannot_get_is_named_in_one_line_before_the_search(pr
     assert str(error.value).startswith(f"the nodes cannot import `{name}` (worker tcp://")
     assert str(error.value).endswith("add its package to image/requirements.txt (and requirements.txt) and redeploy")
     assert_clean(process_cluster, within=1)
+
+
+def test_the_progress_total_never_touches_the_users_cv():
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import GridSearchCV, GroupKFold, HalvingGridSearchCV, KFold, LeaveOneGroupOut
+    from sklearn.svm import SVC
+
+    from experiments.search import expected_fits
+
+    X, y = np.zeros((30, 2)), np.arange(30) % 2
+    grid = {"C": [1, 2, 3]}
+    splits = KFold(3).split(X)
+    assert expected_fits(GridSearchCV(SVC(), grid, cv=splits), X, y) is None
+    assert len(list(splits)) == 3, "the user's generator is still whole"
+    assert expected_fits(GridSearchCV(SVC(), grid), X, y) == 15
+    assert expected_fits(GridSearchCV(SVC(), grid, cv=4), X, y) == 12
+    assert expected_fits(GridSearchCV(SVC(), grid, cv=GroupKFold(2)), X, y, {"groups": np.arange(30) % 3}) == 6
+    assert expected_fits(GridSearchCV(SVC(), grid, cv=LeaveOneGroupOut()), X, y) is None, "needs the groups"
+    assert expected_fits(HalvingGridSearchCV(SVC(), grid, cv=3), X, y) is None, "rounds follow the scores"
