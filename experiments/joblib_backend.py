@@ -96,15 +96,18 @@ class ClusterBackend(DaskDistributedBackend):
         async def send() -> None:
             try:
                 batch, tasks = await self._to_func_args(func)
+                unsendable = None
                 try:
                     task = self.client.submit(
                         _TracebackCapturingWrapper(batch), tasks=tasks, key=f"{batch!r}-{uuid4().hex}",
                         **self.submit_kwargs,
                     )  # fmt: skip
                 except (pickle.PicklingError, TypeError, AttributeError) as error:
-                    raise FitNotSendable(
-                        f"a fit of this search cannot be sent to the cluster: {_first_cause(error)}"
-                    ) from None
+                    unsendable = f"a fit of this search cannot be sent to the cluster: {_first_cause(error)}"
+                # Raised outside the handler: the pickling error's frames (they hold the futures of
+                # the batch that failed) must not live on in the search's exception.
+                if unsendable:
+                    raise FitNotSendable(unsendable)
             except BaseException as error:
                 # joblib takes a batch's outcome from its callback: an exception there is raised
                 # in the search's thread, which then aborts the search.

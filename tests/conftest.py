@@ -77,9 +77,16 @@ def terraform_outputs(folder: Path, config: dict) -> dict:
 
 
 def pytest_configure(config):
+    import signal
+
     from . import leftovers
 
     leftovers.become_subreaper()
+    # Started in the background by a shell without job control, this process ignores SIGINT, and
+    # so would every script a test starts: their Ctrl-C tests would prove nothing. A handler here
+    # (exec resets it to the default in children) gives them the SIGINT a terminal gives users.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)

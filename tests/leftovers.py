@@ -26,10 +26,14 @@ def become_subreaper() -> None:
 
 
 def _ends_with_us(process: psutil.Process) -> bool:
-    """A resource tracker (multiprocessing's, or joblib's loky's), a child of this process: it
-    exits when this process does."""
+    """A child of this process that exits when it does: a resource tracker (multiprocessing's,
+    or joblib's loky's) or the Node.js runtime of jsii (cdktf's), stopped at this process's exit."""
     try:
-        return process.ppid() == os.getpid() and "resource_tracker" in " ".join(process.cmdline())
+        if process.ppid() == os.getpid() and "resource_tracker" in " ".join(process.cmdline()):
+            return True
+        parent = process.parent()
+        commands = " ".join(process.cmdline()) + (" ".join(parent.cmdline()) if parent else "")
+        return "jsii-runtime" in commands
     except psutil.Error:
         return True
 

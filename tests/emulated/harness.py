@@ -144,7 +144,8 @@ def image_spec(uri: str, root: Path, project: Path = ROOT, venv: Path = Path(sys
     # The image's Python packages are this venv's: its bin first on PATH. The container sees the
     # venv and the interpreter it links to at their own paths, wherever the checkout is.
     env["PATH"] = f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin"
-    host_paths = [str(venv), str(Path(sys.base_prefix).resolve())]
+    # This venv too: another venv's .pth file may point into it (tests/test_emulated_private_clone.py).
+    host_paths = list(dict.fromkeys([str(venv), sys.prefix, str(Path(sys.base_prefix).resolve())]))
     return {"uri": uri, "root": str(root), "uid": user, "env": env, "workdir": workdir, "home": workdir,
             "home_links": {"experiments": "/opt/dask/experiments"}, "cmd": cmd, "node_only": ["/etc/dask"],
             "host_paths": host_paths}  # fmt: skip
