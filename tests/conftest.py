@@ -133,6 +133,28 @@ def loopback(tmp_path_factory):
     cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def process_cluster():
+    """A client of a local cluster with two worker processes: every fit is pickled and sent."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="module")
+def gateway_scheduler(tmp_path_factory):
+    """A scheduler on loopback behind its TLS gateway, without workers."""
+    from . import loopback_cluster
+
+    cluster = loopback_cluster.start(tmp_path_factory.mktemp("gateway"), workers=())
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture(scope="session")
 def local_run(tmp_path_factory):
     """`python experiments/svc_digits.py` as the README runs it: its output and its run folder."""

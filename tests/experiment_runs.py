@@ -42,6 +42,21 @@ def assert_one_line_error(run: subprocess.CompletedProcess, expected: str) -> No
     assert "Traceback" not in run.stderr
 
 
+# A module of a user's own, beside their script: the image and the workers do not have it.
+USER_MODULE = """
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+
+class Doubler(TransformerMixin, BaseEstimator):
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return np.asarray(X) * 2.0
+"""
+
+
 def tiny_svc_search():
     """A two-candidate scikit-learn search and its data: the smallest thing fit_on_cluster runs."""
     from sklearn.model_selection import GridSearchCV

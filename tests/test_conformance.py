@@ -17,37 +17,26 @@ from experiments.search import fit_on_cluster
 from .search_cases import CASES, DASK_ML_CASES, assert_clean, assert_same_search, assert_same_splits
 
 
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_scikit_learn_search_matches_plain_scikit_learn(client, case):
+def test_scikit_learn_search_matches_plain_scikit_learn(process_cluster, case):
     search, X, y, fit_params = CASES[case]()
     plain = clone(search).fit(X, y, **fit_params)
-    fitted = fit_on_cluster(client, clone(search), X, y, **fit_params)
+    fitted = fit_on_cluster(process_cluster, clone(search), X, y, **fit_params)
     assert_same_search(fitted, plain)
-    assert_clean(client)
+    assert_clean(process_cluster)
 
 
 @pytest.mark.parametrize("case", sorted(DASK_ML_CASES))
-def test_dask_ml_search_matches_itself_run_plainly_and_scikit_learns_splits(client, case):
+def test_dask_ml_search_matches_itself_run_plainly_and_scikit_learns_splits(process_cluster, case):
     """dask-ml's own result, run in this process, exactly; scikit-learn's split by split (dask-ml
     weighs unequal splits in its means its own way)."""
     search, scikit_learn_search, X, y, fit_params = DASK_ML_CASES[case]()
     plain = clone(search).set_params(scheduler="sync").fit(X, y, **fit_params)
-    fitted = fit_on_cluster(client, search, X, y, **fit_params)
+    fitted = fit_on_cluster(process_cluster, search, X, y, **fit_params)
     assert_same_search(fitted, plain)
     assert_same_splits(fitted, scikit_learn_search.fit(X, y, **fit_params))
     assert fitted.scheduler is None, "the user's setting is back"
-    assert_clean(client)
+    assert_clean(process_cluster)
 
 
 def test_sparse_input_is_a_case():

@@ -23,6 +23,7 @@ import pytest
 from .conftest import ROOT
 from .emulated.harness import SCHEDULER_ADDRESS, EmulatedDeploy
 from .emulated.laptop import STACK, Laptop, finish, local_run, run_on_laptop, summary
+from .experiment_runs import USER_MODULE
 
 pytestmark = pytest.mark.slow
 CONTAINER_UID = 10001
@@ -121,19 +122,6 @@ def test_search_from_the_laptop_matches_the_local_run(cluster, tmp_path):
     assert remote["best_cv_score"] == expected["best_cv_score"]
     assert remote["tied_for_best"] == expected["tied_for_best"]
 
-
-USER_MODULE = """
-import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
-
-
-class Doubler(TransformerMixin, BaseEstimator):
-    def fit(self, X, y=None):
-        return self
-
-    def transform(self, X):
-        return np.asarray(X) * 2.0
-"""
 
 USER_SCRIPT = """
 import argparse

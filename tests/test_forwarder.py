@@ -8,31 +8,22 @@ import subprocess
 import sys
 import urllib.request
 
-import pytest
-
 from experiments.cluster.forwarder import local_link
 
 from . import loopback_cluster
-
-
-@pytest.fixture(scope="module")
-def scheduler(tmp_path_factory):
-    cluster = loopback_cluster.start(tmp_path_factory.mktemp("gateway"), workers=())
-    yield cluster
-    cluster.stop()
 
 
 def files(folder, role="client"):
     return str(folder / "ca.pem"), str(folder / f"{role}.pem"), str(folder / f"{role}.key")
 
 
-def test_the_client_certificate_through_the_forwarder_gets_page_and_websocket(scheduler):
+def test_the_client_certificate_through_the_forwarder_gets_page_and_websocket(gateway_scheduler):
     from tornado.httpclient import HTTPRequest
     from tornado.ioloop import IOLoop
     from tornado.websocket import websocket_connect
 
-    url = f"https://127.0.0.1:{scheduler.gateway_port}/status"
-    with local_link(url, *files(scheduler.tls_dir)) as link:
+    url = f"https://127.0.0.1:{gateway_scheduler.gateway_port}/status"
+    with local_link(url, *files(gateway_scheduler.tls_dir)) as link:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/status", link)
         with urllib.request.urlopen(link, timeout=120) as response:
             assert response.status == 200
@@ -54,11 +45,11 @@ def test_the_client_certificate_through_the_forwarder_gets_page_and_websocket(sc
     assert message and '"msgtype":"ACK"' in message.replace(" ", "")
 
 
-def test_tunnel_command_prints_local_links_and_stops_on_ctrl_c(scheduler, tmp_path):
+def test_tunnel_command_prints_local_links_and_stops_on_ctrl_c(gateway_scheduler, tmp_path):
     import os
     import signal
 
-    outputs = scheduler.outputs_file(tmp_path / "outputs.json")
+    outputs = gateway_scheduler.outputs_file(tmp_path / "outputs.json")
     outputs.chmod(0o600)
     process = subprocess.Popen(
         [sys.executable, "experiments/tunnel.py", "--stack", "loopback", "--outputs", str(outputs)],

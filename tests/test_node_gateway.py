@@ -8,18 +8,9 @@ import socket
 import ssl
 import subprocess
 
-import pytest
-
 from experiments.cluster.forwarder import client_context
 
 from . import loopback_cluster
-
-
-@pytest.fixture(scope="module")
-def scheduler(tmp_path_factory):
-    cluster = loopback_cluster.start(tmp_path_factory.mktemp("gateway"), workers=())
-    yield cluster
-    cluster.stop()
 
 
 def files(folder, role="client"):
@@ -40,27 +31,29 @@ def refused(port: int, context: ssl.SSLContext) -> bool:
         return True
 
 
-def test_the_client_certificate_is_served(scheduler):
+def test_the_client_certificate_is_served(gateway_scheduler):
     """The control for the refusals below: the same request with the right certificate works."""
-    context = client_context(*files(scheduler.tls_dir))
-    assert http_get(scheduler.gateway_port, context).startswith(b"HTTP/1.1 ")
-    assert not refused(scheduler.gateway_port, context)
+    context = client_context(*files(gateway_scheduler.tls_dir))
+    assert http_get(gateway_scheduler.gateway_port, context).startswith(b"HTTP/1.1 ")
+    assert not refused(gateway_scheduler.gateway_port, context)
 
 
-def test_no_client_certificate_is_refused(scheduler):
-    context = ssl.create_default_context(cafile=str(scheduler.tls_dir / "ca.pem"))
+def test_no_client_certificate_is_refused(gateway_scheduler):
+    context = ssl.create_default_context(cafile=str(gateway_scheduler.tls_dir / "ca.pem"))
     context.check_hostname = False
-    assert refused(scheduler.gateway_port, context)
+    assert refused(gateway_scheduler.gateway_port, context)
 
 
-def test_a_certificate_from_another_ca_is_refused(scheduler, tmp_path):
+def test_a_certificate_from_another_ca_is_refused(gateway_scheduler, tmp_path):
     loopback_cluster.make_tls(tmp_path)
-    context = client_context(str(scheduler.tls_dir / "ca.pem"), *files(tmp_path)[1:])
-    assert refused(scheduler.gateway_port, context)
+    context = client_context(str(gateway_scheduler.tls_dir / "ca.pem"), *files(tmp_path)[1:])
+    assert refused(gateway_scheduler.gateway_port, context)
 
 
-def test_the_dask_dashboard_itself_listens_on_loopback_only(scheduler):
+def test_the_dask_dashboard_itself_listens_on_loopback_only(gateway_scheduler):
     """The gateway is the only way in: Dask's own port is bound to 127.0.0.1."""
     run = subprocess.run(["ss", "-Htlnp"], capture_output=True, text=True, check=True)
-    listening = [line.split()[3] for line in run.stdout.splitlines() if f":{scheduler.dashboard_port} " in line + " "]
-    assert listening == [f"127.0.0.1:{scheduler.dashboard_port}"]
+    listening = [
+        line.split()[3] for line in run.stdout.splitlines() if f":{gateway_scheduler.dashboard_port} " in line + " "
+    ]
+    assert listening == [f"127.0.0.1:{gateway_scheduler.dashboard_port}"]

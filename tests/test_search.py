@@ -14,7 +14,7 @@ from experiments.cluster.waiting import worker_nodes
 from experiments.search import JOBLIB_BATCH, fit_on_cluster
 
 from . import loopback_cluster
-from .experiment_runs import tiny_svc_search
+from .experiment_runs import USER_MODULE, tiny_svc_search
 from .search_cases import assert_clean
 
 
@@ -191,17 +191,6 @@ def test_a_scikit_learn_search_without_a_worker_for_it_asks_for_one_and_goes_on_
 # ---- never hangs, never leaks, never loses: on worker processes, where every fit is pickled ----
 
 
-@pytest.fixture(scope="module")
-def process_cluster():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
-
-
 def digits_search(engine: str, candidates: int = 4, **options):
     from sklearn.datasets import load_digits
     from sklearn.svm import SVC
@@ -340,20 +329,6 @@ def test_dask_mls_incremental_searches_are_refused_before_any_work(process_clust
     assert str(error.value).startswith(f"dask-ml's {name} does not run with this project's dask and distributed")
     assert "HalvingRandomSearchCV" in str(error.value)
     assert_clean(process_cluster)
-
-
-USER_MODULE = """
-import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
-
-
-class Doubler(TransformerMixin, BaseEstimator):
-    def fit(self, X, y=None):
-        return self
-
-    def transform(self, X):
-        return np.asarray(X) * 2.0
-"""
 
 
 @pytest.fixture
