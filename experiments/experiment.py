@@ -8,6 +8,7 @@ default) and leaves the same results/<run>/ files whatever the search.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -15,14 +16,33 @@ from pathlib import Path
 
 from experiments import cost, report
 from experiments.cluster import cli
+from experiments.cluster.messages import ClusterError, console
 from experiments.cluster.waiting import NodeMeter
+from experiments.saved_fits import IDENTITY, SavedFits
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--results", type=Path, default=Path("results"), help="where runs are written (default: %(default)s)"
     )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="a run's folder (or its name under --results): run only the fits it has not saved, and finish it",
+    )
     cli.add_arguments(parser)
+
+
+def resumed_run(args: argparse.Namespace) -> Path | None:
+    """The run folder `--resume` names, or None; ClusterError if it holds no saved fits."""
+    if args.resume is None:
+        return None
+    named = Path(args.resume)
+    folder = named if (named / report.SAVED_FITS).is_dir() else args.results / args.resume
+    if not (folder / report.SAVED_FITS / IDENTITY).is_file():
+        raise ClusterError(f"--resume: {args.resume} is not a run with saved fits (no {report.SAVED_FITS}/{IDENTITY} "
+                           f"in {named} or {args.results / args.resume})")  # fmt: skip
+    return folder
 
 
 def run_search(
@@ -37,10 +57,11 @@ def run_search(
     **summary,
 ) -> int:
     """Fit `search` on (X_train, y_train) on the cluster, evaluate it on (X_test, y_test), and
-    write results/<run>/: the CV table and the summary as soon as the search is over (nothing a
-    plot or a report does afterwards can lose them), Dask's performance report, and `plot`'s
-    figure. y_train and y_test may be None (a density estimator, say); `fit_params` (groups,
-    sample_weight, routed metadata) go to the search's fit."""
+    write results/<run>/: every fit as it finishes (fits/, what `--resume` continues from), the
+    CV table and the summary as soon as the search is over (nothing a plot or a report does
+    afterwards can lose them), Dask's performance report, and `plot`'s figure. y_train and
+    y_test may be None (a density estimator, say); `fit_params` (groups, sample_weight, routed
+    metadata) go to the search's fit."""
     from distributed import performance_report
     from tqdm import tqdm
 
@@ -49,10 +70,16 @@ def run_search(
     X_train, X_test, y_train, y_test = data
     fit_params = fit_params or {}
     started = time.perf_counter()
+    resumed = resumed_run(args)
+    if resumed is not None:  # a run of another search or other data is refused before the cluster starts
+        saved = SavedFits(resumed / report.SAVED_FITS).open_for(search, X_train, y_train, fit_params)
+        console(f"resuming {resumed}: {len(saved)} fits saved")
     with plotter, cli.connect_from_args(args) as (client, where):
         connected = time.perf_counter()
         print(f"Dask dashboard: {where.dashboard}", flush=True)
-        run = report.new_run_folder(args.results, experiment, where)
+        run = resumed or report.new_run_folder(args.results, experiment, where)
+        if resumed is None:
+            saved = SavedFits(run / report.SAVED_FITS).open_for(search, X_train, y_train, fit_params)
         # Inline: the report embeds Bokeh, so it opens offline and years from now.
         with performance_report(filename=str(run / report.DASK_REPORT), mode="inline"):
             # Worker nodes over the search phase: they come and go on an adaptive cluster.
@@ -60,14 +87,23 @@ def run_search(
                 NodeMeter(client, lambda was, now: tqdm.write(f"worker nodes: {was} -> {now}")) as nodes,
                 tqdm(total=expected_fits(search, X_train, y_train, fit_params), desc="fits", unit="fit") as bar,
             ):
-                fit_on_cluster(
-                    client, search, X_train, y_train, on_fits=bar.update, wait_for_workers=args.timeout, **fit_params
-                )
+                try:
+                    fit_on_cluster(
+                        client, search, X_train, y_train, on_fits=bar.update, wait_for_workers=args.timeout,
+                        saved_fits=saved, **fit_params,
+                    )  # fmt: skip
+                except (KeyboardInterrupt, ClusterError):
+                    if len(saved):
+                        tqdm.write(f"{len(saved)} finished fits are saved; to run only the others: --resume {run}",
+                                   file=sys.stderr)  # fmt: skip
+                    raise
             searched = time.perf_counter()
             # The finished search first: what follows may fail, the search is kept.
             report.write_cv_table(run / report.CV_TABLE, search.cv_results_)
             timings = {"connect": connected - started, "search": searched - connected}
             node_use = {"peak": nodes.peak, "worker_node_hours": round(nodes.node_seconds / 3600, 4)}
+            if resumed is not None:
+                summary["resumed"] = {"fits_reused": saved.reused}
             fields = report.summary_fields(search, where, timings, worker_nodes=node_use, **summary)
             report.write_summary(run / report.SUMMARY, **fields)
             figure = plot(run, search) if plot and report.score_column(search) else None  # drawn while Dask writes

@@ -14,7 +14,10 @@ would lose or leak a search:
   going to the scheduler as tasks of their own; joblib calls with `n_jobs=None` (the refit of a
   forest in the client, say) run sequentially, as in scikit-learn;
 - a cluster with one thread still runs the fits there, one at a time: joblib would take one
-  job for "run in this process".
+  job for "run in this process";
+- every finished fit is kept in the search's SavedFits as it arrives, and a fit already there
+  is not sent again (experiments/saved_fits.py): a search run again after a lost scheduler,
+  or resumed, runs only what it had not finished.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import asyncio
 import concurrent.futures
 import logging
 import pickle
+from types import SimpleNamespace
 from uuid import uuid4
 
 from joblib._dask import Batch, DaskDistributedBackend
@@ -30,6 +34,7 @@ from joblib._utils import _TracebackCapturingWrapper
 from joblib.parallel import ParallelBackendBase, parallel_config
 
 from experiments.cluster.messages import ClusterError
+from experiments.saved_fits import SavedFits, joblib_fit_key
 
 
 class FitNotSendable(ClusterError, pickle.PicklingError):
@@ -67,8 +72,9 @@ class ClusterBackend(DaskDistributedBackend):
 
     default_n_jobs = 1  # joblib calls that do not ask for the cluster (n_jobs=None) stay where they are
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, saved: SavedFits | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.saved = saved if saved is not None else SavedFits()
         self.submitted: set = set()  # every fit task this search sent, until it is released
         self._quiet = _QuietAboutUnsendableFits()
         PICKLE_LOG.addFilter(self._quiet)
@@ -93,9 +99,28 @@ class ClusterBackend(DaskDistributedBackend):
         result = concurrent.futures.Future()
         result.get = result.result  # joblib's AsyncResult interface
 
+        keys = self._fit_keys(func.items)
+        todo = [i for i, key in enumerate(keys) if key is None or key not in self.saved]
+
+        def finished(out) -> None:
+            # On the event loop: `out` is the results of the calls sent, or the error they raised.
+            if isinstance(out, list):
+                for i, value in zip(todo, out, strict=True):
+                    if keys[i] is not None:
+                        self.saved.save(keys[i], value)
+                sent = dict(zip(todo, out, strict=True))
+                out = [sent[i] if i in sent else self.saved.take(keys[i]) for i in range(len(keys))]
+            if not result.done():
+                result.set_result(out)
+            if callback is not None:
+                callback(out)
+
         async def send() -> None:
+            if not todo:  # every fit of the batch is saved: nothing to send
+                finished([])
+                return
             try:
-                batch, tasks = await self._to_func_args(func)
+                batch, tasks = await self._to_func_args(SimpleNamespace(items=[func.items[i] for i in todo]))
                 unsendable = None
                 try:
                     task = self.client.submit(
@@ -119,11 +144,22 @@ class ClusterBackend(DaskDistributedBackend):
             self.submitted.add(task)
             task.add_done_callback(self.submitted.discard)
             self.waiting_futures.add(task)
-            self._callbacks[task] = callback
-            self._results[task] = result
+            self._callbacks[task] = finished
+            # joblib's collector sets this one with the results sent; `finished` sets the search's.
+            self._results[task] = concurrent.futures.Future()
 
         self.client.loop.add_callback(send)
         return result
+
+    @staticmethod
+    def _fit_keys(items) -> list[str | None]:
+        """Each call's key among the saved fits; None for a call that is not a fit."""
+        # sklearn wraps each call's function (to carry its config); the wrapper names it `function`.
+        names = [getattr(getattr(f, "function", f), "__name__", "") for f, _, _ in items]
+        return [
+            joblib_fit_key(args, kwargs) if name == "_fit_and_score" else None
+            for name, (_, args, kwargs) in zip(names, items, strict=True)
+        ]
 
     def abort_everything(self, ensure_ready=True):
         super().abort_everything(ensure_ready)

@@ -21,6 +21,7 @@ HEATMAP = "heatmap.png"
 CANDIDATES_PLOT = "candidates.png"
 DASK_REPORT = "dask-report.html"
 SUMMARY = "summary.json"
+SAVED_FITS = "fits"  # every finished fit, one file each (experiments/saved_fits.py)
 
 
 def new_run_folder(results: Path, experiment: str, where: Where) -> Path:

@@ -10,14 +10,17 @@ the usual cv_results_, best_params_, best_score_ and best_estimator_.
 
 from __future__ import annotations
 
+import os
 import re
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 
-from experiments.cluster.messages import ClusterError
+from experiments.cluster.messages import ClusterError, console
 from experiments.cluster.polling import Poller
+from experiments.saved_fits import SavedFits
 
 # Keys of the tasks that fit and score one candidate on one split: joblib's batches (named
 # after the function and the number of calls in them) and dask-ml's fit-and-score tasks.
@@ -59,20 +62,26 @@ def expected_fits(search, X, y, fit_params: dict | None = None) -> int | None:
 
 
 class FitCounter:
-    """Counts finished fits from the scheduler's task stream, looked at every `interval` seconds."""
+    """Counts finished fits from the scheduler's task stream, looked at every `interval` seconds,
+    and the saved fits a search takes instead of running them."""
 
-    def __init__(self, client, on_fits: Callable[[int], object], interval: float = 0.25) -> None:
-        self._client, self._on_fits = client, on_fits
+    def __init__(self, client, on_fits: Callable[[int], object], saved: SavedFits, interval: float = 0.25) -> None:
+        self._client, self._on_fits, self._saved = client, on_fits, saved
         self._poller = Poller(self._poll, interval, "fit-counter")
         self._seen: set[str] = set()  # a task recomputed after a lost worker counts once
+        self._taken = len(saved.taken)
 
     def _poll(self) -> None:
-        records = self._client.sync(self._client.scheduler.get_task_stream, start_index=self._start)
+        taken = len(self._saved.taken)
+        fits, self._taken = taken - self._taken, taken
+        try:
+            records = self._client.sync(self._client.scheduler.get_task_stream, start_index=self._start)
+        except (OSError, TimeoutError):  # no scheduler just now: the search says so
+            records = []
         self._start += len(records)  # the next look asks only for what is new
-        fits = 0
         for record in records:
             key = str(record["key"])
-            if key in self._seen or record.get("status") == "error":
+            if key in self._seen or key in self._saved.taken or record.get("status") == "error":
                 continue
             self._seen.add(key)
             if batch := JOBLIB_BATCH.search(key):
@@ -83,10 +92,14 @@ class FitCounter:
             self._on_fits(fits)
 
     def __enter__(self) -> FitCounter:
-        # Asking for the cursor also starts the recording, if nothing had asked before.
-        self._start = self._client.sync(self._client.scheduler.get_task_stream_index)
+        self.restart()
         self._poller.start()
         return self
+
+    def restart(self) -> None:
+        """Count from now on this scheduler (a new one, after a lost connection, starts at zero).
+        Asking for the cursor also starts the recording, if nothing had asked before."""
+        self._start = self._client.sync(self._client.scheduler.get_task_stream_index)
 
     def __exit__(self, *exc_info) -> None:
         # The last fits, finished since the last look, unless the search failed.
@@ -189,49 +202,129 @@ def cancelled_on_failure(client) -> Iterator[None]:
         raise
 
 
-def dask_ml_scheduler(client) -> Callable:
-    """What dask-ml's searches get as their scheduler: `client.get`, as a plain function.
+def dask_ml_scheduler(client, saved: SavedFits) -> Callable:
+    """What dask-ml's searches get as their scheduler: `client.get`, as a plain function, that
+    keeps every finished fit in `saved` as it arrives and does not run the fits already there.
 
     Handed the Client itself, dask-ml retries a fit that raised, for ever: a search with
     error_score="raise" whose fit fails never ends (and keeps its nodes busy). Handed a function,
     it calls it as it would dask's own: the first error ends the search, and the futures
-    Client.get releases end its other fits. A lost worker's fits are still computed again by
-    the scheduler, as for any task."""
+    released end its other fits. A lost worker's fits are still computed again by the scheduler,
+    as for any task. dask-ml's task keys hash the estimator, the candidate, the split and the data,
+    so they serve as the fits' keys."""
+    from dask._task_spec import DataNode
+    from distributed import as_completed
+    from distributed.utils_comm import pack_data
 
     def get(graph, keys, **options):
         options.pop("num_workers", None)  # dask's local schedulers' option
-        return client.get(graph, keys, allow_other_workers=True, **options)
+        graph = dict(graph)
+        fits = [key for key in graph if DASK_ML_FIT.search(str(key))]
+        todo = [key for key in fits if str(key) not in saved]
+        for key in fits:
+            if str(key) in saved:
+                # Still a task, returning the saved result at once (the fit counter counts it once).
+                graph[key] = DataNode(key, saved.take(str(key)))
+        wanted = list(dict.fromkeys([*_flat(keys), *todo]))
+        sent = client.get(graph, wanted, sync=False, allow_other_workers=True, **options)
+        futures = dict(zip(wanted, sent, strict=True))
+        for future, value in as_completed([futures[key] for key in todo], with_results=True):
+            if future.status == "finished":  # not cancelled (a lost scheduler): gather raises for those
+                saved.save(str(future.key), value)
+        return pack_data(keys, client.gather({key: futures[key] for key in _flat(keys)}))
 
     return get
 
 
+def _flat(keys) -> list:
+    """The task keys in dask's nested list of keys (a key itself may be a tuple)."""
+    return [key for part in keys for key in _flat(part)] if isinstance(keys, list) else [keys]
+
+
+def scheduler_lost(client, error: BaseException) -> bool:
+    """Whether `error` ended the search because the client lost its scheduler (its process, its
+    node or the network), rather than a problem of the search's own."""
+    from distributed.client import FutureCancelledError
+
+    if isinstance(error, (KeyboardInterrupt, SystemExit, ClusterError)):
+        return False
+    if client.status not in ("running", "connecting"):
+        return client.status not in ("closing", "closed")
+    if isinstance(error, FutureCancelledError):
+        return "connection" in str(error) or "lost" in str(error)
+    return isinstance(error, OSError)
+
+
+def reconnected(client, timeout: float) -> None:
+    """Wait, saying so, for the client to be connected again to a scheduler with a worker;
+    ClusterError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    console(f"lost the connection to the scheduler at {client.scheduler.address}; waiting up to {timeout:g} s for it")
+    while not (client.status == "running" and _has_workers(client)):
+        if client.status in ("closing", "closed") or time.monotonic() > deadline:
+            raise ClusterError(f"the scheduler at {client.scheduler.address} did not come back within {timeout:g} s")
+        time.sleep(0.5)
+    console("reconnected: the search goes on with the fits not yet finished")
+
+
+def _has_workers(client) -> bool:
+    with suppress(OSError, TimeoutError):
+        return bool(client.sync(client.scheduler.identity)["workers"])
+    return False
+
+
 def fit_on_cluster(
     client, search, X, y=None, *, on_fits: Callable[[int], object] | None = None,
-    wait_for_workers: float = 600.0, **fit_params,
+    wait_for_workers: float = 600.0, saved_fits: str | os.PathLike | SavedFits | None = None, **fit_params,
 ):  # fmt: skip
     """Fit `search` (a scikit-learn or dask-ml search object) with the cluster's workers.
 
+    Every finished fit is kept as it arrives: in `saved_fits`, a folder (or a SavedFits), if
+    given, else in memory. A folder that already holds fits of this search on this data resumes
+    it: only the other fits run, and the results are those of an uninterrupted run. If the client
+    loses its scheduler mid-search, the search waits (up to `wait_for_workers` seconds) for one at
+    the same address, sends its data again and goes on with the fits not yet finished.
+
     The user's own modules the search uses are sent to the nodes first (experiments/user_code.py);
     a module the nodes still cannot import is named in one line (ClusterError), before any work.
-    If the search raises (its own error, a lost scheduler, Ctrl-C), what it submitted is
-    cancelled and its data released before the exception reaches the caller. On a cluster with
-    no worker yet (adaptive, from none), scikit-learn's searches wait up to `wait_for_workers`
-    seconds for the first (see `worker_held`); dask-ml's graph waits in the scheduler's queue
-    (its tasks are what asks for nodes). The search's parameters are left as they were.
+    If the search raises (its own error, Ctrl-C), what it submitted is cancelled and its data
+    released before the exception reaches the caller. On a cluster with no worker yet (adaptive,
+    from none), scikit-learn's searches wait up to `wait_for_workers` seconds for the first (see
+    `worker_held`); dask-ml's graph waits in the scheduler's queue (its tasks are what asks for
+    nodes). The search's parameters are left as they were.
     """
+    refuse_unsupported(search)
+    saved = saved_fits if isinstance(saved_fits, SavedFits) else SavedFits(saved_fits)
+    saved.open_for(search, X, y, fit_params)
+    counting = FitCounter(client, on_fits, saved) if on_fits else nullcontext()
+    # A search that draws its candidates at random draws the same ones when it runs again.
+    with counting, params_set(search, **saved.fixed_random_state(search)):
+        while True:
+            try:
+                return _fit_once(client, search, X, y, saved, wait_for_workers, fit_params)
+            except BaseException as error:
+                if not scheduler_lost(client, error):
+                    raise
+                # The lost attempt's frames hold its futures: gone with them, the new scheduler
+                # is not asked to keep their keys.
+                traceback.clear_frames(error.__traceback__)
+            reconnected(client, wait_for_workers)
+            if on_fits:
+                counting.restart()
+
+
+def _fit_once(client, search, X, y, saved: SavedFits, wait_for_workers: float, fit_params: dict):
     from experiments.user_code import ship
 
-    refuse_unsupported(search)
     ship(client, search, fit_params)
-    counting = FitCounter(client, on_fits) if on_fits else nullcontext()
-    with counting, cancelled_on_failure(client):
+    with cancelled_on_failure(client):
         if is_dask_ml(search):
-            with params_set(search, scheduler=dask_ml_scheduler(client)):
+            with params_set(search, scheduler=dask_ml_scheduler(client, saved)):
                 return search.fit(X, y, **fit_params)
-        return _fit_with_joblib(client, search, X, y, wait_for_workers, fit_params)
+        return _fit_with_joblib(client, search, X, y, saved, wait_for_workers, fit_params)
 
 
-def _fit_with_joblib(client, search, X, y, wait_for_workers: float, fit_params: dict):
+def _fit_with_joblib(client, search, X, y, saved: SavedFits, wait_for_workers: float, fit_params: dict):
     """scikit-learn's search through the project's joblib backend (experiments/joblib_backend.py)."""
     from joblib import parallel_config
 
@@ -248,7 +341,9 @@ def _fit_with_joblib(client, search, X, y, wait_for_workers: float, fit_params: 
             # X and y go to every worker once, now, and the fits refer to those copies.
             with worker_held(client, wait_for_workers):
                 data = [part for part in (X, y) if part is not None]
-                backend = ClusterBackend(client=client, scatter=data, wait_for_workers_timeout=wait_for_workers)
+                backend = ClusterBackend(
+                    client=client, scatter=data, wait_for_workers_timeout=wait_for_workers, saved=saved
+                )
             search_context.enter_context(parallel_config(backend=backend))
             search_context.enter_context(warning_filters_without_main())
             return search.fit(X, y, **fit_params)

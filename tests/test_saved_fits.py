@@ -1,0 +1,279 @@
+"""Finished fits are kept as they arrive; a search resumed from them runs only the others and ends
+as an uninterrupted run does; a search that loses its scheduler waits for it and goes on."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments.cluster.messages import ClusterError
+from experiments.saved_fits import IDENTITY, SUFFIX, SavedFits
+from experiments.search import fit_on_cluster
+
+from .search_cases import CASES, DASK_ML_CASES, assert_clean, assert_same_search, assert_same_splits, digits
+
+
+class CountedSaves(SavedFits):
+    """SavedFits that counts the fits saved, that is, the fits this search ran."""
+
+    def __init__(self, folder) -> None:
+        super().__init__(folder)
+        self.saves: list[str] = []
+
+    def save(self, key: str, value) -> None:
+        self.saves.append(key)
+        super().save(key, value)
+
+
+def randomized_without_a_seed():
+    """A search that draws its candidates anew on every run: resumed, it must draw the same ones."""
+    search, X, y, fit_params = CASES["randomized pipeline"]()
+    return search.set_params(random_state=None), X, y, fit_params
+
+
+def dask_ml_case(name: str):
+    def build():
+        search, _, X, y, fit_params = DASK_ML_CASES[name]()
+        return search, X, y, fit_params
+
+    return build
+
+
+RESUMABLE = {
+    "grid, several metrics": CASES["multi-metric, refit by one"],
+    "randomized, no seed": randomized_without_a_seed,
+    "halving grid": CASES["halving grid"],
+    "halving random forest": CASES["halving random forest"],
+    "groups": CASES["groups"],
+    "dask-ml grid": dask_ml_case("grid"),
+    "dask-ml randomized": dask_ml_case("randomized regressor"),
+}
+
+
+def fit_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob(f"*{SUFFIX}"))
+
+
+@pytest.mark.parametrize("case", RESUMABLE)
+def test_a_resumed_search_runs_only_the_unsaved_fits_and_ends_as_an_uninterrupted_one(process_cluster, tmp_path, case):
+    search, X, y, fit_params = RESUMABLE[case]()
+    whole = CountedSaves(tmp_path)
+    fit_on_cluster(process_cluster, search, X, y, saved_fits=whole, **fit_params)
+    files = fit_files(tmp_path)
+    assert len(files) == len(whole.saves) == len(set(whole.saves)) > 0, "each fit saved once, as one file"
+
+    for lost in files[::2]:  # as if the search had stopped before these
+        lost.unlink()
+    resumed_search, X, y, fit_params = RESUMABLE[case]()
+    counted = []
+    resumed = CountedSaves(tmp_path)
+    fit_on_cluster(process_cluster, resumed_search, X, y, saved_fits=resumed, on_fits=counted.append, **fit_params)
+
+    assert len(resumed.saves) == len(files[::2]), "only the fits not saved ran"
+    assert resumed.reused == len(files) - len(files[::2])
+    assert_same_search(resumed_search, search)
+    if hasattr(search, "best_estimator_"):
+        np.testing.assert_array_equal(resumed_search.best_estimator_.predict(X), search.best_estimator_.predict(X))
+    assert sum(counted) == len(files), "the progress counts every fit once, the reused ones too"
+    assert_clean(process_cluster)
+
+
+def test_a_search_on_other_data_or_with_other_settings_is_refused_before_any_work(process_cluster, tmp_path):
+    search, X, y, _ = CASES["multi-metric, refit by one"]()
+    fit_on_cluster(process_cluster, search, X, y, saved_fits=tmp_path)
+    before = fit_files(tmp_path)
+    other_labels = y.copy()
+    other_labels[0] = (other_labels[0] + 1) % 10
+    for other, data, part in [
+        (CASES["multi-metric, refit by one"]()[0], (X, other_labels), "data"),
+        (CASES["multi-metric, refit by one"]()[0].set_params(cv=4), (X, y), "settings"),
+        (CASES["multi-metric, refit by one"]()[0].set_params(estimator__C=2.0), (X, y), "settings"),
+        (CASES["refit false, several metrics"]()[0], (X, y), "search"),
+    ]:
+        with pytest.raises(ClusterError, match=f"another .*{part}") as refused:
+            fit_on_cluster(process_cluster, other, *data, saved_fits=tmp_path)
+        assert "\n" not in str(refused.value)
+        assert not hasattr(other, "cv_results_")
+    assert fit_files(tmp_path) == before
+    assert_clean(process_cluster)
+
+
+def test_a_search_whose_splits_change_on_every_run_is_not_resumed(process_cluster, tmp_path):
+    from sklearn.model_selection import GridSearchCV, KFold
+    from sklearn.svm import SVC
+
+    X, y = digits()
+
+    def shuffled():
+        return GridSearchCV(SVC(gamma=0.001), {"C": [0.1, 1.0]}, cv=KFold(3, shuffle=True))
+
+    fit_on_cluster(process_cluster, shuffled(), X, y, saved_fits=tmp_path)
+    with pytest.raises(ClusterError, match="cv shuffles with random_state=None"):
+        fit_on_cluster(process_cluster, shuffled(), X, y, saved_fits=tmp_path)
+
+
+def test_a_folder_that_is_not_one_of_saved_fits_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    search, X, y, _ = CASES["groups"]()
+    with pytest.raises(ClusterError, match=f"no {IDENTITY}"):
+        SavedFits(tmp_path).open_for(search, X, y, {})
+
+
+def test_an_unreadable_saved_fit_runs_again_and_no_partial_file_is_left(process_cluster, tmp_path):
+    search, X, y, fit_params = CASES["groups"]()
+    fit_on_cluster(process_cluster, search, X, y, saved_fits=tmp_path, **fit_params)
+    files = fit_files(tmp_path)
+    files[0].write_bytes(files[0].read_bytes()[:10])  # as a disk that filled up would leave it
+    again = CountedSaves(tmp_path)
+    fit_on_cluster(process_cluster, CASES["groups"]()[0], X, y, saved_fits=again, **fit_params)
+    assert len(again.saves) == 1
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".saving-")]
+
+
+def test_a_disk_that_refuses_the_fits_warns_once_and_the_search_finishes(
+    process_cluster, tmp_path, monkeypatch, capsys
+):
+    from experiments import saved_fits
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    search, X, y, fit_params = CASES["groups"]()
+    store = SavedFits(tmp_path).open_for(search, X, y, fit_params)
+    monkeypatch.setattr(saved_fits, "_write_atomically", full_disk)
+    fit_on_cluster(process_cluster, search, X, y, saved_fits=store, **fit_params)
+    assert len(search.cv_results_["params"]) == 2
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "no longer saved" in line]
+    assert warnings == [
+        f"warning: fits are no longer saved in {tmp_path} (No space left on device); the search goes on"
+    ]
+
+
+# --- a scheduler lost mid-search, with real processes ---
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class LoopbackCluster:
+    """A scheduler process on a fixed loopback port and a worker process (two workers) for it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port, self.log = free_port(), (tmp_path / "cluster.log").open("ab")
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.scheduler = self.workers = None
+
+    def _start(self, *command: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", *command], stdout=self.log, stderr=self.log)
+
+    def start(self) -> None:
+        self.scheduler = self._start(
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dashboard-address",
+            ":0",
+        )
+        self.workers = self._start("distributed.cli.dask_worker", self.address, "--nworkers", "2", "--nthreads", "1")
+
+    def kill_scheduler(self) -> None:
+        """As a node that dies takes its scheduler: no goodbye. Its workers leave on their own."""
+        self.scheduler.send_signal(signal.SIGKILL)
+        self.scheduler.wait()
+        self.workers.wait(timeout=120)
+
+    def stop(self) -> None:
+        for process in (self.workers, self.scheduler):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=60)
+        self.log.close()
+
+
+@pytest.mark.parametrize("engine", ["dask-ml", "scikit-learn"])
+def test_a_search_that_loses_its_scheduler_waits_for_the_next_and_loses_no_finished_fit(tmp_path, engine, capsys):
+    from distributed import Client
+    from sklearn.model_selection import GridSearchCV as Plain
+    from sklearn.svm import SVC
+
+    if engine == "dask-ml":
+        from dask_ml.model_selection import GridSearchCV
+    else:
+        from sklearn.model_selection import GridSearchCV
+    X, y = digits(900)
+    grid = {"C": [1, 10, 100, 1000], "gamma": [1e-4, 1e-3, 1e-2, 1e-1, 1]}
+    search = GridSearchCV(SVC(), grid, cv=3)
+    saved = CountedSaves(tmp_path / "fits")
+    counted, at_loss = [], {}
+    cluster = LoopbackCluster(tmp_path)
+
+    def lose_the_scheduler_mid_search() -> None:
+        while sum(counted) < 10:
+            time.sleep(0.02)
+        cluster.kill_scheduler()
+        at_loss["saved"] = len(saved)
+        cluster.start()  # what the scheduler's replacement and the workers' restart do
+
+    cluster.start()
+    try:
+        with Client(cluster.address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+            threading.Thread(target=lose_the_scheduler_mid_search, daemon=True).start()
+            fit_on_cluster(client, search, X, y, saved_fits=saved, on_fits=counted.append, wait_for_workers=180)
+            assert_clean(client)
+    finally:
+        cluster.stop()
+
+    assert at_loss["saved"] >= 10 - 2, "what had finished before the loss was kept (two fits run at a time)"
+    assert len(saved.saves) == len(set(saved.saves)) == 60, "no kept fit ran again"
+    plain = Plain(SVC(), grid, cv=3).fit(X, y)
+    # dask-ml averages the split scores its own way (last-digit differences): its splits are compared.
+    (assert_same_splits if engine == "dask-ml" else assert_same_search)(search, plain)
+    assert search.best_params_ == plain.best_params_
+    said = capsys.readouterr().err
+    assert f"lost the connection to the scheduler at {cluster.address}; waiting up to 180 s for it" in said
+    assert "reconnected: the search goes on with the fits not yet finished" in said
+
+
+def test_a_scheduler_that_does_not_come_back_ends_the_search_in_one_line_and_keeps_its_fits(tmp_path):
+    from distributed import Client
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    X, y = digits(900)
+    search = GridSearchCV(SVC(), {"C": [1, 10, 100, 1000], "gamma": [1e-4, 1e-3, 1e-2, 1e-1, 1]}, cv=3)
+    counted = []
+    cluster = LoopbackCluster(tmp_path)
+
+    def lose_the_scheduler() -> None:
+        while sum(counted) < 6:
+            time.sleep(0.02)
+        cluster.kill_scheduler()
+
+    cluster.start()
+    try:
+        with Client(cluster.address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+            threading.Thread(target=lose_the_scheduler, daemon=True).start()
+            with pytest.raises(ClusterError, match="did not come back within 5 s") as ended:
+                fit_on_cluster(client, search, X, y, saved_fits=tmp_path / "fits", on_fits=counted.append,
+                               wait_for_workers=5)  # fmt: skip
+    finally:
+        cluster.stop()
+    assert "\n" not in str(ended.value)
+    assert len(fit_files(tmp_path / "fits")) >= 4
