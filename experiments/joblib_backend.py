@@ -75,6 +75,7 @@ class ClusterBackend(DaskDistributedBackend):
     def __init__(self, *args, saved: SavedFits | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.saved = saved if saved is not None else SavedFits()
+        self.released = False
         self.submitted: set = set()  # every fit task this search sent, until it is released
         self._quiet = _QuietAboutUnsendableFits()
         PICKLE_LOG.addFilter(self._quiet)
@@ -121,6 +122,8 @@ class ClusterBackend(DaskDistributedBackend):
                 return
             try:
                 batch, tasks = await self._to_func_args(SimpleNamespace(items=[func.items[i] for i in todo]))
+                if self.released:  # the search ended while this batch's data went out: drop it
+                    return
                 unsendable = None
                 try:
                     task = self.client.submit(
@@ -129,9 +132,11 @@ class ClusterBackend(DaskDistributedBackend):
                     )  # fmt: skip
                 except (pickle.PicklingError, TypeError, AttributeError) as error:
                     unsendable = f"a fit of this search cannot be sent to the cluster: {_first_cause(error)}"
-                # Raised outside the handler: the pickling error's frames (they hold the futures of
-                # the batch that failed) must not live on in the search's exception.
+                # Raised outside the handler, and without the batch: neither the pickling error's
+                # frames nor this one may hold the batch's data futures in the search's exception
+                # (a notebook keeps the last exception: the data would stay on the cluster).
                 if unsendable:
+                    del batch, tasks
                     raise FitNotSendable(unsendable)
             except BaseException as error:
                 # joblib takes a batch's outcome from its callback: an exception there is raised
@@ -190,6 +195,8 @@ class ClusterBackend(DaskDistributedBackend):
             bookkeeping.clear()
         if call_data is not None:
             call_data.clear()
+        # A batch still being prepared must not scatter its data any more, or keep what it did.
+        self.released, self.call_data_futures = True, None
         self._scatter.clear()
         # The releases are sent from the event loop: let it run them before the caller looks.
         self.client.sync(asyncio.sleep, 0)

@@ -23,12 +23,15 @@ def test_benchmark_times_every_engine_and_compares_them(tmp_path):
         "| GridSearchCV(n_jobs=-1)",
         "| svc_digits.py (dask-ml, local)",
         "| svc_digits.py (scikit-learn + joblib's Dask backend, local)",
+        "| svc_digits.py (dask-ml, local), fits not kept",
+        "| svc_digits.py (scikit-learn, local), fits not kept",
     ]
     for row in rows:
         cells = [float(cell) for cell in row.strip(" |").split(" | ")[1:]]
         assert len(cells) == 4 and all(cell > 0 for cell in cells), row
     assert run.stdout.count("/ scikit-learn, ratio of medians: whole process") == 2
     assert run.stdout.count("median of the 1 per-round ratios") == 2
+    assert run.stdout.count("fits saved / not kept, svc_digits.py") == 2
     assert not list(tmp_path.iterdir()), "its runs write their results in a folder of their own"
 
 

@@ -24,7 +24,7 @@ def test_a_pipeline_searched_by_successive_halving(tmp_path):
     assert "Best parameters: {'pca__n_components': " in run.stdout and "Traceback" not in run.stderr
     folder = only_run_folder(tmp_path / "r")
     assert sorted(p.name for p in folder.iterdir()) == [
-        "candidates.png", "cv_results.csv", "dask-report.html", "summary.json"
+        "candidates.png", "cv_results.csv", "dask-report.html", "fits", "summary.json"
     ]  # fmt: skip
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["search"] == "sklearn.HalvingRandomSearchCV"

@@ -15,6 +15,7 @@ from .conftest import ROOT
 from .experiment_runs import (
     BEST_LINE,
     SCRIPT,
+    assert_one_line_error,
     cv_scores,
     only_run_folder,
     run_experiment,
@@ -61,9 +62,12 @@ def test_local_run_writes_every_result_file(local_run):
     assert sorted(p.name for p in folder.iterdir()) == [
         "cv_results.csv",
         "dask-report.html",
+        "fits",
         "heatmap.png",
         "summary.json",
     ]
+    assert len(list((folder / "fits").glob("*.fit"))) == 54, "every fit, saved as it finished"
+    assert (folder / "fits" / "search.json").is_file()
     with (folder / "cv_results.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert len(rows) == 18
@@ -159,6 +163,57 @@ def test_an_adaptive_stack_is_not_waited_for_and_its_nodes_are_metered(loopback,
     assert summary["where"]["adaptive"] == [0, 3] and summary["worker_nodes"]["peak"] == 2
     search_hours = summary["timings_seconds"]["search"] / 3600
     assert summary["worker_nodes"]["worker_node_hours"] == pytest.approx(2 * search_hours, rel=0.3, abs=1e-4)
+
+
+def test_ctrl_c_mid_search_then_resume_runs_only_the_unsaved_fits(local_run, tmp_path):
+    import os
+    import signal
+    import time
+
+    search = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--results", "results"], cwd=tmp_path, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while len(list(tmp_path.glob("results/*/fits/*.fit"))) < 5:
+        assert search.poll() is None and time.monotonic() < deadline, "the search ended before it was interrupted"
+        time.sleep(0.02)
+    os.killpg(search.pid, signal.SIGINT)  # Ctrl-C at a terminal: the whole foreground group
+    _, stderr = search.communicate(timeout=120)
+    assert search.returncode == 130, stderr
+    run = only_run_folder(tmp_path / "results")
+    saved = len(list((run / "fits").glob("*.fit")))
+    assert 5 <= saved < 54, "interrupted mid-search"
+    assert f"{saved} finished fits are saved; to run only the others: --resume {run.relative_to(tmp_path)}" in stderr
+    assert not (run / "summary.json").exists()
+
+    resumed = run_experiment("--results", "results", "--resume", run.name, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run.relative_to(tmp_path)}: {saved} fits saved" in resumed.stderr
+    assert "54/54" in resumed.stderr, "the progress counts the saved fits too"
+    assert only_run_folder(tmp_path / "results") == run, "the run is finished in its own folder"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed"] == {"fits_reused": saved}
+    assert summary["best_params"] == {"C": 1, "class_weight": None, "gamma": 0.001}
+    assert cv_scores(run) == pytest.approx(cv_scores(local_run[1]), abs=1e-12)
+    assert len(list((run / "fits").glob("*.fit"))) == 54
+
+
+@pytest.mark.parametrize(
+    ("resume", "extra", "expected"),
+    [
+        ("{run}", ["--seed", "1"], "are of another data"),
+        ("{run}", ["--engine", "scikit-learn"], "are of another search"),
+        ("no-such-run", [], "--resume: no-such-run is not a run with saved fits"),
+    ],
+)
+def test_a_resume_that_does_not_match_its_run_is_refused_before_the_cluster_starts(
+    local_run, tmp_path, resume, extra, expected
+):
+    run = run_experiment("--results", str(local_run[1].parent), "--resume", resume.format(run=local_run[1]), *extra,
+                         cwd=tmp_path)  # fmt: skip
+    assert_one_line_error(run, expected)
+    assert "Dask dashboard" not in run.stdout
 
 
 def test_help_shows_every_default():

@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Wall time of `python experiments/svc_digits.py`, with each engine, against plain scikit-learn.
+"""Wall time of `python experiments/svc_digits.py`, with each engine, against plain scikit-learn,
+and what saving every finished fit costs it.
 
 Whole processes, interleaved (A B C A B C ...), medians: what a user waits for at the terminal.
 The baseline is GridSearchCV(n_jobs=-1) on the same split and grid, printing the same report.
+The "fits not kept" runs are the same script with SavedFits.save made a no-op: no file written,
+nothing kept (the keys are still computed, as a search always does).
 
     python experiments/benchmarks/local.py --runs 9
 """
@@ -38,6 +41,21 @@ print(classification_report(y_test, search.best_estimator_.predict(X_test), digi
 """
 
 
+NOT_KEPT = """
+import runpy, sys
+sys.path.insert(0, {root!r})
+from experiments import saved_fits
+saved_fits.SavedFits.save = lambda self, key, value: None
+sys.argv = [{script!r}, "--engine", {engine!r}]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def not_kept(engine: str) -> list[str]:
+    code = NOT_KEPT.format(root=str(EXPERIMENT.parent.parent), script=str(EXPERIMENT), engine=engine)
+    return [sys.executable, "-c", code]
+
+
 def timed(command: list[str], cwd: str) -> tuple[float, float]:
     """Wall time of the whole process, and of its search phase as the process reports it."""
     started = time.perf_counter()
@@ -71,6 +89,8 @@ def main() -> int:
         "svc_digits.py (scikit-learn + joblib's Dask backend, local)": [
             sys.executable, str(EXPERIMENT), "--engine", "scikit-learn"
         ],
+        "svc_digits.py (dask-ml, local), fits not kept": not_kept("dask-ml"),
+        "svc_digits.py (scikit-learn, local), fits not kept": not_kept("scikit-learn"),
     }  # fmt: skip
     walls: dict[str, list[float]] = {name: [] for name in commands}
     searches: dict[str, list[float]] = {name: [] for name in commands}
@@ -91,7 +111,7 @@ def main() -> int:
         wall, search = walls[name], searches[name]
         print(f"| {name} | {median(wall):.2f} | {min(wall):.2f} | {max(wall):.2f} | {median(search):.2f} |")
     baseline = next(iter(commands))
-    for name in list(commands)[1:]:
+    for name in list(commands)[1:3]:
         print(
             f"\n{name} / scikit-learn, ratio of medians: whole process "
             f"{median(walls[name]) / median(walls[baseline]):.2f}, "
@@ -101,6 +121,11 @@ def main() -> int:
         paired = [a / b for a, b in zip(walls[name], walls[baseline], strict=True)]
         faster = sum(ratio < 1 for ratio in paired)
         print(f"  median of the {args.runs} per-round ratios: {median(paired):.2f}; faster in {faster} of {args.runs}")
+    for saved, unsaved in zip(list(commands)[1:3], list(commands)[3:], strict=True):
+        paired = [a / b for a, b in zip(searches[saved], searches[unsaved], strict=True)]
+        ratio = median(searches[saved]) / median(searches[unsaved])
+        print(f"\nfits saved / not kept, {saved}: search phase, ratio of medians {ratio:.3f}, "
+              f"median of per-round ratios {median(paired):.3f}")  # fmt: skip
     return 0
 
 
