@@ -140,3 +140,27 @@ def test_the_node_meter_reports_changes_and_adds_up_node_seconds():
     # Measured, not assumed: on a busy machine the sleeps last longer than asked.
     expected = (grown - started) + 3 * (shrunk - grown) + (ended - shrunk)
     assert meter.node_seconds == pytest.approx(expected, abs=0.25)
+
+
+def test_the_node_meter_waits_out_a_lost_scheduler_and_goes_on_looking():
+    """While the search waits for its scheduler to come back, the meter skips its looks, and
+    looks again once it is back."""
+
+    class Cluster:
+        lost, hosts = False, ["10.0.0.1"]
+
+        def scheduler_info(self, n_workers):
+            if self.lost:
+                raise OSError("Timed out trying to connect")
+            return {"workers": {f"tls://{host}:4000": {} for host in self.hosts}}
+
+    client, changes = Cluster(), []
+    with NodeMeter(client, lambda was, now: changes.append((was, now)), interval=0.05) as meter:
+        client.lost = True
+        time.sleep(0.3)
+        client.lost, client.hosts = False, ["10.0.0.1", "10.0.0.2"]
+        deadline = time.monotonic() + 10
+        while not changes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert changes == [(1, 2)], "still looking after the scheduler came back"
+    assert meter.peak == 2

@@ -102,7 +102,10 @@ class NodeMeter:
         self.peak = 0
 
     def _sample(self) -> None:
-        count, now = worker_nodes(self._client), time.monotonic()
+        try:
+            count, now = worker_nodes(self._client), time.monotonic()
+        except (OSError, TimeoutError):  # no scheduler just now (the search waits for it): next look
+            return
         self.node_seconds += self._count * (now - self._since)
         if count != self._count:
             self._on_change(self._count, count)
