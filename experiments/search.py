@@ -241,18 +241,29 @@ def _flat(keys) -> list:
     return [key for part in keys for key in _flat(part)] if isinstance(keys, list) else [keys]
 
 
-def scheduler_lost(client, error: BaseException) -> bool:
+def scheduler_lost(client, error: BaseException, scheduler_id: str | None) -> bool:
     """Whether `error` ended the search because the client lost its scheduler (its process, its
-    node or the network), rather than a problem of the search's own."""
+    node or the network), rather than a problem of the search's own: never for an error a fit
+    raised (an OSError of the user's, say) while the scheduler it ran on is still there."""
     from distributed.client import FutureCancelledError
+    from distributed.comm import CommClosedError
 
-    if isinstance(error, (KeyboardInterrupt, SystemExit, ClusterError)):
+    if isinstance(error, (KeyboardInterrupt, SystemExit, ClusterError)) or client.status in ("closing", "closed"):
         return False
-    if client.status not in ("running", "connecting"):
-        return client.status not in ("closing", "closed")
+    if client.status != "running":  # reconnecting
+        return True
     if isinstance(error, FutureCancelledError):
-        return "connection" in str(error) or "lost" in str(error)
-    return isinstance(error, OSError)
+        return "connection-lost" in str(error)
+    if isinstance(error, CommClosedError):
+        return True
+    return isinstance(error, OSError) and _scheduler_id(client) != scheduler_id  # a new one, or none
+
+
+def _scheduler_id(client) -> str | None:
+    """The id of the scheduler the client reaches now (a new scheduler has a new one), or None."""
+    with suppress(OSError, TimeoutError):
+        return client.sync(client.scheduler.identity)["id"]
+    return None
 
 
 def reconnected(client, timeout: float) -> None:
@@ -300,10 +311,11 @@ def fit_on_cluster(
     # A search that draws its candidates at random draws the same ones when it runs again.
     with counting, params_set(search, **saved.fixed_random_state(search)):
         while True:
+            scheduler_id = _scheduler_id(client)
             try:
                 return _fit_once(client, search, X, y, saved, wait_for_workers, fit_params)
             except BaseException as error:
-                if not scheduler_lost(client, error):
+                if not scheduler_lost(client, error, scheduler_id):
                     raise
                 # The lost attempt's frames hold its futures: gone with them, the new scheduler
                 # is not asked to keep their keys.

@@ -159,6 +159,32 @@ def test_a_disk_that_refuses_the_fits_warns_once_and_the_search_finishes(
     ]
 
 
+def read_a_missing_file(X):
+    """A pipeline step of the user's that fails as code reading its own files would."""
+    raise FileNotFoundError(errno.ENOENT, "no such file", "/data/features.parquet")
+
+
+@pytest.mark.parametrize("engine", ["dask-ml", "scikit-learn"])
+def test_a_fit_that_raises_an_os_error_is_the_searchs_error_not_a_lost_scheduler(process_cluster, engine, capsys):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+    from sklearn.svm import SVC
+
+    if engine == "dask-ml":
+        from dask_ml.model_selection import GridSearchCV
+    else:
+        from sklearn.model_selection import GridSearchCV
+    X, y = digits()
+    pipeline = make_pipeline(FunctionTransformer(read_a_missing_file), SVC())
+    search = GridSearchCV(pipeline, {"svc__C": [0.1, 1.0]}, cv=3, error_score="raise")
+    started = time.monotonic()
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        fit_on_cluster(process_cluster, search, X, y)
+    assert time.monotonic() - started < 60
+    assert "lost the connection" not in capsys.readouterr().err
+    assert_clean(process_cluster)
+
+
 # --- a scheduler lost mid-search, with real processes ---
 
 
