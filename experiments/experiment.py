@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import ExitStack
 from pathlib import Path
 
 from experiments import cost, report
@@ -70,11 +71,13 @@ def run_search(
     X_train, X_test, y_train, y_test = data
     fit_params = fit_params or {}
     started = time.perf_counter()
-    resumed = resumed_run(args)
-    if resumed is not None:  # a run of another search or other data is refused before the cluster starts
-        saved = SavedFits(resumed / report.SAVED_FITS).open_for(search, X_train, y_train, fit_params)
-        console(f"resuming {resumed}: {len(saved)} fits saved")
-    with plotter, cli.connect_from_args(args) as (client, where):
+    with ExitStack() as running:
+        running.enter_context(plotter)  # first: whatever ends the run shuts its process down
+        resumed = resumed_run(args)
+        if resumed is not None:  # a run of another search or other data is refused before the cluster starts
+            saved = SavedFits(resumed / report.SAVED_FITS).open_for(search, X_train, y_train, fit_params)
+            console(f"resuming {resumed}: {len(saved)} fits saved")
+        client, where = running.enter_context(cli.connect_from_args(args))
         connected = time.perf_counter()
         print(f"Dask dashboard: {where.dashboard}", flush=True)
         run = resumed or report.new_run_folder(args.results, experiment, where)

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from experiments.cluster.connect import Where
+from experiments.cluster.forwarder import without_key
 
 CV_TABLE = "cv_results.csv"
 HEATMAP = "heatmap.png"
@@ -265,7 +266,8 @@ def summary_fields(search, where: Where, timings: dict[str, float], **extra) -> 
         "candidates": len(results["params"]),
         "splits": len({column.split("_", 1)[0] for column in results if re.fullmatch(r"split\d+_test_\w+", column)}),
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
-        "where": asdict(where),
+        # The dashboard link's key opens the cluster's dashboard while this run lasts: not kept.
+        "where": {**asdict(where), "dashboard": without_key(where.dashboard) if where.dashboard else None},
         "client": {"python": platform.python_version(), "machine": platform.machine()},
         **extra,
     }

@@ -102,7 +102,7 @@ class SavedFits:
         self._lock = threading.Lock()
         self._earlier: set[str] = set()  # the fits an earlier run saved
         self.taken: set[str] = set()  # those this run took instead of running them
-        self._not_writable = False
+        self._not_writable = self._opened = False
         # The seed a search with random_state=None runs with, drawn once per run: run again
         # (reconnected, resumed), it draws the same candidates.
         self.random_state = int.from_bytes(os.urandom(4), "little")
@@ -112,8 +112,9 @@ class SavedFits:
 
     def open_for(self, search, X, y, fit_params: dict) -> SavedFits:
         """Check (or record) that the folder's fits are this search's, on this data, and load them.
-        Refused in one line, before any work, if they are not."""
-        if self.folder is None:
+        Refused in one line, before any work, if they are not. Once is enough (the runner opens
+        a resumed run before it starts the cluster)."""
+        if self.folder is None or self._opened:
             return self
         identity = search_identity(search, X, y, fit_params)
         recorded_path = self.folder / IDENTITY
@@ -144,6 +145,7 @@ class SavedFits:
                 continue  # unreadable (a disk that filled up, say): that fit runs again
             self._fits[key] = value
             self._earlier.add(key)
+        self._opened = True
         return self
 
     def fixed_random_state(self, search) -> dict:

@@ -20,6 +20,7 @@ from contextlib import ExitStack, contextmanager, nullcontext, suppress
 
 from experiments.cluster.messages import ClusterError, console
 from experiments.cluster.polling import Poller
+from experiments.cluster.waiting import Heartbeat
 from experiments.saved_fits import SavedFits
 
 # Keys of the tasks that fit and score one candidate on one split: joblib's batches (named
@@ -271,9 +272,11 @@ def reconnected(client, timeout: float) -> None:
     ClusterError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     console(f"lost the connection to the scheduler at {client.scheduler.address}; waiting up to {timeout:g} s for it")
+    waiting = Heartbeat("waiting for the scheduler and a worker", deadline)
     while not (client.status == "running" and _has_workers(client)):
         if client.status in ("closing", "closed") or time.monotonic() > deadline:
             raise ClusterError(f"the scheduler at {client.scheduler.address} did not come back within {timeout:g} s")
+        waiting.beat()
         time.sleep(0.5)
     console("reconnected: the search goes on with the fits not yet finished")
 

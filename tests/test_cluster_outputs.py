@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from .experiment_runs import (
     assert_one_line_error,
     run_experiment,
@@ -53,3 +55,38 @@ def test_outputs_readable_by_others_are_made_private_with_one_line(loopback, tmp
     )
     assert f"warning: {state} holds the cluster's TLS keys" in run.stderr
     assert state.stat().st_mode & 0o777 == 0o600
+
+
+def test_only_a_regular_file_of_ours_is_ever_made_private(tmp_path):
+    """Checked before anything changes: a folder, or a file of another user's, keeps its mode."""
+    import os
+
+    from experiments.cluster.messages import ClusterError
+    from experiments.cluster.outputs import keep_private
+
+    folder = tmp_path / "project"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    theirs = tmp_path / "README.md"
+    theirs.write_text("# not ours")
+    theirs.chmod(0o644)
+    os.chown(theirs, 4321, -1)  # this suite runs as root: any owner can be given
+    for path, expected in ((folder, "not a file"), (theirs, "and it is not yours; ask its owner")):
+        before = path.stat().st_mode & 0o777
+        with pytest.raises(ClusterError, match=expected):
+            keep_private(path)
+        assert path.stat().st_mode & 0o777 == before, path
+    ours = tmp_path / "outputs.json"
+    ours.write_text("{}")
+    ours.chmod(0o750)
+    keep_private(ours)
+    assert ours.stat().st_mode & 0o777 == 0o700
+
+
+def test_outputs_given_as_a_folder_is_one_line_and_changes_nothing(tmp_path):
+    folder = tmp_path / "deploys"
+    folder.mkdir()
+    folder.chmod(0o755)
+    run = run_experiment("--stack", "dask", "--outputs", str(folder), cwd=tmp_path)
+    assert_one_line_error(run, f"{folder}: not a file")
+    assert folder.stat().st_mode & 0o777 == 0o755

@@ -3,6 +3,7 @@ the client's certificate, through the local forwarder, gets the dashboard page a
 
 from __future__ import annotations
 
+import http.cookiejar
 import re
 import subprocess
 import sys
@@ -17,6 +18,11 @@ def files(folder, role="client"):
     return str(folder / "ca.pem"), str(folder / f"{role}.pem"), str(folder / f"{role}.key")
 
 
+def browser():
+    """What a browser does with the forwarder's answers: follows the redirect, keeps the cookie."""
+    return urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+
 def test_the_client_certificate_through_the_forwarder_gets_page_and_websocket(gateway_scheduler):
     from tornado.httpclient import HTTPRequest
     from tornado.ioloop import IOLoop
@@ -24,17 +30,19 @@ def test_the_client_certificate_through_the_forwarder_gets_page_and_websocket(ga
 
     url = f"https://127.0.0.1:{gateway_scheduler.gateway_port}/status"
     with local_link(url, *files(gateway_scheduler.tls_dir)) as link:
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/status", link)
-        with urllib.request.urlopen(link, timeout=120) as response:
+        (origin, key) = re.fullmatch(r"(http://127\.0\.0\.1:\d+)/status\?dask_link=([\w-]{32})", link).groups()
+        with browser().open(link, timeout=120) as response:
             assert response.status == 200
+            assert response.url == f"{origin}/status", "the key leaves the address bar"
             page = response.read().decode()
         assert "Bokeh" in page
         # Bokeh's page carries a session token; its websocket subprotocol presents it.
         (token,) = set(re.findall(r'"token":\s*"([^"]+)"', page))
-        ws_url = link.replace("http://", "ws://") + "/ws"
+        ws_url = f"{origin.replace('http://', 'ws://')}/status/ws"
+        cookie = f"dask_link_{origin.rsplit(':', 1)[1]}={key}"
 
         async def first_message() -> str:
-            request = HTTPRequest(ws_url, headers={"Origin": link.rsplit("/", 1)[0]})
+            request = HTTPRequest(ws_url, headers={"Origin": origin, "Cookie": cookie})
             connection = await websocket_connect(request, subprotocols=["bokeh", token])
             try:
                 return await connection.read_message()
@@ -57,8 +65,8 @@ def test_tunnel_command_prints_local_links_and_stops_on_ctrl_c(gateway_scheduler
     )  # fmt: skip
     try:
         line = process.stdout.readline()
-        (link,) = re.findall(r"^Dask dashboard: (http://127\.0\.0\.1:\d+/status)$", line.strip())
-        with urllib.request.urlopen(link, timeout=120) as response:
+        (link,) = re.findall(r"^Dask dashboard: (http://127\.0\.0\.1:\d+/status\?dask_link=[\w-]+)$", line.strip())
+        with browser().open(link, timeout=120) as response:
             assert response.status == 200
         os.killpg(process.pid, signal.SIGINT)
         out, err = process.communicate(timeout=120)
@@ -68,3 +76,38 @@ def test_tunnel_command_prints_local_links_and_stops_on_ctrl_c(gateway_scheduler
             print(process.communicate())
     assert process.returncode == 0, out + err
     assert err.strip() == "closed", err
+
+
+def ask(port: int, path: str, host: str | None = None, cookie: str | None = None) -> tuple[int, dict, bytes]:
+    """One request as anything on this machine could send it: status, headers, body."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Cookie": cookie} if cookie else {}
+    if host:
+        headers["Host"] = host
+    connection.request("GET", path, headers=headers)
+    response = connection.getresponse()
+    answer = (response.status, dict(response.getheaders()), response.read())
+    connection.close()
+    return answer
+
+
+def test_the_forwarder_serves_only_requests_for_its_address_that_carry_its_key(gateway_scheduler):
+    url = f"https://127.0.0.1:{gateway_scheduler.gateway_port}/status"
+    with local_link(url, *files(gateway_scheduler.tls_dir)) as link:
+        port, key = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/status\?dask_link=(.+)", link).groups()
+        port, cookie = int(port), f"dask_link_{port}={key}"
+        # A web page whose name was pointed at 127.0.0.1 (DNS rebinding), with or without the key.
+        assert ask(port, f"/status?dask_link={key}", host=f"evil.example:{port}")[0] == 421
+        assert ask(port, "/status", host=f"evil.example:{port}", cookie=cookie)[0] == 421
+        # Anything else on this machine, without the key or with a wrong one.
+        assert ask(port, "/status")[0] == 403
+        assert ask(port, "/status?dask_link=guess")[0] == 403
+        assert ask(port, "/status", cookie=f"dask_link_{port}=guess")[0] == 403
+        # The printed link: a cookie for the browser's later requests, and the page without the key.
+        status, headers, _ = ask(port, f"/status?dask_link={key}&theme=dark")
+        assert status == 303 and headers["Location"] == "/status?theme=dark"
+        assert headers["Set-Cookie"] == f"{cookie}; HttpOnly; SameSite=Strict; Path=/"
+        status, _, page = ask(port, "/status", host=f"localhost:{port}", cookie=cookie)
+        assert status == 200 and b"Bokeh" in page

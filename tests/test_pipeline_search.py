@@ -36,6 +36,23 @@ def test_a_pipeline_searched_by_successive_halving(tmp_path):
     fits = sum(int(count) for count in re.findall(r"fits: (\d+)fit", run.stderr)[-1:])
     assert fits == 3 * len(rows), "the progress bar counts every fit of every round"
 
+    # Resumed with a third of its fits lost: the rest run, and every round ends as it did.
+    saved = sorted((folder / "fits").glob("*.fit"))
+    assert len(saved) == fits
+    for lost in saved[::3]:
+        lost.unlink()
+    resumed = subprocess.run(
+        [sys.executable, str(script), "--samples", "600", "--features", "12", "--candidates", "9", "--results", "r",
+         "--resume", folder.name],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((folder / "summary.json").read_text())["resumed"] == {"fits_reused": fits - len(saved[::3])}
+    with (folder / "cv_results.csv").open() as file:
+        again = list(csv.DictReader(file))
+    untimed = [[value for name, value in row.items() if "time" not in name] for row in rows]
+    assert [[value for name, value in row.items() if "time" not in name] for row in again] == untimed
+
 
 def test_pipeline_search_refuses_a_too_small_problem(tmp_path):
     script = ROOT / "experiments" / "pipeline_search.py"

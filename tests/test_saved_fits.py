@@ -276,10 +276,16 @@ def test_a_search_that_loses_its_scheduler_waits_for_the_next_and_loses_no_finis
     assert "reconnected: the search goes on with the fits not yet finished" in said
 
 
-def test_a_scheduler_that_does_not_come_back_ends_the_search_in_one_line_and_keeps_its_fits(tmp_path):
+def test_a_scheduler_that_does_not_come_back_ends_the_search_in_one_line_and_keeps_its_fits(
+    tmp_path, monkeypatch, capsys
+):
     from distributed import Client
     from sklearn.model_selection import GridSearchCV
     from sklearn.svm import SVC
+
+    from experiments.cluster import waiting
+
+    monkeypatch.setattr(waiting, "HEARTBEAT_SECONDS", 1.0)
 
     X, y = digits(900)
     search = GridSearchCV(SVC(), {"C": [1, 10, 100, 1000], "gamma": [1e-4, 1e-3, 1e-2, 1e-1, 1]}, cv=3)
@@ -303,3 +309,4 @@ def test_a_scheduler_that_does_not_come_back_ends_the_search_in_one_line_and_kee
         cluster.stop()
     assert "\n" not in str(ended.value)
     assert len(fit_files(tmp_path / "fits")) >= 4
+    assert "  still waiting for the scheduler and a worker: " in capsys.readouterr().err, "the wait is visible"

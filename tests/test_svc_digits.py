@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import signal
 import subprocess
 import sys
 
@@ -114,7 +115,8 @@ def test_remote_run_through_an_outputs_file(loopback, local_run, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "worker nodes: 2/2" in run.stderr
     # The dashboard is behind the TLS gateway: the printed link is the local forwarder's.
-    (dashboard,) = re.findall(r"Dask dashboard: (http://127\.0\.0\.1:\d+/status)\n", run.stdout)
+    (link,) = re.findall(r"Dask dashboard: (http://127\.0\.0\.1:\d+/status\?dask_link=[\w-]+)\n", run.stdout)
+    dashboard = link.split("?")[0]  # what the summary keeps: the link's key opened it while the run lasted
     assert f":{loopback.gateway_port}/" not in dashboard and f":{loopback.dashboard_port}/" not in dashboard
     assert BEST_LINE in run.stdout
     folder = only_run_folder(tmp_path / "results")
@@ -137,6 +139,32 @@ def test_remote_run_through_an_outputs_file(loopback, local_run, tmp_path):
     assert cost["worker_node_hours"] == pytest.approx(2 * search_hours, rel=0.15)
     assert cost["worker_price_usd_per_hour"] == 0.00001 and cost["scheduler_price_usd_per_hour"] == 0.00001
     assert "Cost: " in run.stdout and "node-hours, about USD" in run.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_mid_search_ends_it_as_ctrl_c_does_and_removes_the_client_key(loopback, tmp_path, signum):
+    import os
+    import time
+
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    search = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--stack", "loopback", "--outputs", str(outputs), "--results", "results"],
+        cwd=tmp_path, env={**os.environ, "TMPDIR": str(temporary)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not list(tmp_path.glob("results/*/fits/*.fit")):
+        assert search.poll() is None and time.monotonic() < deadline, search.stderr.read()
+        time.sleep(0.02)
+    assert list(temporary.glob("dask-tls-*/key.pem")), "the client key is in its temporary folder meanwhile"
+    search.send_signal(signum)
+    _, stderr = search.communicate(timeout=120)
+    assert search.returncode == 128 + signum, stderr
+    assert f"stopped ({signal.Signals(signum).name})" in stderr and "Traceback" not in stderr
+    assert "finished fits are saved; to run only the others: --resume" in stderr
+    assert not list(temporary.iterdir()), "the client's TLS files are gone"
 
 
 def test_remote_run_with_scheduler_address_and_tls_files(loopback, tmp_path):

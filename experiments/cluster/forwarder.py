@@ -4,18 +4,30 @@ The scheduler node serves them only over TLS that requires a certificate from th
 (its gateway, image/dask_node/gateway.py). The forwarder listens on 127.0.0.1 and reaches the
 gateway with the client's certificate: the browser talks plain HTTP to its own machine only,
 and needs no certificate imported. Bytes pass both ways unread, so websockets work unchanged.
+
+Anything on this machine can open a connection to 127.0.0.1: another user, or a web page whose
+name an attacker points at 127.0.0.1 (DNS rebinding). So each connection's first request is read
+before anything is forwarded: its Host must be this forwarder's own address, and it must carry
+the link's key, as the `dask_link` parameter of the printed link (answered with a cookie for the
+browser's later requests, and a redirect to the same page without it) or as that cookie. A
+browser keeps a connection to one origin only, so its first request speaks for the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import secrets
 import ssl
 import threading
 from collections.abc import Iterator
-from urllib.parse import urlsplit
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 CHUNK = 64 * 1024
+LINK_KEY = "dask_link"  # the printed link's parameter; the cookie is named after it and the port
+MAX_HEAD = 64 * 1024  # a request head longer than this is refused
 
 
 def client_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
@@ -48,8 +60,16 @@ def _quiet_handshake_failures(loop: asyncio.AbstractEventLoop, context: dict) ->
     loop.default_exception_handler(context)
 
 
+def _answer(status: str, extra: str = "", body: str = "") -> bytes:
+    """A whole HTTP response from the forwarder itself; the connection closes after it."""
+    data = body.encode()
+    head = f"HTTP/1.1 {status}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\n"
+    return (head + f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
+
+
 class Forwarder:
-    """127.0.0.1:<port> to a gateway over mutual TLS, served from a thread of its own."""
+    """127.0.0.1:<port> to a gateway over mutual TLS, served from a thread of its own, for
+    requests to this address that carry `key` (see the module's docstring)."""
 
     def __init__(self, host: str, port: int, context: ssl.SSLContext, *, local_port: int = 0) -> None:
         self._target, self._context, self._local_port = (host, port), context, local_port
@@ -58,14 +78,55 @@ class Forwarder:
         self._stop: asyncio.Future | None = None
         self._error: BaseException | None = None
         self.port = 0
+        self.key = secrets.token_urlsafe(24)
+
+    def _admit(self, head: bytes) -> bytes | None:
+        """None to forward the request; else the forwarder's own answer to it."""
+        lines = head.decode("latin-1").split("\r\n")
+        try:
+            _, target, _ = lines[0].split(" ")
+        except ValueError:
+            return _answer("400 Bad Request")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers.setdefault(name.strip().lower(), value.strip())
+        if headers.get("host", "").lower() not in (f"127.0.0.1:{self.port}", f"localhost:{self.port}"):
+            return _answer("421 Misdirected Request", body="not a request for this link\n")
+        cookie_name = f"{LINK_KEY}_{self.port}"
+        path, _, query = target.partition("?")
+        given = dict(parse_qsl(query, keep_blank_values=True)).get(LINK_KEY)
+        if given is not None and hmac.compare_digest(given, self.key):
+            rest = urlencode([(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != LINK_KEY])
+            location = path + (f"?{rest}" if rest else "")
+            cookie = f"Set-Cookie: {cookie_name}={self.key}; HttpOnly; SameSite=Strict; Path=/\r\n"
+            return _answer("303 See Other", f"Location: {location}\r\n{cookie}")
+        cookies = SimpleCookie()
+        with contextlib.suppress(CookieError):
+            cookies.load(headers.get("cookie", ""))
+        if cookie_name in cookies and hmac.compare_digest(cookies[cookie_name].value, self.key):
+            return None
+        return _answer("403 Forbidden", body="open the link this machine printed (it carries the link's key)\n")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            writer.close()
+            return
+        if (answer := self._admit(head)) is not None:
+            with contextlib.suppress(OSError):
+                writer.write(answer)
+                await writer.drain()
+            writer.close()
+            return
         try:
             target_reader, target_writer = await asyncio.open_connection(*self._target, ssl=self._context)
         except (OSError, ssl.SSLError):
             writer.close()
             return
         try:
+            target_writer.write(head)
             await asyncio.gather(_pipe(reader, target_writer), _pipe(target_reader, writer))
         except asyncio.CancelledError:  # the forwarder is closing with this connection open
             writer.close()
@@ -76,7 +137,7 @@ class Forwarder:
         self._loop.set_exception_handler(_quiet_handshake_failures)
         self._stop = self._loop.create_future()
         try:
-            server = await asyncio.start_server(self._handle, "127.0.0.1", self._local_port)
+            server = await asyncio.start_server(self._handle, "127.0.0.1", self._local_port, limit=MAX_HEAD)
         except OSError as error:
             self._error = error
             self._ready.set()
@@ -104,11 +165,19 @@ class Forwarder:
 
 @contextlib.contextmanager
 def local_link(url: str, ca: str, cert: str, key: str, *, local_port: int = 0) -> Iterator[str]:
-    """An http://127.0.0.1 link that reaches an https:// gateway URL with the client certificate."""
+    """An http://127.0.0.1 link that reaches an https:// gateway URL with the client certificate,
+    carrying the forwarder's key (see `without_key` for a copy to keep)."""
     parts = urlsplit(url)
     if parts.scheme != "https":  # a plain link (an older stack): nothing to forward
         yield url
         return
     with Forwarder(parts.hostname, parts.port or 443, client_context(ca, cert, key), local_port=local_port) as fwd:
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        yield f"http://127.0.0.1:{fwd.port}{path}"
+        query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), (LINK_KEY, fwd.key)])
+        yield f"http://127.0.0.1:{fwd.port}{parts.path}?{query}"
+
+
+def without_key(link: str) -> str:
+    """The link as it may be written down (a run's summary): the forwarder's key left out."""
+    parts = urlsplit(link)
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != LINK_KEY])
+    return parts._replace(query=query).geturl()

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 
 class ClusterError(Exception):
     """A problem the user can fix; the message is one line that says how."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a closed terminal, `kill`): the program ends as on Ctrl-C, cancelling
+    what it started and removing its temporary files (the client's key among them)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def console(message: str) -> None:

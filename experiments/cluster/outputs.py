@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 from experiments.cluster.messages import ClusterError, console
@@ -22,21 +24,29 @@ REQUIRED_OUTPUTS = (
 
 def keep_private(path: Path) -> None:
     """A file holding the cluster's keys, readable by other users of this machine, is made
-    private (with one line saying so), or refused when it is not ours to change."""
+    private (with one line saying so). Only a regular file of this user's is ever changed:
+    anything else is refused, unchanged, in one line."""
     try:
-        mode = path.stat().st_mode & 0o777
+        status = path.stat()
     except FileNotFoundError:
         return
+    mode = status.st_mode & 0o777
+    if not stat.S_ISREG(status.st_mode):
+        raise ClusterError(f"{path}: not a file (an outputs file or a Terraform state is expected)")
     if not mode & 0o077:
         return
-    try:
-        path.chmod(mode & 0o700)
-    except PermissionError:
+    if status.st_uid != os.getuid():
         raise ClusterError(
-            f"{path}: holds the cluster's TLS keys and others can read it (mode {mode:04o}); "
+            f"{path}: holds the cluster's TLS keys and others can read it (mode {mode:04o}), and it is not yours; "
             "ask its owner to `chmod 600` it"
-        ) from None
-    console(f"warning: {path} holds the cluster's TLS keys and others could read it (mode {mode:04o}); made it 0600")
+        )
+    private = mode & 0o700
+    warning = f"{path} holds the cluster's TLS keys and others could read it (mode {mode:04o})"
+    try:
+        path.chmod(private)
+    except OSError as error:  # a read-only file system, say
+        raise ClusterError(f"{warning}, and it cannot be made private ({error.strerror or error})") from None
+    console(f"warning: {warning}; made it {private:04o}")
 
 
 def read_outputs(path: Path, stack: str) -> dict:
