@@ -26,6 +26,7 @@ import asyncio
 import concurrent.futures
 import logging
 import pickle
+import time
 from types import SimpleNamespace
 from uuid import uuid4
 
@@ -76,6 +77,7 @@ class ClusterBackend(DaskDistributedBackend):
         super().__init__(*args, **kwargs)
         self.saved = saved if saved is not None else SavedFits()
         self.released = False
+        self._sending: set[object] = set()  # batches whose data or task is still on its way
         self.submitted: set = set()  # every fit task this search sent, until it is released
         self._quiet = _QuietAboutUnsendableFits()
         PICKLE_LOG.addFilter(self._quiet)
@@ -116,7 +118,16 @@ class ClusterBackend(DaskDistributedBackend):
             if callback is not None:
                 callback(out)
 
+        sending = object()  # this batch, until its data and task are out (see `release`)
+        self._sending.add(sending)
+
         async def send() -> None:
+            try:
+                await prepare_and_send()
+            finally:
+                self._sending.discard(sending)
+
+        async def prepare_and_send() -> None:
             if not todo:  # every fit of the batch is saved: nothing to send
                 finished([])
                 return
@@ -181,6 +192,12 @@ class ClusterBackend(DaskDistributedBackend):
         aborted search leaves them in joblib's bookkeeping), the data scattered ahead of them, and
         what joblib scattered on its own. The cluster holds nothing of it any more (its results
         are in the search object)."""
+        # Batches still on their way stop at their next step; what they scattered meanwhile goes
+        # to joblib's mapping below, so they are waited for (briefly: they are only sending).
+        self.released = True
+        deadline = time.monotonic() + 10
+        while self._sending and time.monotonic() < deadline:
+            time.sleep(0.01)
         PICKLE_LOG.removeFilter(self._quiet)
         self._cancel_submitted()
         # What joblib scattered on its own, kept as the asyncio tasks that scattered it (in a
@@ -195,8 +212,7 @@ class ClusterBackend(DaskDistributedBackend):
             bookkeeping.clear()
         if call_data is not None:
             call_data.clear()
-        # A batch still being prepared must not scatter its data any more, or keep what it did.
-        self.released, self.call_data_futures = True, None
+        self.call_data_futures = None  # a batch sent now would not scatter its data
         self._scatter.clear()
         # The releases are sent from the event loop: let it run them before the caller looks.
         self.client.sync(asyncio.sleep, 0)
