@@ -141,18 +141,29 @@ def test_remote_run_through_an_outputs_file(loopback, local_run, tmp_path):
     assert "Cost: " in run.stdout and "node-hours, about USD" in run.stdout
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_sigterm_or_sighup_mid_search_ends_it_as_ctrl_c_does_and_removes_the_client_key(loopback, tmp_path, signum):
+@pytest.mark.parametrize(
+    ("signum", "launched_with"),
+    [(signal.SIGTERM, signal.SIG_DFL), (signal.SIGHUP, signal.SIG_DFL), (signal.SIGHUP, signal.SIG_IGN)],
+    ids=["SIGTERM", "SIGHUP", "SIGHUP under nohup"],
+)
+def test_sigterm_or_sighup_mid_search_ends_it_as_ctrl_c_does_and_removes_the_client_key(
+    loopback, tmp_path, signum, launched_with
+):
     import os
     import time
 
     outputs = loopback.outputs_file(tmp_path / "outputs.json")
     temporary = tmp_path / "tmp"
     temporary.mkdir()
+
+    def as_launched() -> None:  # from a terminal, or under nohup (whatever launched these tests)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, launched_with)
+
     search = subprocess.Popen(
         [sys.executable, str(SCRIPT), "--stack", "loopback", "--outputs", str(outputs), "--results", "results"],
         cwd=tmp_path, env={**os.environ, "TMPDIR": str(temporary)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=as_launched,
     )  # fmt: skip
     deadline = time.monotonic() + 240
     while not list(tmp_path.glob("results/*/fits/*.fit")):
@@ -160,10 +171,14 @@ def test_sigterm_or_sighup_mid_search_ends_it_as_ctrl_c_does_and_removes_the_cli
         time.sleep(0.02)
     assert list(temporary.glob("dask-tls-*/key.pem")), "the client key is in its temporary folder meanwhile"
     search.send_signal(signum)
-    _, stderr = search.communicate(timeout=120)
-    assert search.returncode == 128 + signum, stderr
-    assert f"stopped ({signal.Signals(signum).name})" in stderr and "Traceback" not in stderr
-    assert "finished fits are saved; to run only the others: --resume" in stderr
+    stdout, stderr = search.communicate(timeout=240)
+    if launched_with is signal.SIG_IGN:  # nohup's choice is kept: the search goes on to its end
+        assert search.returncode == 0, stderr
+        assert BEST_LINE in stdout
+    else:
+        assert search.returncode == 128 + signum, stderr
+        assert f"stopped ({signal.Signals(signum).name})" in stderr and "Traceback" not in stderr
+        assert "finished fits are saved; to run only the others: --resume" in stderr
     assert not list(temporary.iterdir()), "the client's TLS files are gone"
 
 
