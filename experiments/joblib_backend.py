@@ -34,7 +34,7 @@ from joblib._dask import Batch, DaskDistributedBackend
 from joblib._utils import _TracebackCapturingWrapper
 from joblib.parallel import ParallelBackendBase, parallel_config
 
-from experiments.cluster.messages import ClusterError
+from experiments.cluster.messages import ClusterError, WithoutMessage
 from experiments.saved_fits import SavedFits, joblib_fit_key
 
 
@@ -48,13 +48,6 @@ def _first_cause(error: BaseException) -> BaseException:
     while (cause := error.__cause__ or error.__context__) is not None:
         error = cause
     return error
-
-
-class _QuietAboutUnsendableFits(logging.Filter):
-    """distributed logs a traceback for an object it cannot pickle; the search says it in one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Failed to serialize")
 
 
 PICKLE_LOG = logging.getLogger("distributed.protocol.pickle")
@@ -79,7 +72,8 @@ class ClusterBackend(DaskDistributedBackend):
         self.released = False
         self._sending: set[object] = set()  # batches whose data or task is still on its way
         self.submitted: set = set()  # every fit task this search sent, until it is released
-        self._quiet = _QuietAboutUnsendableFits()
+        # distributed logs a traceback for an object it cannot pickle; the search says it in one line.
+        self._quiet = WithoutMessage("Failed to serialize")
         PICKLE_LOG.addFilter(self._quiet)
 
     def __reduce__(self):

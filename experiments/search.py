@@ -257,14 +257,15 @@ def scheduler_lost(client, error: BaseException, scheduler_id: str | None) -> bo
         return "connection-lost" in str(error)
     if isinstance(error, CommClosedError):
         return True
-    return isinstance(error, OSError) and _scheduler_id(client) != scheduler_id  # a new one, or none
+    return isinstance(error, OSError) and _identity(client).get("id") != scheduler_id  # a new one, or none
 
 
-def _scheduler_id(client) -> str | None:
-    """The id of the scheduler the client reaches now (a new scheduler has a new one), or None."""
+def _identity(client) -> dict:
+    """What the scheduler the client reaches now says of itself (a new scheduler has a new id);
+    empty when there is none to ask."""
     with suppress(OSError, TimeoutError):
-        return client.sync(client.scheduler.identity)["id"]
-    return None
+        return client.sync(client.scheduler.identity)
+    return {}
 
 
 def reconnected(client, timeout: float) -> None:
@@ -273,18 +274,12 @@ def reconnected(client, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     console(f"lost the connection to the scheduler at {client.scheduler.address}; waiting up to {timeout:g} s for it")
     waiting = Heartbeat("waiting for the scheduler and a worker", deadline)
-    while not (client.status == "running" and _has_workers(client)):
+    while not (client.status == "running" and _identity(client).get("workers")):
         if client.status in ("closing", "closed") or time.monotonic() > deadline:
             raise ClusterError(f"the scheduler at {client.scheduler.address} did not come back within {timeout:g} s")
         waiting.beat()
         time.sleep(0.5)
     console("reconnected: the search goes on with the fits not yet finished")
-
-
-def _has_workers(client) -> bool:
-    with suppress(OSError, TimeoutError):
-        return bool(client.sync(client.scheduler.identity)["workers"])
-    return False
 
 
 def fit_on_cluster(
@@ -314,7 +309,7 @@ def fit_on_cluster(
     # A search that draws its candidates at random draws the same ones when it runs again.
     with counting, params_set(search, **saved.fixed_random_state(search)):
         while True:
-            scheduler_id = _scheduler_id(client)
+            scheduler_id = _identity(client).get("id")
             try:
                 return _fit_once(client, search, X, y, saved, wait_for_workers, fit_params)
             except BaseException as error:

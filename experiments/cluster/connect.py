@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.cluster.messages import console
+from experiments.cluster.messages import WithoutMessage, console
 from experiments.cluster.outputs import COST_OUTPUTS, DEFAULT_OUTPUTS, read_outputs
 from experiments.cluster.tls_files import private_tls_files, security_for
 from experiments.cluster.versions import check_versions, stale_code_warning
@@ -107,17 +107,13 @@ def _local() -> Iterator[tuple[object, Where]]:
         yield client, Where("local", local.scheduler_address, dashboard, 1, threads)
 
 
-class _HeartbeatAtClose(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Failed to communicate with scheduler during heartbeat")
-
-
 @contextlib.contextmanager
 def _quiet_heartbeat_at_close() -> Iterator[None]:
     """The local worker shares this process with its scheduler, so its heartbeat can only fail
     when the two close together at the end of a run: distributed then logs a traceback (seen on a
     busy machine) under a run that went well. That one message is left out."""
-    quiet, logger = _HeartbeatAtClose(), logging.getLogger("distributed.worker")
+    quiet = WithoutMessage("Failed to communicate with scheduler during heartbeat")
+    logger = logging.getLogger("distributed.worker")
     logger.addFilter(quiet)
     try:
         yield

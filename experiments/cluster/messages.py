@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 
@@ -21,3 +22,14 @@ class Stopped(KeyboardInterrupt):
 
 def console(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+class WithoutMessage(logging.Filter):
+    """Leaves out of a logger the one message (by its start) that this project says otherwise."""
+
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.start)
