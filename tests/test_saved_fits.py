@@ -249,7 +249,9 @@ def test_a_search_that_loses_its_scheduler_waits_for_the_next_and_loses_no_finis
     cluster = LoopbackCluster(tmp_path)
 
     def lose_the_scheduler_mid_search() -> None:
-        while sum(counted) < 10:
+        # On fits saved, not fits counted: the scheduler counts a fit before its result reaches
+        # the laptop, and on a busy machine that lag is several fits.
+        while len(saved) < 10:
             time.sleep(0.02)
         cluster.kill_scheduler()
         at_loss["saved"] = len(saved)
@@ -265,7 +267,7 @@ def test_a_search_that_loses_its_scheduler_waits_for_the_next_and_loses_no_finis
     finally:
         cluster.stop()
 
-    assert at_loss["saved"] >= 10 - 2, "what had finished before the loss was kept (two fits run at a time)"
+    assert at_loss["saved"] >= 10, "what had finished before the loss was kept"
     assert len(saved.saves) == len(set(saved.saves)) == 60, "no kept fit ran again"
     plain = Plain(SVC(), grid, cv=3).fit(X, y)
     # dask-ml averages the split scores its own way (last-digit differences): its splits are compared.
