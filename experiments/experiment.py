@@ -24,7 +24,10 @@ from experiments.saved_fits import IDENTITY, SavedFits
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--results", type=Path, default=Path("results"), help="where runs are written (default: %(default)s)"
+        "--results",
+        type=cli.writable_folder,
+        default=Path("results"),
+        help="where runs are written (default: %(default)s)",
     )
     parser.add_argument(
         "--resume",
@@ -84,7 +87,10 @@ def run_search(
         if resumed is None:
             saved = SavedFits(run / report.SAVED_FITS).open_for(search, X_train, y_train, fit_params)
         # Inline: the report embeds Bokeh, so it opens offline and years from now.
-        with performance_report(filename=str(run / report.DASK_REPORT), mode="inline"):
+        with (
+            report.written_whole(run / report.DASK_REPORT) as dask_report,
+            performance_report(filename=str(dask_report), mode="inline"),
+        ):
             # Worker nodes over the search phase: they come and go on an adaptive cluster.
             with (
                 NodeMeter(client, lambda was, now: tqdm.write(f"worker nodes: {was} -> {now}")) as nodes,

@@ -17,28 +17,49 @@ if __package__ in (None, ""):  # run as `python experiments/pipeline_search.py`
 from experiments import experiment, report
 from experiments.cluster import cli
 
+# Memory on this machine, by arithmetic before anything is made: the data as float64 about four
+# times over (made, split, and scaled and projected in a fit), and each candidate's parameters and
+# results rows.
+DATA_COPIES = 4
+BYTES_PER_CANDIDATE = 4096
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
+
+def memory_needed(samples: int, features: int, candidates: int) -> str | None:
+    """Why these sizes cannot fit in this machine's available memory, or None."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    data = DATA_COPIES * 8 * samples * features
+    if data > available:
+        return (f"--samples {samples} x --features {features}: the data needs about {data / 2**30:,.1f} GiB of "
+                f"memory, {available / 2**30:,.1f} GiB is available here")  # fmt: skip
+    if candidates * BYTES_PER_CANDIDATE > available - data:
+        return (f"--candidates {candidates}: their parameters and results need about "
+                f"{candidates * BYTES_PER_CANDIDATE / 2**30:,.1f} GiB of memory beside the data, "
+                f"{(available - data) / 2**30:,.1f} GiB is left here")  # fmt: skip
+    return None
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=positive, default=5000, help="rows of the data set (default: %(default)s)")
-    parser.add_argument("--features", type=positive, default=40, help="columns of the data set (default: %(default)s)")
+    parser = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--candidates", type=positive, default=81, help="candidates of the first round (default: %(default)s)"
+        "--samples", type=cli.whole_number(100), default=5000,
+        help="rows of the data set, at least 100 for a held-out part and three folds (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--features", type=cli.whole_number(2), default=40, help="columns of the data set (default: %(default)s)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data, split and search (default: %(default)s)")
+    parser.add_argument(
+        "--candidates", type=cli.whole_number(1), default=81, help="first-round candidates (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seed", type=cli.whole_number(0, 2**32 - 1), default=0,
+        help="seed of the data, split and search (default: %(default)s)",
+    )  # fmt: skip
     experiment.add_arguments(parser)
     args = parser.parse_args()
-    if args.samples < 100:
-        parser.error(f"--samples: at least 100, for a held-out part and three folds, got {args.samples}")
-    if args.features < 2:
-        parser.error(f"--features: at least 2, got {args.features}")
+    if reason := memory_needed(args.samples, args.features, args.candidates):
+        parser.error(reason)
     plotter = report.Plotter()  # first: it loads matplotlib while Dask and scikit-learn load here
 
     from scipy.stats import loguniform

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import csv
 import gc
+import io
 import json
 import multiprocessing
 import platform
 import re
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 from experiments.cluster.connect import Where
 from experiments.cluster.forwarder import without_key
+from experiments.saved_fits import write_atomically
 
 CV_TABLE = "cv_results.csv"
 HEATMAP = "heatmap.png"
@@ -50,14 +54,32 @@ def write_cv_table(path: Path, cv_results: dict) -> None:
     columns = {
         name: values.tolist() if hasattr(values, "tolist") else list(values) for name, values in cv_results.items()
     }
-    with path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(columns)
-        for i, params in enumerate(cv_results["params"]):
-            writer.writerow(
-                json.dumps(params, default=_jsonable) if name == "params" else values[i]
-                for name, values in columns.items()
-            )
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(columns)
+    for i, params in enumerate(cv_results["params"]):
+        writer.writerow(
+            json.dumps(params, default=_jsonable) if name == "params" else values[i] for name, values in columns.items()
+        )
+    write_atomically(path, table.getvalue().encode())
+
+
+@contextmanager
+def written_whole(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` for a writer that takes a file name (Dask's performance
+    report): renamed to `path` if the block ends normally, removed otherwise."""
+    temporary = path.with_name(f".writing-{path.name}")
+    try:
+        yield temporary
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def save_figure(figure, path: Path) -> None:
+    picture = io.BytesIO()
+    figure.savefig(picture, format="png", dpi=100)
+    write_atomically(path, picture.getvalue())
 
 
 def plain_params(params: dict) -> dict:
@@ -177,7 +199,7 @@ def write_heatmap(
     figure.colorbar(image, ax=list(axes), label="mean CV accuracy")
     ties = sum(score == best for score in mean_scores)
     figure.suptitle(f"{title}\n★ best mean CV accuracy {best:.4f}" + (f" ({ties} candidates tied)" if ties > 1 else ""))
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
     return [
         {rows: params[rows], columns: params[columns], panels: params[panels]}
         for params, score in zip(candidates, mean_scores, strict=True)
@@ -204,7 +226,7 @@ def write_candidates(
         ax.scatter([], [], c=f"C{r % 10}", label=f"round {r}")
     ax.legend(title="successive halving" if rounds else None, loc="lower left")
     ax.set(xlabel="candidates, best first", ylabel="mean CV score", title=title)
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
 
 
 def _load_matplotlib() -> None:
@@ -254,7 +276,7 @@ class Plotter:
 
 
 def write_summary(path: Path, **fields) -> None:
-    path.write_text(json.dumps(fields, indent=2, default=_jsonable) + "\n")
+    write_atomically(path, (json.dumps(fields, indent=2, default=_jsonable) + "\n").encode())
 
 
 def summary_fields(search, where: Where, timings: dict[str, float], **extra) -> dict:

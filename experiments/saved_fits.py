@@ -136,7 +136,7 @@ class SavedFits:
             self.random_state = recorded.get("random_state", self.random_state)
         else:
             identity["random_state"] = self.random_state
-            _write_atomically(recorded_path, json.dumps(identity, indent=2).encode())
+            write_atomically(recorded_path, json.dumps(identity, indent=2).encode())
         for path in files:
             try:
                 # Files this program wrote, in the user's own run folder (as trusted as their code).
@@ -175,14 +175,14 @@ class SavedFits:
             return
         name = hashlib.sha256(key.encode()).hexdigest()[:32] + SUFFIX
         try:
-            _write_atomically(self.folder / name, pickle.dumps((key, value), protocol=pickle.HIGHEST_PROTOCOL))
+            write_atomically(self.folder / name, pickle.dumps((key, value), protocol=pickle.HIGHEST_PROTOCOL))
         except OSError as error:  # a full disk, say: the search goes on, its fits kept in memory
             self._not_writable = True
             reason = error.strerror or error
             console(f"warning: fits are no longer saved in {self.folder} ({reason}); the search goes on")
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     """A file that is either absent or complete, whatever stops the program (the rename is atomic)."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".saving-")
     try:

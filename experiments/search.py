@@ -122,39 +122,47 @@ def warning_filters_without_main() -> Iterator[None]:
         yield
 
 
+# The held worker's task: short, so that little is left running once the block ends.
+HOLD_SECONDS = 0.5
+
+
 @contextmanager
 def worker_held(client, timeout: float) -> Iterator[None]:
-    """One worker kept busy while the block runs, for the data scikit-learn's searches send to
+    """A worker kept busy while the block runs, for the data scikit-learn's searches send to
     every worker before the fits. An adaptive cluster retires idle nodes only, so the data has a
     worker to go to (sent to a cluster whose last node is leaving, it would wait for a worker
-    without asking for one). On a cluster with none yet, or whose last node is leaving, this
-    task is what asks for a node. No worker within `timeout` seconds: ClusterError."""
-    from distributed import Event, wait
+    without asking for one). On a cluster with none yet, or whose last node is leaving, these
+    tasks are what asks for a node. No worker within `timeout` seconds: ClusterError.
 
-    release = Event(client=client)
-    # Distributed's own function: nothing of this project's needs to be importable on a worker.
-    held = client.submit(release.wait, timeout, pure=False)
+    The tasks are short sleeps, two in flight, a new one as each ends: `time.sleep` needs nothing
+    of this project on a worker, and no client of its own there (a worker's certificate may not
+    open one: image/dask_node/trust.py), and the queued one takes the slot as the running one
+    ends, so the worker never looks idle. Left to end by themselves (`fire_and_forget`): cancelling
+    was once seen to cancel the search's first fits ("already forgotten")."""
+    from distributed import fire_and_forget
+
+    held = [client.submit(time.sleep, HOLD_SECONDS, pure=False) for _ in range(2)]
     deadline = time.monotonic() + timeout
-    while not any(held.key in keys for keys in client.processing().values()):
+    while not any(future.key in keys for keys in client.processing().values() for future in held):
         if time.monotonic() > deadline:
-            client.cancel(held)  # it must not ask for a node later
+            client.cancel(held)  # they must not ask for a node later
             raise ClusterError(
                 f"no worker node joined within {timeout:g} s; check the worker group in the AWS console, "
                 "or pass --timeout"
             )
         time.sleep(0.05)
+
+    def hold_on() -> None:
+        held[:] = [future for future in held if not future.done()]
+        while len(held) < 2:
+            held.append(client.submit(time.sleep, HOLD_SECONDS, pure=False))
+
+    poller = Poller(hold_on, HOLD_SECONDS / 5, "worker-held").start()
     try:
         yield
     finally:
-        release.set()
-        # Cancelling the task instead was seen to cancel the search's first fits ("already
-        # forgotten"), so it is left to end. Once it has, the scheduler can forget the event;
-        # until then (lost with its node, say) the event stays set, so the task ends wherever
-        # it runs next rather than hold a node.
-        with suppress(TimeoutError):
-            wait(held, timeout=timeout)
-        if held.done():
-            release.clear()
+        poller.stop(last_look=False)
+        fire_and_forget(held)
 
 
 def refuse_unsupported(search) -> None:

@@ -6,7 +6,6 @@ search is dask-ml's GridSearchCV (`--engine scikit-learn` runs scikit-learn's ow
 joblib's Dask backend instead: same candidates, same scores).
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -33,8 +32,10 @@ def grid_search(engine: str):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train/test split (default: %(default)s)")
+    parser = cli.Parser(description=__doc__)
+    parser.add_argument(
+        "--seed", type=cli.whole_number(0, 2**32 - 1), default=0, help="train/test split seed (default: %(default)s)"
+    )
     parser.add_argument(
         "--engine", choices=ENGINES, default=ENGINES[0], help="who runs the search (default: %(default)s)"
     )

@@ -10,7 +10,6 @@ certificate from the outputs file (experiments/cluster/forwarder.py).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import sys
@@ -28,7 +27,7 @@ from experiments.cluster.tls_files import private_tls_files
 
 def main() -> int:
     gc.enable()  # `cli.run` turns it off for a startup; this process may run for hours
-    parser = argparse.ArgumentParser(description="Open a deployed cluster's dashboard (and JupyterLab) on localhost")
+    parser = cli.Parser(description="Open a deployed cluster's dashboard (and JupyterLab) on localhost")
     parser.add_argument("--stack", metavar="NAME", required=True, help="a deployed stack, read from the outputs file")
     parser.add_argument(
         "--outputs", metavar="FILE", type=Path, default=DEFAULT_OUTPUTS, help="cdktf outputs (default: %(default)s)"

@@ -32,11 +32,12 @@ SESSION_MANAGER_CHANNELS = [
 def autoscaler_statements(group_arn: str) -> list[dict]:
     """What image/dask_node/worker_autoscaler.py needs beyond setting the size: its own group only."""
     return [
-        # Describe calls have no resource scope in IAM; they show groups, not change them.
+        # Describe calls have no resource scope in IAM; they show groups and instances, not change
+        # them. The instances' private addresses are how workers are matched to nodes.
         {
-            "Sid": "ReadWorkerGroups",
+            "Sid": "ReadWorkerGroupsAndNodes",
             "Effect": "Allow",
-            "Action": "autoscaling:DescribeAutoScalingGroups",
+            "Action": ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"],
             "Resource": "*",
         },
         {

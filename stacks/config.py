@@ -133,8 +133,17 @@ class ClusterSettings:
         return f"/{self.secret_path(role)}/{name}"
 
 
+SHOWN_CHARACTERS = 80  # of a value echoed in an error message
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message echoes it: its JSON, shortened if long."""
+    text = json.dumps(value)
+    return text if len(text) <= SHOWN_CHARACTERS else f"{text[: SHOWN_CHARACTERS - 16]}... ({len(text)} chars)"
+
+
 def _fail(where: str, message: str, value: Any) -> SettingsError:
-    return SettingsError(f"{where}: {message}, got {json.dumps(value)}")
+    return SettingsError(f"{where}: {message}, got {_shown(value)}")
 
 
 def _positive_int(where: str, value: Any, *, maximum: int | None = None) -> int:
@@ -303,13 +312,13 @@ def _tags(where: str, value: Any) -> dict[str, str]:
 
 def parse_cluster(name: str, raw: Any) -> ClusterSettings:
     """Validate one cluster's raw settings from cdktf.json."""
-    where = f"clusters.{name}"
     if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > NAME_MAX:
         raise _fail(
             "clusters",
             f"cluster names must be lowercase letters and digits in words joined by single '-', at most {NAME_MAX}",
             name,
         )
+    where = f"clusters.{name}"
     if not isinstance(raw, dict):
         raise _fail(where, "must be an object of settings", raw)
     known = {f.name for f in fields(ClusterSettings)} - {"name"} | {"workers"}
@@ -398,9 +407,21 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
 def load_clusters(path: str | Path = CONFIG_FILE) -> list[ClusterSettings]:
     """Read and validate the clusters configured in cdktf.json."""
     try:
-        document = json.loads(Path(path).read_text(), object_pairs_hook=_no_duplicate_keys)
+        text = Path(path).read_bytes().decode("utf-8")
+        document = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except FileNotFoundError:
         raise SettingsError(f"{path}: not found; run from the project directory") from None
+    except OSError as error:  # a folder, say, or unreadable
+        raise SettingsError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise SettingsError(
+            f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start})"
+        ) from None
     except json.JSONDecodeError as error:
         raise SettingsError(f"{path}: not valid JSON ({error})") from None
-    return parse_clusters(document.get("context", {}) if isinstance(document, dict) else None)
+    if not isinstance(document, dict):
+        raise SettingsError(f'{path}: must hold a JSON object (with "context"), got {_shown(document)}')
+    context = document.get("context", {})
+    if not isinstance(context, dict):
+        raise _fail(f"{path}: context", "must be an object", context)
+    return parse_clusters(context)

@@ -66,7 +66,14 @@ class ClusterTls(Construct):
             self,
             f"{role}-csr",
             private_key_pem=key.private_key_pem,
-            subject=[CertRequestSubject(common_name=f"{settings.resource_prefix}-{role}", organization="Dask cluster")],
+            # The role, which the scheduler and the gateway check (image/dask_node/trust.py).
+            subject=[
+                CertRequestSubject(
+                    common_name=f"{settings.resource_prefix}-{role}",
+                    organization="Dask cluster",
+                    organizational_unit=role,
+                )
+            ],
         )
         cert = LocallySignedCert(
             self,

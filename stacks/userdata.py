@@ -84,6 +84,7 @@ def scheduler_command(
         f"--port={port}",
         f"--dashboard-address=127.0.0.1:{dashboard_port}",
         *tls_options("scheduler", tls_dir),
+        "--preload=dask_node.trust",
         "--preload=dask_node.idle_shutdown",
         f"--cluster-idle-seconds={idle_seconds:g}",
         f"--cluster-boot-grace-seconds={boot_grace_seconds:g}",

@@ -32,8 +32,9 @@ from stacks.content import image_content_hash
 DASK = str(Path(sys.executable).parent / "dask")
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def _name(common_name: str, role: str | None = None) -> x509.Name:
+    unit = [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role)] if role else []
+    return x509.Name([*unit, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
 def _pem_key(key) -> str:
@@ -67,7 +68,7 @@ def make_tls(folder: Path) -> dict[str, str]:
     for role in ("scheduler", "worker", "client"):
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
-            x509.CertificateBuilder().subject_name(_name(f"test {role}")).issuer_name(ca.subject)
+            x509.CertificateBuilder().subject_name(_name(f"test {role}", role)).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.ExtendedKeyUsage(USES[role]), critical=False)

@@ -194,3 +194,24 @@ def test_secrets_on_disk_stay_out_of_git():
     ]
     run = subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True, text=True)
     assert run.stdout.split() == paths, f"not ignored: {set(paths) - set(run.stdout.split())}"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\xff\xfe{}", "cdktf.json: not UTF-8 text (byte 0xff at offset 0)"),
+        (b"[1, 2]", 'cdktf.json: must hold a JSON object (with "context"), got [1, 2]'),
+        (b'"clusters"', 'cdktf.json: must hold a JSON object (with "context"), got "clusters"'),
+        (b'{"context": [1]}', "cdktf.json: context: must be an object, got [1]"),
+        (b'{"context": {"clusters": {"' + b"a" * 1000 + b'": {}}}}', '"aaaaaaaaaaaa'),
+        (b'{"context": {"clusters": {"dask": {"allowed_cidrs": ["' + b"9" * 1000 + b'"]}}}}', "(1002 chars)"),
+    ],
+    ids=["not UTF-8", "a list", "a string", "context a list", "a long name", "a long value"],
+)
+def test_the_file_is_read_as_bytes_and_every_shape_gets_one_short_line(tmp_path, monkeypatch, content, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cdktf.json").write_bytes(content)
+    with pytest.raises(SettingsError) as caught:
+        load_clusters("cdktf.json")
+    text = str(caught.value)
+    assert message in text and "\n" not in text and len(text) < 300, text

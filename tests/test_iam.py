@@ -122,12 +122,13 @@ def test_only_the_scheduler_removes_worker_nodes_and_only_from_its_own_group(clu
     s, policies = cluster
     scheduler, worker = policies[f"dask-{s.name}-scheduler"], policies[f"dask-{s.name}-worker"]
     own, other = arns(s, "scheduler")["own group"], arns(s, "scheduler")["other group"]
-    assert allowed(scheduler, "autoscaling:DescribeAutoScalingGroups", "*")
+    for action in ("autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"):
+        assert allowed(scheduler, action, "*"), action
+        assert not allowed(worker, action, "*"), f"a worker node may {action}"
     for action in ("autoscaling:SetInstanceProtection", "autoscaling:TerminateInstanceInAutoScalingGroup"):
         assert allowed(scheduler, action, own), action
         assert not allowed(scheduler, action, other), action
         assert not allowed(worker, action, own), f"a worker node may {action}"
-    assert not allowed(worker, "autoscaling:DescribeAutoScalingGroups", "*")
     for action in ("ec2:TerminateInstances", "autoscaling:DetachInstances", "autoscaling:DeleteAutoScalingGroup"):
         assert not allowed(scheduler, action, own if action.startswith("autoscaling") else "*"), action
 
@@ -151,6 +152,7 @@ def test_unscoped_statements_are_only_those_iam_cannot_scope(cluster):
                     assert set(actions) <= {
                         "ecr:GetAuthorizationToken",
                         "autoscaling:DescribeAutoScalingGroups",
+                        "ec2:DescribeInstances",
                         "ssmmessages:CreateControlChannel",
                         "ssmmessages:CreateDataChannel",
                         "ssmmessages:OpenControlChannel",

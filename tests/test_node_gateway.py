@@ -8,6 +8,8 @@ import socket
 import ssl
 import subprocess
 
+import pytest
+
 from experiments.cluster.forwarder import client_context
 
 from . import loopback_cluster
@@ -57,3 +59,15 @@ def test_the_dask_dashboard_itself_listens_on_loopback_only(gateway_scheduler):
         line.split()[3] for line in run.stdout.splitlines() if f":{gateway_scheduler.dashboard_port} " in line + " "
     ]
     assert listening == [f"127.0.0.1:{gateway_scheduler.dashboard_port}"]
+
+
+@pytest.mark.parametrize(
+    "route", ["8787", ":8787", ":abc=127.0.0.1:8788", ":8787=:8788", ":0=127.0.0.1:8788", ":8787=127.0.0.1:70000"]
+)
+def test_a_bad_route_is_refused_as_the_command_line_is_read(route, capsys):
+    from dask_node import gateway
+
+    with pytest.raises(SystemExit) as exited:
+        gateway.main(["--tls-dir", "/nonexistent", route])
+    assert exited.value.code == 2
+    assert f"must be [HOST]:PORT=HOST:PORT, such as :8787=127.0.0.1:8788, got {route!r}" in capsys.readouterr().err

@@ -52,14 +52,3 @@ def test_a_pipeline_searched_by_successive_halving(tmp_path):
         again = list(csv.DictReader(file))
     untimed = [[value for name, value in row.items() if "time" not in name] for row in rows]
     assert [[value for name, value in row.items() if "time" not in name] for row in again] == untimed
-
-
-def test_pipeline_search_refuses_a_too_small_problem(tmp_path):
-    script = ROOT / "experiments" / "pipeline_search.py"
-    run = subprocess.run([sys.executable, str(script), "--samples", "50"], cwd=tmp_path, capture_output=True, text=True)
-    assert run.returncode == 2
-    assert (
-        run.stderr.strip()
-        .splitlines()[-1]
-        .endswith("--samples: at least 100, for a held-out part and three folds, got 50")
-    )

@@ -1,33 +1,98 @@
-"""The command-line layer of an experiment script: where-to-run flags, and its exit status.
+"""The command-line layer of an experiment script: where-to-run flags, their values, and its exit status.
 
-    parser = argparse.ArgumentParser()
+    parser = cli.Parser(description=__doc__)
     cli.add_arguments(parser)
     args = parser.parse_args()
     with cli.connect_from_args(args) as (client, where):
         ...
 
-`run` turns a ClusterError into its one line on stderr and exit status 2.
+Every bad value is refused while the command line is read, before anything starts or is
+written: one line naming the flag and the value, exit status 2. `run` does the same for a
+ClusterError.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import math
+import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from experiments.cluster.connect import DEFAULT_TIMEOUT, connect
-from experiments.cluster.messages import ClusterError, Stopped
-from experiments.cluster.outputs import DEFAULT_OUTPUTS
+from experiments.cluster.messages import ClusterError, Stopped, shown
+from experiments.cluster.outputs import DEFAULT_OUTPUTS, is_scheduler_address
+
+# Longer than anyone waits for a node, short enough for every timer below it (Dask's, asyncio's).
+MAX_SECONDS = 7 * 24 * 3600
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line, without the usage block (`--help` shows it): exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}\n")
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_SECONDS:  # NaN fails this too
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds above 0 and at most {MAX_SECONDS}, got {shown(text)}"
+        )
+    return value
+
+
+def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [minimum, maximum]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            bounds = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+            raise argparse.ArgumentTypeError(f"must be a whole number {bounds}, got {shown(text)}")
+        return value
+
+    return parse
+
+
+def scheduler_address(text: str) -> str:
+    if not is_scheduler_address(text):
+        raise argparse.ArgumentTypeError(f"must be tls://HOST:PORT, such as tls://203.0.113.7:8786, got {shown(text)}")
+    return text
+
+
+def writable_folder(text: str) -> Path:
+    """A folder that exists or can be made: checked now, not after the search."""
+    path = Path(text)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{shown(text)}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{shown(text)}: {existing} is not writable")
+    return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("where to run (default: a local Dask cluster, no cloud)")
     target = group.add_mutually_exclusive_group()
     target.add_argument("--stack", metavar="NAME", help="a deployed stack, read from the outputs file")
-    target.add_argument("--scheduler", metavar="ADDRESS", help="a scheduler address such as tls://203.0.113.7:8786")
+    target.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        type=scheduler_address,
+        help="a scheduler address such as tls://203.0.113.7:8786",
+    )
     group.add_argument(
         "--outputs", metavar="FILE", type=Path, default=DEFAULT_OUTPUTS, help="cdktf outputs (default: %(default)s)"
     )
@@ -35,12 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-cert", metavar="FILE", help="client certificate (with --scheduler)")
     group.add_argument("--tls-key", metavar="FILE", help="client private key (with --scheduler)")
     group.add_argument(
-        "--workers", metavar="N", type=int, help="worker nodes to wait for (default: the stack's minimum)"
+        "--workers", metavar="N", type=whole_number(0), help="worker nodes to wait for (default: the stack's minimum)"
     )
     group.add_argument(
         "--timeout",
         metavar="SECONDS",
-        type=float,
+        type=seconds,
         default=DEFAULT_TIMEOUT,
         help="how long to wait for the scheduler and the worker nodes (default: %(default)g)",
     )

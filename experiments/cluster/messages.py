@@ -20,6 +20,15 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+SHOWN_CHARACTERS = 80  # of a value echoed in an error message
+
+
+def shown(value: object) -> str:
+    """A value as an error message echoes it: its repr, shortened if long."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARACTERS else f"{text[: SHOWN_CHARACTERS - 16]}... ({len(text)} chars)"
+
+
 def console(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

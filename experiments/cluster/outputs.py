@@ -6,8 +6,9 @@ import json
 import os
 import stat
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from experiments.cluster.messages import ClusterError, console
+from experiments.cluster.messages import ClusterError, console, shown
 
 DEFAULT_OUTPUTS = Path("outputs.json")
 DEPLOY_HINT = "cdktf deploy {stack} --outputs-file outputs.json --outputs-file-include-sensitive-outputs"
@@ -20,6 +21,47 @@ REQUIRED_OUTPUTS = (
     "tls_client_cert_pem",
     "tls_client_key_pem",
 )
+
+
+def is_scheduler_address(value: object) -> bool:
+    """tls://HOST:PORT, an IPv6 host in brackets."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return parts.scheme == "tls" and bool(parts.hostname) and port is not None and parts.path in ("", "/")
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _pem(value: object) -> bool:
+    return isinstance(value, str) and "-----BEGIN " in value
+
+
+# What each output the experiments read must be, when present (REQUIRED_OUTPUTS must be).
+FIELDS = {
+    "scheduler_address": ("tls://HOST:PORT", is_scheduler_address),
+    "dashboard_url": ("an https:// URL", lambda v: isinstance(v, str) and v.startswith("https://")),
+    "jupyter_url": ("an https:// URL", lambda v: isinstance(v, str) and v.startswith("https://")),
+    "workers": ("a whole number of at least 0", _count),
+    "min_workers": ("a whole number of at least 0", _count),
+    "max_workers": ("a whole number of at least 0", _count),
+    "image_uri": ("a string", _text),
+    "region": ("a string", _text),
+    "scheduler_instance_type": ("a string", _text),
+    "scheduler_market": ("a string", _text),
+    "worker_instance_types": ("a list of strings", lambda v: isinstance(v, list) and all(map(_text, v))),
+    "tls_ca_pem": ("a PEM text", _pem),
+    "tls_client_cert_pem": ("a PEM text", _pem),
+    "tls_client_key_pem": ("a PEM text", _pem),
+}
 
 
 def keep_private(path: Path) -> None:
@@ -65,10 +107,15 @@ def read_outputs(path: Path, stack: str) -> dict:
         found = ", ".join(sorted(document)) if isinstance(document, dict) and document else "none"
         raise ClusterError(f"{path}: no stack named {stack!r} (stacks found: {found})")
     outputs = document[stack]
+    if not isinstance(outputs, dict):
+        raise ClusterError(f"{path}: stack {stack!r} must be an object of outputs, got {shown(outputs)}")
     for key in REQUIRED_OUTPUTS:
         if key not in outputs:
             extra = (
                 " (sensitive outputs need --outputs-file-include-sensitive-outputs)" if key.startswith("tls_") else ""
             )
             raise ClusterError(f"{path}: stack {stack!r} has no output {key!r}; redeploy with `{hint}`{extra}")
+    for key, (what, valid) in FIELDS.items():
+        if key in outputs and not valid(outputs[key]):
+            raise ClusterError(f"{path}: stack {stack!r}: output {key!r} must be {what}, got {shown(outputs[key])}")
     return outputs

@@ -3,9 +3,10 @@
 Dask's dashboard has no login, and its own TLS setting does not ask browsers for a certificate
 (distributed builds that context for encryption only). So on the scheduler node the dashboard
 and JupyterLab listen on loopback, and this gateway serves them to the allowed networks over
-TLS that requires a certificate signed by the cluster's CA. It passes bytes both ways without
-reading them, so the dashboard's and Jupyter's websockets work unchanged. The laptop's side is
-the forwarder (experiments/cluster/forwarder.py).
+TLS that requires the client's certificate: signed by the cluster's CA, with the role "client"
+(dask_node.tls.role_of). It passes bytes both ways without reading them, so the dashboard's and
+Jupyter's websockets work unchanged. The laptop's side is the forwarder
+(experiments/cluster/forwarder.py).
 
     python -m dask_node.gateway --tls-dir /etc/dask/tls :8787=127.0.0.1:8788 [:8888=127.0.0.1:8889]
 """
@@ -44,6 +45,11 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 def _handler(host: str, port: int):
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Only the user's certificate: a worker's key is readable by any task, and the scheduler's
+        # is on the node already.
+        if tls.role_of(writer.get_extra_info("peercert")) != "client":
+            writer.close()
+            return
         try:
             target_reader, target_writer = await asyncio.open_connection(host, port)
         except OSError:
@@ -66,6 +72,17 @@ def _address(text: str) -> tuple[str | None, int]:
     return (host or None), int(port)
 
 
+def route(text: str) -> tuple[str, str]:
+    """LISTEN=TARGET, each [HOST]:PORT: checked as the command line is read."""
+    listen, _, target = text.partition("=")
+    try:
+        if all(0 < _address(part)[1] < 65536 for part in (listen, target)) and _address(target)[0]:
+            return listen, target
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"must be [HOST]:PORT=HOST:PORT, such as :8787=127.0.0.1:8788, got {text[:80]!r}")
+
+
 async def serve(routes: list[tuple[str, str]], context: ssl.SSLContext) -> None:
     asyncio.get_running_loop().set_exception_handler(_quiet_handshake_failures)
     servers = []
@@ -79,10 +96,9 @@ async def serve(routes: list[tuple[str, str]], context: ssl.SSLContext) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dask_node.gateway", description="serve loopback ports over mutual TLS")
     parser.add_argument("--tls-dir", required=True, help="the node's TLS folder (the scheduler's certificate)")
-    parser.add_argument("routes", nargs="+", metavar="LISTEN=TARGET", help="such as :8787=127.0.0.1:8788")
+    parser.add_argument("routes", nargs="+", type=route, metavar="LISTEN=TARGET", help="such as :8787=127.0.0.1:8788")
     args = parser.parse_args(argv)
-    routes = [tuple(route.split("=", 1)) for route in args.routes]
-    asyncio.run(serve(routes, server_context(*tls.files(args.tls_dir, "scheduler"))))
+    asyncio.run(serve(args.routes, server_context(*tls.files(args.tls_dir, "scheduler"))))
     return 0
 
 

@@ -70,16 +70,25 @@ def wait_for_notice(metadata: Metadata, interval: float = POLL_SECONDS) -> dict:
 
 
 def retire_local_workers(scheduler: str, security, host: str, timeout: float = 60.0) -> list[str]:
-    """Gracefully retire every Dask worker of this host; returns their addresses."""
-    from distributed import Client
-    from distributed.comm.addressing import get_address_host
+    """Gracefully retire every Dask worker of this host; returns their addresses.
 
-    with Client(scheduler, security=security, timeout=f"{timeout}s") as client:
-        workers = [w for w in client.scheduler_info(n_workers=-1)["workers"] if get_address_host(w) == host]
-        if workers:
-            # Moves their in-memory results to peers; running tasks go back to the queue.
-            client.retire_workers(workers=workers, close_workers=True)
-        return workers
+    Over the scheduler's RPC with the worker's certificate, which may list workers and retire
+    those of its own host, and nothing more (dask_node.trust): not as a Dask client."""
+    import asyncio
+
+    from distributed.comm.addressing import get_address_host
+    from distributed.core import rpc
+
+    async def retire() -> list[str]:
+        async with rpc(scheduler, connection_args=security.get_connection_args("client"), timeout=timeout) as remote:
+            identity = await remote.identity(n_workers=-1)
+            workers = [w for w in identity["workers"] if get_address_host(w) == host]
+            if workers:
+                # Moves their in-memory results to peers; running tasks go back to the queue.
+                await remote.retire_workers(workers=workers, close_workers=True)
+            return workers
+
+    return asyncio.run(asyncio.wait_for(retire(), timeout))
 
 
 def main(argv: list[str] | None = None) -> int:

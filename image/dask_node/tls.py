@@ -5,11 +5,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+ROLES = ("scheduler", "worker", "client")
+
 
 def files(tls_dir: str, role: str) -> tuple[str, str, str]:
     """(CA certificate, the role's certificate, the role's key) in the node's TLS folder."""
     folder = Path(tls_dir)
     return str(folder / "ca.pem"), str(folder / f"{role}.pem"), str(folder / f"{role}.key")
+
+
+def role_of(peercert: dict | None) -> str | None:
+    """The cluster role a verified peer certificate names (its organizational unit, set by
+    stacks/tls.py): "scheduler", "worker" or "client"; None for any other certificate."""
+    for attributes in (peercert or {}).get("subject", ()):
+        for name, value in attributes:
+            if name == "organizationalUnitName" and value in ROLES:
+                return value
+    return None
 
 
 def security(tls_dir: str, role: str):

@@ -16,8 +16,10 @@ The bounds are read from the group on every round: its MaxSize (max_workers) and
 DaskMinWorkers tag (min_workers). A restart of this process, or a redeploy with new bounds,
 changes nothing else; AWS itself refuses a desired capacity above MaxSize.
 
-Workers are named after their instance (the worker node starts them with `--name <instance id>`),
-which is how a Dask worker is matched to the instance to terminate.
+A Dask worker is matched to its instance by its address: the instance's private IP address,
+which the scheduler has checked against the connection the worker registered from
+(dask_node.trust). Never by its name: any worker may call itself anything, and a worker named
+after another node would otherwise get that node terminated.
 
     python -m dask_node.worker_autoscaler --scheduler tls://127.0.0.1:8786 --group dask-dask-workers \\
         --region us-east-1 --tls-dir /etc/dask/tls
@@ -31,9 +33,10 @@ import logging
 import math
 import operator
 import pickle
-import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from distributed.comm import get_address_host
 
 from dask_node import tls
 
@@ -41,8 +44,6 @@ log = logging.getLogger("worker-autoscaler")
 MIN_WORKERS_TAG = "DaskMinWorkers"  # stacks/nodes.py sets it on the group
 INTERVAL_SECONDS = 5.0
 SCALE_DOWN_AFTER_SECONDS = 60.0
-# What the worker node names its workers: the instance id, with "-<n>" for several processes.
-WORKER_NAME = re.compile(r"^(i-[0-9a-f]{8,17})(?:-\d+)?$")
 # Instances that count towards the group's size: launching, or in service.
 ACTIVE_STATES = ("Pending", "Pending:Wait", "Pending:Proceed", "InService")
 
@@ -53,13 +54,14 @@ class GroupState:
     minimum: int
     maximum: int
     instances: dict[str, bool]  # active instance id -> protected from scale-in
+    hosts: dict[str, str] = field(default_factory=dict)  # private IP address -> active instance id
 
 
 class AutoScalingGroup:
     """The worker Auto Scaling group, through the scheduler node's role (boto3)."""
 
-    def __init__(self, name: str, client) -> None:
-        self.name, self.client = name, client
+    def __init__(self, name: str, client, ec2) -> None:
+        self.name, self.client, self.ec2 = name, client, ec2
 
     def read(self) -> GroupState:
         groups = self.client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.name])["AutoScalingGroups"]
@@ -67,16 +69,30 @@ class AutoScalingGroup:
             raise LookupError(f"worker group {self.name} not found (yet)")
         (group,) = groups
         tags = {tag["Key"]: tag["Value"] for tag in group.get("Tags", [])}
+        instances = {
+            i["InstanceId"]: i.get("ProtectedFromScaleIn", False)
+            for i in group.get("Instances", [])
+            if i["LifecycleState"] in ACTIVE_STATES
+        }
         return GroupState(
             desired=group["DesiredCapacity"],
             minimum=int(tags.get(MIN_WORKERS_TAG, "0")),
             maximum=group["MaxSize"],
-            instances={
-                i["InstanceId"]: i.get("ProtectedFromScaleIn", False)
-                for i in group.get("Instances", [])
-                if i["LifecycleState"] in ACTIVE_STATES
-            },
+            instances=instances,
+            hosts=self._private_addresses(sorted(instances)),
         )
+
+    def _private_addresses(self, instances: list[str]) -> dict[str, str]:
+        if not instances:
+            return {}
+        pages = self.ec2.get_paginator("describe_instances").paginate(InstanceIds=instances)
+        return {
+            instance["PrivateIpAddress"]: instance["InstanceId"]
+            for page in pages
+            for reservation in page["Reservations"]
+            for instance in reservation["Instances"]
+            if instance.get("PrivateIpAddress")
+        }
 
     def set_desired(self, nodes: int) -> None:
         self.client.set_desired_capacity(AutoScalingGroupName=self.name, DesiredCapacity=nodes, HonorCooldown=False)
@@ -101,22 +117,22 @@ class DaskScheduler:
     async def target_workers(self) -> int:
         return await self.rpc.adaptive_target()
 
-    async def nodes(self) -> dict[str, list[str]]:
-        """Instance id -> addresses of its Dask workers."""
+    async def nodes(self, hosts: dict[str, str]) -> dict[str, list[str]]:
+        """Instance id -> addresses of its Dask workers, given the instances' private IP addresses."""
         identity = await self.rpc.identity(n_workers=-1)
         nodes: dict[str, list[str]] = {}
-        for address, worker in identity["workers"].items():
-            if match := WORKER_NAME.match(str(worker.get("name", ""))):
-                nodes.setdefault(match.group(1), []).append(address)
+        for address in identity["workers"]:
+            if instance := hosts.get(get_address_host(address)):
+                nodes.setdefault(instance, []).append(address)
         return nodes
 
-    async def nodes_to_close(self) -> list[str]:
+    async def nodes_to_close(self, hosts: dict[str, str]) -> list[str]:
         """Nodes Dask would close, in its order: idle ones, least data first (whole nodes only)."""
-        names = await self.rpc.workers_to_close(key=pickle.dumps(operator.attrgetter("host")), attribute="name")
+        addresses = await self.rpc.workers_to_close(key=pickle.dumps(operator.attrgetter("host")), attribute="address")
         chosen: list[str] = []
-        for name in names:
-            if (match := WORKER_NAME.match(str(name))) and match.group(1) not in chosen:
-                chosen.append(match.group(1))
+        for address in addresses:
+            if (instance := hosts.get(get_address_host(address))) and instance not in chosen:
+                chosen.append(instance)
         return chosen
 
     async def retire(self, addresses: list[str]) -> set[str]:
@@ -136,7 +152,7 @@ class Autoscaler:
 
     async def step(self) -> None:
         group = self.group.read()
-        nodes = {i: a for i, a in (await self.dask.nodes()).items() if i in group.instances}
+        nodes = await self.dask.nodes(group.hosts)
         if unprotected := sorted(i for i, protected in group.instances.items() if not protected):
             # Instances launched before the group protected new ones, or unprotected by hand.
             self.group.protect(unprotected)
@@ -165,7 +181,7 @@ class Autoscaler:
             self.low_since_rounds = 0
 
     async def remove(self, count: int, nodes: dict[str, list[str]], group: GroupState) -> None:
-        chosen = [i for i in await self.dask.nodes_to_close() if i in nodes][:count]
+        chosen = [i for i in await self.dask.nodes_to_close(group.hosts) if i in nodes][:count]
         if not chosen:
             log.info("no idle node to remove yet (%d wanted gone)", count)
             return
@@ -209,7 +225,11 @@ async def serve(args: argparse.Namespace) -> None:
     # Short timeouts: a call that hangs would freeze every decision for botocore's default minute;
     # a failed round is simply tried again at the next.
     config = Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 2})
-    group = AutoScalingGroup(args.group, boto3.client("autoscaling", region_name=args.region, config=config))
+    group = AutoScalingGroup(
+        args.group,
+        boto3.client("autoscaling", region_name=args.region, config=config),
+        boto3.client("ec2", region_name=args.region, config=config),
+    )
     async with rpc(args.scheduler, connection_args=security.get_connection_args("client")) as scheduler:
         autoscaler = Autoscaler(
             group, DaskScheduler(scheduler), interval=args.interval, scale_down_after=args.scale_down_after

@@ -501,6 +501,8 @@ class EmulatedDeploy:
                 address, address=("169.254.169.254", 80), region=self.settings.region,
                 role=f"{self.settings.resource_prefix}-{role}", instance_id=instance_id or f"i-{index:017x}",
             )  # fmt: skip
+        if instance_id:  # EC2 gives an instance its address; moto picks its own: the node's is put there
+            self._moto_instance(instance_id).nics[0].private_ip_address = address
         node = Node(name, role, address, namespace, folder, metadata)
         self.nodes.append(node)
         config = {
@@ -530,6 +532,12 @@ class EmulatedDeploy:
                 start_new_session=True,
             )  # fmt: skip
         return node
+
+    def _moto_instance(self, instance_id: str):
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ec2.models import ec2_backends
+
+        return ec2_backends[DEFAULT_ACCOUNT_ID][self.settings.region].get_instance(instance_id)
 
     def write_outputs(self, path: Path, stack: str) -> Path:
         """The outputs file `cdktf deploy --outputs-file` would write, private as the wrapper makes it."""

@@ -30,11 +30,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np
 
 
-def hold(name: str) -> str:
-    from distributed import Event, get_worker
+def _hold_event(worker, name: str):
+    """A flag in the worker's own process: a task cannot reach the scheduler (dask_node.trust)."""
+    import threading
 
-    Event(name).wait()
-    return get_worker().address
+    return worker.__dict__.setdefault("test_holds", {}).setdefault(name, threading.Event())
+
+
+def hold(name: str) -> str:
+    from distributed import get_worker
+
+    worker = get_worker()
+    _hold_event(worker, name).wait()
+    return worker.address
+
+
+def release_hold(name: str, dask_worker) -> None:
+    _hold_event(dask_worker, name).set()
 
 
 def sleeping_search(client, candidates: int, seconds: float) -> int:
@@ -50,7 +62,7 @@ def sleeping_search(client, candidates: int, seconds: float) -> int:
 
 
 def main(outputs_path: str, stack: str) -> int:
-    from distributed import Client, Event
+    from distributed import Client
 
     from experiments.cluster.outputs import read_outputs
     from experiments.cluster.tls_files import private_tls_files, security_for
@@ -86,7 +98,7 @@ def main(outputs_path: str, stack: str) -> int:
                     (kept,) = client.scatter([expected], workers=[workers[args[0]]])
                     answer = kept.key
                 elif command == "release":
-                    Event(f"hold-{args[0]}", client=client).set()
+                    client.run(release_hold, f"hold-{args[0]}", workers=[workers[args[0]]])
                     answer = held.pop(args[0]).result(timeout=60)
                 elif command == "check":
                     answer = bool(np.array_equal(kept.result(timeout=60), expected))
