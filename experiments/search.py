@@ -69,6 +69,7 @@ class FitCounter:
     def __init__(self, client, on_fits: Callable[[int], object], saved: SavedFits, interval: float = 0.25) -> None:
         self._client, self._on_fits, self._saved = client, on_fits, saved
         self._poller = Poller(self._poll, interval, "fit-counter")
+        self._closed = False
         self._seen: set[str] = set()  # a task recomputed after a lost worker counts once
         self._taken = len(saved.taken)
 
@@ -89,7 +90,7 @@ class FitCounter:
                 fits += int(batch.group(1))
             elif DASK_ML_FIT.search(key):
                 fits += 1
-        if fits:
+        if fits and not self._closed:  # a look left behind by a lost scheduler reports nothing late
             self._on_fits(fits)
 
     def __enter__(self) -> FitCounter:
@@ -105,6 +106,7 @@ class FitCounter:
     def __exit__(self, *exc_info) -> None:
         # The last fits, finished since the last look, unless the search failed.
         self._poller.stop(last_look=exc_info[0] is None)
+        self._closed = True
 
 
 @contextmanager

@@ -150,7 +150,7 @@ def test_a_disk_that_refuses_the_fits_warns_once_and_the_search_finishes(
 
     search, X, y, fit_params = CASES["groups"]()
     store = SavedFits(tmp_path).open_for(search, X, y, fit_params)
-    monkeypatch.setattr(saved_fits, "_write_atomically", full_disk)
+    monkeypatch.setattr(saved_fits, "write_atomically", full_disk)
     fit_on_cluster(process_cluster, search, X, y, saved_fits=store, **fit_params)
     assert len(search.cv_results_["params"]) == 2
     warnings = [line for line in capsys.readouterr().err.splitlines() if "no longer saved" in line]
@@ -294,10 +294,13 @@ def test_a_scheduler_that_does_not_come_back_ends_the_search_in_one_line_and_kee
     counted = []
     cluster = LoopbackCluster(tmp_path)
 
+    lost_at = []
+
     def lose_the_scheduler() -> None:
         while sum(counted) < 6:
             time.sleep(0.02)
         cluster.kill_scheduler()
+        lost_at.append(time.monotonic())
 
     cluster.start()
     try:
@@ -307,6 +310,8 @@ def test_a_scheduler_that_does_not_come_back_ends_the_search_in_one_line_and_kee
             with pytest.raises(ClusterError, match="did not come back within 5 s") as ended:
                 fit_on_cluster(client, search, X, y, saved_fits=tmp_path / "fits", on_fits=counted.append,
                                wait_for_workers=5)  # fmt: skip
+            # The wait, and not the client's 60 s connection timeout in a look at the lost scheduler.
+            assert time.monotonic() - lost_at[0] < 5 + 20
     finally:
         cluster.stop()
     assert "\n" not in str(ended.value)
