@@ -146,7 +146,7 @@ def test_a_scikit_learn_search_keeps_a_worker_busy_while_its_data_goes_out(monke
         while any(client.processing().values()) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(client.processing().values())  # released once the data is out
-        assert not client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))
+        assert_clean(client)  # the held tasks gone too, not only ended
 
 
 @pytest.mark.parametrize("start", ["no worker", "its only worker leaving"])
