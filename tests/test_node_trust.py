@@ -135,11 +135,17 @@ def test_the_gateway_serves_only_the_client_certificate(cluster):
     assert http_get(cluster.gateway_port, client_context(*files(cluster.tls_dir))).startswith(b"HTTP/1.1 ")
 
 
+def in_a_process_of_its_own(code: str) -> None:
+    """Run `code` where importing the preload (which installs it) changes nothing of the tests'."""
+    result = subprocess.run([sys.executable, "-c", code], env=loopback_cluster.node_environment(),
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.stdout.strip() == "ok", result.stderr
+
+
 def test_every_message_a_worker_sends_is_allowed():
     """Against distributed's own list of what a worker's state machine sends the scheduler: an
-    upgrade that adds one fails here, not as a worker the scheduler disconnects mid-search.
-    In a process of its own: importing the preload installs it."""
-    check = """
+    upgrade that adds one fails here, not as a worker the scheduler disconnects mid-search."""
+    in_a_process_of_its_own("""
 from distributed.worker_state_machine import SendMessageToScheduler
 from dask_node import trust
 
@@ -152,7 +158,27 @@ sent = {sub.op for sub in every(SendMessageToScheduler)} | {"keep-alive", "log-e
 missing = sent - trust.STREAM
 assert len(sent) > 8 and not missing, missing
 print("ok")
-"""
-    result = subprocess.run([sys.executable, "-c", check], env=loopback_cluster.node_environment(),
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.stdout.strip() == "ok", result.stderr
+""")
+
+
+def test_a_workers_error_reply_reaches_the_scheduler_as_text_only(tmp_path):
+    """The scheduler would unpickle the exception in a worker's error reply: it gets a new one,
+    made from the reply's text, and the worker's pickle is never loaded."""
+    in_a_process_of_its_own(f"""
+import os, pickle
+from distributed.protocol import pickle as dask_pickle
+from dask_node import trust
+
+class MakesFolder:
+    def __reduce__(self):
+        return os.mkdir, ({str(tmp_path / "loaded")!r},)
+
+reply = {{"status": "uncaught-error", "exception": pickle.dumps(MakesFolder()), "traceback": pickle.dumps(MakesFolder()),
+         "exception_text": "boom", "traceback_text": "..."}}
+rebuilt = trust._reply_text_only(reply)
+error = dask_pickle.loads(rebuilt["exception"])
+assert isinstance(error, RuntimeError) and str(error) == "boom", error
+assert not os.path.exists({str(tmp_path / "loaded")!r})
+assert trust._reply_text_only({{"status": "OK", "result": 1}}) == {{"status": "OK", "result": 1}}
+print("ok")
+""")

@@ -32,7 +32,6 @@ import logging
 from distributed.comm import get_address_host
 from distributed.comm.core import CommClosedError
 from distributed.comm.tcp import TCP, TLS
-from distributed.core import error_message
 from distributed.protocol import pickle as dask_pickle
 
 from dask_node.tls import role_of
@@ -112,10 +111,12 @@ def _without_pickles(loads):
 
 
 def _reply_text_only(message):
-    """A worker's error reply, rebuilt from its text: the scheduler unpickles the exception otherwise."""
+    """A worker's error reply, rebuilt from its text: the scheduler may unpickle the exception
+    (`clean_exception`) otherwise. The new one is pickled here, from a string."""
     if isinstance(message, dict) and message.get("status") in ("error", "uncaught-error"):
-        text = str(message.get("text", "the worker reported an error"))
-        return error_message(RuntimeError(text), status=message["status"])
+        text = str(message.get("exception_text", "the worker reported an error"))
+        return {"status": message["status"], "exception": dask_pickle.dumps(RuntimeError(text)), "traceback": None,
+                "exception_text": text, "traceback_text": ""}  # fmt: skip
     return message
 
 
