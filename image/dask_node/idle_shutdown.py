@@ -30,8 +30,9 @@ from tornado.ioloop import PeriodicCallback
 
 log = logging.getLogger("distributed.scheduler.idle-shutdown")
 CHECK_SECONDS = 1.0
-# Clients that are not users: the scheduler's own, and those tasks open on workers (`get_client`,
-# used by dask-ml and joblib), which stay connected as long as their worker lives.
+# Clients that are not users: the scheduler's own, and those tasks open on workers (`get_client`),
+# which stay connected as long as their worker lives. dask_node.trust refuses the latter on the
+# nodes; a scheduler run without it (a test's, say) may still have them.
 OWN_CLIENT = "fire-and-forget"
 WORKER_CLIENT_PREFIX = "Client-worker-"
 
