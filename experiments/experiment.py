@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--results",
         type=cli.writable_folder,
-        default=Path("results"),
+        default="results",  # a string, so that argparse checks it as it checks a given value
         help="where runs are written (default: %(default)s)",
     )
     parser.add_argument(
