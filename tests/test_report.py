@@ -6,6 +6,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 
 def test_plotting_helper_loads_neither_scikit_learn_nor_dask(tmp_path):
@@ -54,3 +55,24 @@ def test_cv_table_leaves_a_parameter_a_candidate_lacks_empty(tmp_path):
         rows = list(csv.DictReader(file))
     assert [(row["param_kernel"], row["param_gamma"]) for row in rows] == [("linear", ""), ("rbf", "0.1")]
     assert [json.loads(row["params"]) for row in rows] == [{"kernel": "linear"}, {"kernel": "rbf", "gamma": 0.1}]
+
+
+def test_a_result_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """Stopped at the rename (as by Ctrl-C or a full disk): no file, no half file, no temporary left."""
+    import os
+
+    from experiments import report
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        report.write_summary(tmp_path / "summary.json", best_params={"C": 1})
+    with pytest.raises(KeyboardInterrupt), report.written_whole(tmp_path / "dask-report.html") as temporary:
+        temporary.write_text("<html>half")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    report.write_summary(tmp_path / "summary.json", best_params={"C": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
