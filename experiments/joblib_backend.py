@@ -24,12 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
+import io
 import logging
 import pickle
 import time
-from types import SimpleNamespace
 from uuid import uuid4
 
+import cloudpickle
+from distributed import as_completed
+from distributed.client import CancelledError
 from joblib._dask import Batch, DaskDistributedBackend
 from joblib._utils import _TracebackCapturingWrapper
 from joblib.parallel import ParallelBackendBase, parallel_config
@@ -61,6 +65,89 @@ class FitBatch(Batch):
             return [func(*args, **kwargs) for func, args, kwargs in tasks]
 
 
+SHARED_FROM_BYTES = 1024  # a value of the calls this large, pickled, travels once, not with each fit
+SMALL_TYPES = {type(None), bool, int, float, str}  # never shared: not worth a look
+BLOB = "pickled-"  # the shared names of values that travel pickled (the others are data)
+
+
+class _Plain(pickle.Pickler):
+    def __init__(self, file, refs: dict[int, tuple[str, int]]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.refs = refs
+
+    def persistent_id(self, obj):
+        return self.refs.get(id(obj))
+
+
+class _ByValue(cloudpickle.Pickler):
+    def __init__(self, file, refs: dict[int, tuple[str, int]]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.refs = refs
+
+    def persistent_id(self, obj):
+        return self.refs.get(id(obj))
+
+
+def pickled(value, refs: dict[int, tuple[str, int]] | None = None) -> bytes:
+    """`value` pickled, with the objects in `refs` (by id) left out as references to shared values.
+    As distributed does: pickle's fast C pickler, and cloudpickle only for what must travel by
+    value (a class or function of the script, `__main__`, which the workers cannot import)."""
+    buffer = io.BytesIO()
+    try:
+        _Plain(buffer, refs or {}).dump(value)
+        if b"__main__" not in buffer.getvalue():
+            return buffer.getvalue()
+    except Exception:  # noqa: S110 (what pickle refuses, cloudpickle may take: a lambda, say)
+        pass
+    try:
+        buffer = io.BytesIO()
+        _ByValue(buffer, refs or {}).dump(value)
+        return buffer.getvalue()
+    except (pickle.PicklingError, TypeError, AttributeError) as error:
+        cause = str(_first_cause(error))
+    # Raised outside the handler and without the value: a notebook keeps the last exception,
+    # and its frames must not keep the search's data (and its futures) alive.
+    del value, refs, buffer
+    raise FitNotSendable(f"a fit of this search cannot be sent to the cluster: {cause}")
+
+
+class CallsLoader(pickle.Unpickler):
+    """Loads what `pickled` wrote, on the worker, taking the references from `shared`."""
+
+    def __init__(self, file, shared: dict) -> None:
+        super().__init__(file)
+        self.shared, self.loaded = shared, {}
+
+    def persistent_load(self, ref):
+        name, _ = ref
+        if ref not in self.loaded:
+            value = self.shared[name]
+            # A fresh copy for each object it stood for: a fit changes its estimator.
+            self.loaded[ref] = pickle.loads(value) if name.startswith(BLOB) else value  # noqa: S301 (ours)
+        return self.loaded[ref]
+
+
+def without_idle_callback_context(call: tuple) -> tuple:
+    """`call`, with a callback context (scikit-learn's experimental callbacks) that no callback
+    uses replaced by None. Each fit's context links to the search's whole tree of contexts, so
+    pickled it carries every fit's, growing with the search; without a callback on the search
+    or on the estimator its hooks do nothing, and `_fit_and_score` treats None as no callbacks."""
+    func, args, kwargs = call
+    context, estimator = kwargs.get("callback_ctx"), args[0] if args else kwargs.get("estimator")
+    if context is None or getattr(context, "_callbacks", True):
+        return call
+    parts = [estimator, *(estimator.get_params(deep=True).values() if hasattr(estimator, "get_params") else ())]
+    if any(getattr(part, "_skl_callbacks", None) for part in parts):
+        return call
+    return func, args, {**kwargs, "callback_ctx": None}
+
+
+def run_fits(payload: bytes, shared: dict):
+    """One batch's calls, on a worker; `shared` holds the values its calls share, by name."""
+    calls = CallsLoader(io.BytesIO(payload), shared).load()
+    return _TracebackCapturingWrapper(FitBatch(calls))(tasks=calls)
+
+
 class ClusterBackend(DaskDistributedBackend):
     """joblib's Dask backend for one search on `client`; `release` when the search is over."""
 
@@ -72,9 +159,64 @@ class ClusterBackend(DaskDistributedBackend):
         self.released = False
         self._sending: set[object] = set()  # batches whose data or task is still on its way
         self.submitted: set = set()  # every fit task this search sent, until it is released
+        self._outbox: list[tuple] = []  # batches ready to go in the next message
+        self._shared: dict[str, object] = {}  # what fits share, by name: a future (or its scatter)
+        self._named: dict[int, tuple[object, str]] = {}  # id of a shared value: (value, its name)
+        self._by_digest: dict[bytes, str] = {}  # a shared value's name by its pickle's digest
+        # Finished fits are collected together (see `_collect`), not gathered one by one.
+        self.waiting_futures = as_completed([], loop=self.client.loop, raise_errors=False)
         # distributed logs a traceback for an object it cannot pickle; the search says it in one line.
         self._quiet = WithoutMessage("Failed to serialize")
         PICKLE_LOG.addFilter(self._quiet)
+
+    async def _collect(self):
+        """joblib's collector, taking the results of every fit finished so far in one request:
+        joblib's asks the scheduler once per fit, and on many slots the results then come
+        back slower than the fits end."""
+        while self._continue:
+            async for first in self.waiting_futures:
+                ready = [first]
+                while self.waiting_futures.has_ready():
+                    ready.append(self.waiting_futures.queue.get_nowait())
+                finished = [future for future in ready if future.status == "finished"]
+                values = await self._gathered(finished)
+                for future in ready:
+                    out = await self._outcome(future, values)
+                    result, callback = self._results.pop(future, None), self._callbacks.pop(future, None)
+                    if result is None:  # forgotten by an abort meanwhile
+                        continue
+                    if future.status == "error":
+                        result.set_exception(out[1])
+                    else:
+                        result.set_result(out)
+                        callback(out)
+            await asyncio.sleep(0.01)
+
+    async def _gathered(self, finished: list) -> dict:
+        """The results of `finished`, by future; none if one was lost meanwhile (its worker, or the
+        scheduler: the request would wait for it as long as the client's connection timeout)."""
+        gathering = asyncio.ensure_future(self.client.gather(finished, asynchronous=True))
+        while not gathering.done():
+            await asyncio.wait([gathering], timeout=0.1)
+            if self.client.status != "running" or any(future.status != "finished" for future in finished):
+                gathering.cancel()
+                return {}
+        if gathering.exception() is not None:
+            return {}  # each is taken on its own (`_outcome`), as joblib does
+        return dict(zip(finished, gathering.result(), strict=True))
+
+    @staticmethod
+    async def _outcome(future, values: dict):
+        """A fit's result, or what joblib's collector gets for an error: (type, exception,
+        traceback); a cancelled fit (a lost scheduler) gives its CancelledError, as joblib's."""
+        if future in values:
+            return values[future]
+        try:
+            return await future._result(raiseit=False)
+        except (CancelledError, asyncio.CancelledError) as cancelled:
+            return cancelled
+        except Exception as error:  # never the collector's end: the search would wait for ever
+            return error  # joblib raises an exception given as a batch's outcome
 
     def __reduce__(self):
         return (ParallelBackendBase, ())  # never sent anywhere; joblib's would rebuild a Dask backend
@@ -87,10 +229,6 @@ class ClusterBackend(DaskDistributedBackend):
             return 1
         # Never 1 for the cluster: joblib would run the search in this process instead.
         return max(2, super().effective_n_jobs(n_jobs))
-
-    async def _to_func_args(self, func):
-        _, tasks = await super()._to_func_args(func)
-        return FitBatch(tasks), tasks
 
     def submit(self, func, callback=None):
         result = concurrent.futures.Future()
@@ -112,7 +250,15 @@ class ClusterBackend(DaskDistributedBackend):
             if callback is not None:
                 callback(out)
 
-        sending = object()  # this batch, until its data and task are out (see `release`)
+        def failed(error: BaseException) -> None:
+            # joblib takes a batch's outcome from its callback: an exception there is raised in
+            # the search's thread, which then aborts the search.
+            if not result.done():
+                result.set_exception(error)
+            if callback is not None:
+                callback(error)
+
+        sending = object()  # this batch, until its task is out (see `release`)
         self._sending.add(sending)
 
         async def send() -> None:
@@ -125,41 +271,89 @@ class ClusterBackend(DaskDistributedBackend):
             if not todo:  # every fit of the batch is saved: nothing to send
                 finished([])
                 return
+            calls = [without_idle_callback_context(func.items[i]) for i in todo]
             try:
-                batch, tasks = await self._to_func_args(SimpleNamespace(items=[func.items[i] for i in todo]))
-                if self.released:  # the search ended while this batch's data went out: drop it
-                    return
-                unsendable = None
                 try:
-                    task = self.client.submit(
-                        _TracebackCapturingWrapper(batch), tasks=tasks, key=f"{batch!r}-{uuid4().hex}",
-                        **self.submit_kwargs,
-                    )  # fmt: skip
-                except (pickle.PicklingError, TypeError, AttributeError) as error:
-                    unsendable = f"a fit of this search cannot be sent to the cluster: {_first_cause(error)}"
-                # Raised outside the handler, and without the batch: neither the pickling error's
-                # frames nor this one may hold the batch's data futures in the search's exception
-                # (a notebook keeps the last exception: the data would stay on the cluster).
+                    payload, shared = await self._packed(calls)
+                except FitNotSendable as error:
+                    unsendable = str(error)
+                else:
+                    unsendable = None
+                # Raised again outside the handler, from this frame with the calls gone: see `pickled`.
                 if unsendable:
-                    del batch, tasks
+                    del calls
                     raise FitNotSendable(unsendable)
             except BaseException as error:
-                # joblib takes a batch's outcome from its callback: an exception there is raised
-                # in the search's thread, which then aborts the search.
-                result.set_exception(error)
-                if callback is not None:
-                    callback(error)
+                failed(error)
                 return
+            if self.released:  # the search ended while this batch was on its way: drop it
+                return
+            self._outbox.append((f"{FitBatch(calls)!r}-{uuid4().hex}", payload, shared, finished, failed))
+            if len(self._outbox) == 1:
+                self.client.loop.add_callback(self._send_outbox)
+
+        self.client.loop.add_callback(send)
+        return result
+
+    async def _packed(self, calls: list) -> tuple[bytes, dict]:
+        """`calls` pickled, with what fits share as references into `shared` (name: future): the
+        search's data as joblib scattered it, and each value of 1 KB or more pickled and
+        scattered once (the search itself, the split's rows, scikit-learn's settings)."""
+        refs: dict[int, tuple[str, int]] = {}  # id of a value in `calls`: (shared name, which object)
+        shared: dict[str, object] = {}
+        for func, args, kwargs in calls:
+            # The function too: scikit-learn's wrapper of `_fit_and_score` carries its config and
+            # warning filters, the same for every fit.
+            for value in (func, *args, *kwargs.values()):
+                if id(value) not in refs and (name := await self._shared_name(value)) is not None:
+                    refs[id(value)] = (name, id(value))
+                    shared[name] = self._shared[name]
+        return pickled(calls, refs), shared
+
+    async def _shared_name(self, value) -> str | None:
+        if id(value) in self.data_futures:  # X and y, scattered to every worker before the search
+            name = f"data-{self.data_futures[id(value)].key}"
+            self._shared.setdefault(name, self.data_futures[id(value)])
+            return name
+        if id(value) in self._named:
+            name = self._named[id(value)][1]
+        else:
+            if type(value) in SMALL_TYPES:
+                return None
+            digest = hashlib.sha256(plain := pickled(value)).digest()
+            if len(plain) < SHARED_FROM_BYTES:
+                return None
+            if (name := self._by_digest.get(digest)) is None:
+                name = self._by_digest[digest] = f"{BLOB}{digest.hex()}"
+                # To every worker now, as joblib does with the data; a worker that joins later
+                # takes a copy from the others.
+                self._shared[name] = asyncio.ensure_future(self.client.scatter(plain, hash=False, broadcast=True))
+            self._named[id(value)] = (value, name)  # held: an id is only unique while its object lives
+        if isinstance(self._shared[name], asyncio.Future):  # still being scattered (by this batch or another)
+            self._shared[name] = await self._shared[name]
+        return name
+
+    def _send_outbox(self) -> None:
+        """Every batch made ready since the last call goes in one message: the scheduler handles
+        one graph of many fits instead of a graph per fit (each still a task of its own)."""
+        outbox, self._outbox = self._outbox, []
+        if self.released or not outbox:
+            return
+        keys, payloads, shared, finished, failed = zip(*outbox, strict=True)
+        try:
+            tasks = self.client.map(run_fits, payloads, shared, key=list(keys), pure=False, **self.submit_kwargs)
+        except BaseException as error:  # on the event loop, it would only be logged: the search ends with it
+            for fail in failed:
+                fail(error)
+            return
+        for task, done in zip(tasks, finished, strict=True):
             # Held until it ends, not longer: a finished fit's result is the search's, not the cluster's.
             self.submitted.add(task)
             task.add_done_callback(self.submitted.discard)
             self.waiting_futures.add(task)
-            self._callbacks[task] = finished
-            # joblib's collector sets this one with the results sent; `finished` sets the search's.
+            self._callbacks[task] = done
+            # joblib's collector sets this one with the results sent; `done` sets the search's.
             self._results[task] = concurrent.futures.Future()
-
-        self.client.loop.add_callback(send)
-        return result
 
     @staticmethod
     def _fit_keys(items) -> list[str | None]:
@@ -183,30 +377,36 @@ class ClusterBackend(DaskDistributedBackend):
 
     def release(self) -> None:
         """Cancel what is still running and forget every future of this search: its fits (an
-        aborted search leaves them in joblib's bookkeeping), the data scattered ahead of them, and
-        what joblib scattered on its own. The cluster holds nothing of it any more (its results
-        are in the search object)."""
-        # Batches still on their way stop at their next step; what they scattered meanwhile goes
-        # to joblib's mapping below, so they are waited for (briefly: they are only sending).
+        aborted search leaves them in joblib's bookkeeping), its data and the values its fits
+        share. The cluster holds nothing of it any more (its results are in the search object)."""
+        # Batches still on their way stop at their next step; what they scattered meanwhile is
+        # in `_shared`, so they are waited for (briefly: they are only sending).
         self.released = True
         deadline = time.monotonic() + 10
         while self._sending and time.monotonic() < deadline:
             time.sleep(0.01)
         PICKLE_LOG.removeFilter(self._quiet)
         self._cancel_submitted()
-        # What joblib scattered on its own, kept as the asyncio tasks that scattered it (in a
-        # weak-key mapping of its own, by id); one cut short by the abort has nothing to release.
-        call_data = getattr(self, "call_data_futures", None)
-        tasks = [task for _, task in getattr(call_data, "_data", {}).values()]
-        scattered = [task.result() for task in tasks if task.done() and not task.cancelled() and not task.exception()]
-        for future in [*self.data_futures.values(), *scattered, *self._results, *self._callbacks]:
+        shared = [
+            value.result() if isinstance(value, asyncio.Future) else value
+            for value in list(self._shared.values())
+            # A scatter cut short by the abort has nothing to release.
+            if not isinstance(value, asyncio.Future)
+            or (value.done() and not value.cancelled() and not value.exception())
+        ]
+        for future in [*self.data_futures.values(), *shared, *self._results, *self._callbacks]:
             if hasattr(future, "release"):
                 future.release()
-        for bookkeeping in (self._results, self._callbacks, self.data_futures):
+        for bookkeeping in (
+            self._results,
+            self._callbacks,
+            self.data_futures,
+            self._shared,
+            self._named,
+            self._by_digest,
+        ):
             bookkeeping.clear()
-        if call_data is not None:
-            call_data.clear()
-        self.call_data_futures = None  # a batch sent now would not scatter its data
+        self._outbox.clear()
         self._scatter.clear()
         # The releases are sent from the event loop: let it run them before the caller looks.
         self.client.sync(asyncio.sleep, 0)

@@ -9,9 +9,10 @@ tenfold  Ten times the seed grid's fits (180 candidates x 3 splits of digits): p
          Dask backend, the two on the project's local cluster; search phase, interleaved rounds.
 scale    Fits that sleep 0.3 s and use no CPU, on 4 worker processes x N threads on loopback, so
          that the scheduler's and the transport's overhead shows apart from this machine's cores:
-         efficiency = ideal time (fits x 0.3 s / slots) / measured time, at 8, 32 and 64 slots.
-         The scheduler runs in a process of its own, as on a real cluster, where it has a node
-         to itself and the client is on the laptop.
+         efficiency = ideal time (fits x 0.3 s / slots) / measured time, at 8, 32, 64 and 128
+         slots, and per fit: the CPU each process used (scheduler, client, the workers together)
+         and the bytes every hop carried (loopback). The scheduler runs in a process of its own,
+         as on a real cluster, where it has a node to itself and the client is on the laptop.
 bytes    How many times the training data crosses the network per search, on 4 worker
          processes: the bytes the loopback interface carried during one search (client to
          scheduler, scheduler to workers, worker to worker), over the size of X and y. Run it on
@@ -125,8 +126,9 @@ def tenfold(runs: int, scale: int = 10) -> None:
         print(f"| {engine} | {median(values):.2f} | {min(values):.2f} | {max(values):.2f} | {median(ratios):.2f} |")
 
 
-def scale(runs: int, slots_list: tuple[int, ...] = (8, 32, 64), workers: int = 4) -> None:
+def scale(runs: int, slots_list: tuple[int, ...] = (8, 32, 64, 128), workers: int = 4) -> None:
     import numpy as np
+    import psutil
     from distributed import Client
     from distributed.deploy.subprocess import SubprocessCluster
 
@@ -139,9 +141,11 @@ def scale(runs: int, slots_list: tuple[int, ...] = (8, 32, 64), workers: int = 4
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))
     X, y = np.zeros((300, 2)), np.arange(300) % 2
     print(f"\n### fits of {SLEEP} s that use no CPU, {workers} worker processes and the scheduler's, {runs} rounds\n")
-    columns = "median s | efficiency | first fit after s | slots busy"
-    print("| slots | fits | ideal s | " + " | ".join(f"{e}: {columns}" for e in DASK_ENGINES) + " |")
-    print("|---|---|---|" + "---|---|---|---|" * len(DASK_ENGINES))
+    print(
+        "| slots | engine | fits | ideal s | median s | efficiency | first fit after s | slots busy "
+        "| CPU ms per fit: scheduler | client | workers | KB per fit over loopback |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for slots in slots_list:
         cv = 2
         grid = {"candidate": list(range(WAVES * slots // cv))}
@@ -158,17 +162,34 @@ def scale(runs: int, slots_list: tuple[int, ...] = (8, 32, 64), workers: int = 4
             # no fit in the warm-up would import scikit-learn (seconds) on its first timed fit.
             for module in ("sklearn.model_selection", "dask_ml.model_selection", "experiments.benchmarks.scale"):
                 client.run(importlib.import_module, module)
+            processes = {
+                "scheduler": [psutil.Process(client.run_on_scheduler(os.getpid))],
+                "client": [psutil.Process()],
+                "workers": [psutil.Process(pid) for pid in client.run(os.getpid).values()],
+            }
             for engine in DASK_ENGINES:  # warm-up
                 timed_search(client, engine, SleepClassifier(delay=0.0), {"candidate": [0, 1]}, X, y, cv)
-            measured: dict[str, list[tuple[float, float, float]]] = {engine: [] for engine in DASK_ENGINES}
+            measured: dict[str, list[tuple[float, ...]]] = {engine: [] for engine in DASK_ENGINES}
             for _ in range(runs):
                 for engine in DASK_ENGINES:
-                    measured[engine].append(fit_timeline(client, engine, SleepClassifier(), grid, X, y, cv))
-        cells = " | ".join(
-            f"{median(t):.2f} | {ideal / median(t):.2f} | {median(before):.2f} | {median(busy):.2f}"
-            for t, before, busy in (zip(*runs_of, strict=True) for runs_of in measured.values())
-        )
-        print(f"| {slots} | {fits} | {ideal:.2f} | {cells} |", flush=True)
+                    cpu_before, bytes_before = cpu_seconds(processes), loopback_bytes()
+                    timeline = fit_timeline(client, engine, SleepClassifier(), grid, X, y, cv)
+                    cpu = [
+                        (after - before) / fits * 1e3
+                        for before, after in zip(cpu_before, cpu_seconds(processes), strict=True)
+                    ]
+                    moved = (loopback_bytes() - bytes_before) / fits / 1e3
+                    measured[engine].append((*timeline, *cpu, moved))
+        for engine, rounds in measured.items():
+            elapsed, before, busy, *per_fit = (median(column) for column in zip(*rounds, strict=True))
+            cells = [f"{elapsed:.2f}", f"{ideal / elapsed:.2f}", f"{before:.2f}", f"{busy:.2f}"]
+            cells += [f"{value:.1f}" for value in per_fit]
+            print(f"| {slots} | {engine} | {fits} | {ideal:.2f} | " + " | ".join(cells) + " |", flush=True)
+
+
+def cpu_seconds(processes: dict[str, list]) -> list[float]:
+    """CPU seconds (user and system) each group of processes has used so far."""
+    return [sum(sum(p.cpu_times()[:2]) for p in group) for group in processes.values()]
 
 
 def fit_timeline(client, engine: str, estimator, grid: dict, X, y, cv: int) -> tuple[float, float, float]:
