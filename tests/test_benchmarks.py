@@ -47,14 +47,18 @@ def test_scale_benchmark_runs_every_part_at_tiny_size(tmp_path):
     engines = [row.split(" | ")[0].strip("| ") for row in rows]
     assert engines == [
         "scikit-learn n_jobs=-1", "dask-ml", "scikit-learn + joblib Dask",  # tenfold
-        "4",  # scale: one row per slot count
+        "4", "4",  # scale: a row per slot count and engine
         "dask-ml", "scikit-learn + joblib Dask",  # bytes
     ], run.stdout  # fmt: skip
-    cells = [float(cell) for cell in rows[3].strip(" |").split(" | ")]
-    efficiencies, first_fit_after, busy = cells[4::4], cells[5::4], cells[6::4]  # per engine
-    assert len(efficiencies) == 2 and all(0 < e <= 1.05 for e in efficiencies), rows[3]
-    assert all(0 <= s < 60 for s in first_fit_after) and all(0 < b <= 1.0 for b in busy), rows[3]
-    copies = [float(row.strip(" |").split(" | ")[2]) for row in rows[4:]]
+    for row, engine in zip(rows[3:5], ("dask-ml", "scikit-learn + joblib Dask"), strict=True):
+        _, name, *cells = row.strip(" |").split(" | ")
+        assert name == engine
+        fits, ideal, elapsed, efficiency, first_fit_after, busy, *per_fit = map(float, cells)
+        assert fits == 32 and 0 < efficiency <= 1.05 and abs(efficiency - ideal / elapsed) < 0.02, row
+        assert 0 <= first_fit_after < 60 and 0 < busy <= 1.0, row
+        scheduler_ms, client_ms, workers_ms, kilobytes = per_fit
+        assert scheduler_ms > 0 and client_ms > 0 and workers_ms > 0 and kilobytes > 0, row
+    copies = [float(row.strip(" |").split(" | ")[2]) for row in rows[5:]]
     assert all(c >= 1 for c in copies), "the data reaches the cluster at least once"
 
 
