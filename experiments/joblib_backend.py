@@ -80,22 +80,21 @@ SMALL_TYPES = {type(None), bool, int, float, str}  # never shared: not worth a l
 BLOB = "pickled-"  # the shared names of values that travel pickled (the others are data)
 
 
-class _Plain(pickle.Pickler):
-    def __init__(self, file, refs: dict[int, tuple[str, int]]) -> None:
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.refs = refs
+class _LeavesOut:
+    """A pickler that writes the objects in `refs` (by id) as references to shared values."""
+
+    refs: dict[int, tuple[str, int]]  # set before each dump
 
     def persistent_id(self, obj):
         return self.refs.get(id(obj))
 
 
-class _ByValue(cloudpickle.Pickler):
-    def __init__(self, file, refs: dict[int, tuple[str, int]]) -> None:
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.refs = refs
+class _Plain(_LeavesOut, pickle.Pickler):
+    pass
 
-    def persistent_id(self, obj):
-        return self.refs.get(id(obj))
+
+class _ByValue(_LeavesOut, cloudpickle.Pickler):
+    pass
 
 
 def pickled(value, refs: dict[int, tuple[str, int]] | None = None) -> bytes:
@@ -104,20 +103,24 @@ def pickled(value, refs: dict[int, tuple[str, int]] | None = None) -> bytes:
     value (a class or function of the script, `__main__`, which the workers cannot import)."""
     buffer = io.BytesIO()
     try:
-        _Plain(buffer, refs or {}).dump(value)
+        pickler = _Plain(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.refs = refs or {}
+        pickler.dump(value)
         if b"__main__" not in buffer.getvalue():
             return buffer.getvalue()
     except Exception:  # noqa: S110 (what pickle refuses, cloudpickle may take: a lambda, say)
         pass
     try:
         buffer = io.BytesIO()
-        _ByValue(buffer, refs or {}).dump(value)
+        pickler = _ByValue(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.refs = refs or {}
+        pickler.dump(value)
         return buffer.getvalue()
     except (pickle.PicklingError, TypeError, AttributeError) as error:
         cause = str(_first_cause(error))
     # Raised outside the handler and without the value: a notebook keeps the last exception,
     # and its frames must not keep the search's data (and its futures) alive.
-    del value, refs, buffer
+    del value, refs, buffer, pickler
     raise FitNotSendable(f"a fit of this search cannot be sent to the cluster: {cause}")
 
 
