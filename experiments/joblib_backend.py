@@ -275,15 +275,18 @@ class ClusterBackend(DaskDistributedBackend):
         self._sending.add(sending)
 
         async def send() -> None:
+            queued = False
             try:
-                await prepare_and_send()
+                queued = await prepare_and_send()
             finally:
-                self._sending.discard(sending)
+                if not queued:  # else `_send_outbox` lets it go once its task is out
+                    self._sending.discard(sending)
 
-        async def prepare_and_send() -> None:
+        async def prepare_and_send() -> bool:
+            """Whether the batch went to the outbox."""
             if not todo:  # every fit of the batch is saved: nothing to send
                 finished([])
-                return
+                return False
             calls = [without_idle_callback_context(func.items[i]) for i in todo]
             try:
                 try:
@@ -298,12 +301,14 @@ class ClusterBackend(DaskDistributedBackend):
                     raise FitNotSendable(unsendable)
             except BaseException as error:
                 failed(error)
-                return
+                return False
             if self.released:  # the search ended while this batch was on its way: drop it
-                return
-            self._outbox.append((f"{FitBatch(calls)!r}-{uuid4().hex}", payload, shared, finished, failed))
+                return False
+            key = f"{FitBatch(calls)!r}-{uuid4().hex}"
+            self._outbox.append((key, payload, shared, finished, failed, sending))
             if len(self._outbox) == 1:
                 self.client.loop.add_callback(self._send_outbox)
+            return True
 
         self.client.loop.add_callback(send)
         return result
@@ -350,23 +355,29 @@ class ClusterBackend(DaskDistributedBackend):
         """Every batch made ready since the last call goes in one message: the scheduler handles
         one graph of many fits instead of a graph per fit (each still a task of its own)."""
         outbox, self._outbox = self._outbox, []
-        if self.released or not outbox:
+        if not outbox:
             return
-        keys, payloads, shared, finished, failed = zip(*outbox, strict=True)
+        keys, payloads, shared, finished, failed, sending = zip(*outbox, strict=True)
         try:
-            tasks = self.client.map(run_fits, payloads, shared, key=list(keys), pure=False, **self.submit_kwargs)
-        except BaseException as error:  # on the event loop, it would only be logged: the search ends with it
-            for fail in failed:
-                fail(error)
-            return
-        for task, done in zip(tasks, finished, strict=True):
-            # Held until it ends, not longer: a finished fit's result is the search's, not the cluster's.
-            self.submitted.add(task)
-            task.add_done_callback(self.submitted.discard)
-            self.waiting_futures.add(task)
-            self._callbacks[task] = done
-            # joblib's collector sets this one with the results sent; `done` sets the search's.
-            self._results[task] = concurrent.futures.Future()
+            if self.released:  # the search ended meanwhile: nothing of it goes out any more
+                return
+            try:
+                tasks = self.client.map(run_fits, payloads, shared, key=list(keys), pure=False, **self.submit_kwargs)
+            except BaseException as error:  # on the event loop, it would only be logged: the search ends with it
+                for fail in failed:
+                    fail(error)
+                return
+            for task, done in zip(tasks, finished, strict=True):
+                # Held until it ends, not longer: a finished fit's result is the search's, not the cluster's.
+                self.submitted.add(task)
+                task.add_done_callback(self.submitted.discard)
+                self.waiting_futures.add(task)
+                self._callbacks[task] = done
+                # joblib's collector sets this one with the results sent; `done` sets the search's.
+                self._results[task] = concurrent.futures.Future()
+        finally:
+            # Until now `release` waited for these batches: their tasks are in `submitted`, or dropped.
+            self._sending.difference_update(sending)
 
     @staticmethod
     def _fit_keys(items) -> list[str | None]:
