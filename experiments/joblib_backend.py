@@ -188,9 +188,7 @@ class ClusterBackend(DaskDistributedBackend):
         back slower than the fits end."""
         while self._continue:
             async for first in self.waiting_futures:
-                ready = [first]
-                while self.waiting_futures.has_ready():
-                    ready.append(self.waiting_futures.queue.get_nowait())
+                ready = [first, *self.waiting_futures.next_batch(block=False)]
                 finished = [future for future in ready if future.status == "finished"]
                 values = await self._gathered(finished)
                 for future in ready:

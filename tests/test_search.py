@@ -104,9 +104,14 @@ def test_scikit_learn_fits_travel_as_plain_pickles_and_the_callers_warning_filte
     import cloudpickle
     from distributed import Client, LocalCluster
 
+    from experiments import joblib_backend
+
     by_value = []
     pickle_by_value = cloudpickle.dumps
     monkeypatch.setattr(cloudpickle, "dumps", lambda x, *a, **k: by_value.append(x) or pickle_by_value(x, *a, **k))
+    # The project's own pickling of each fit and of what fits share (joblib_backend.pickled).
+    dump_by_value = joblib_backend._ByValue.dump
+    monkeypatch.setattr(joblib_backend._ByValue, "dump", lambda self, x: by_value.append(x) or dump_by_value(self, x))
     search, X, y = tiny_svc_search()
     with (
         warnings.catch_warnings(),
