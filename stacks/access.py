@@ -17,7 +17,7 @@ from cdktf_cdktf_provider_aws.ssm_parameter import SsmParameter
 from constructs import Construct
 
 from stacks.config import NODE_ROLES, ClusterSettings
-from stacks.userdata import worker_group_name
+from stacks.userdata import scheduler_group_name, worker_group_name
 
 # What the SSM agent needs for Session Manager, the only way onto a node (no SSH key, no SSH
 # port). These actions have no resource to scope them to.
@@ -49,6 +49,47 @@ def autoscaler_statements(group_arn: str) -> list[dict]:
     ]
 
 
+def scheduler_statements(
+    *,
+    partition: str,
+    region_account: str,
+    settings: ClusterSettings,
+    interface_id: str,
+    state_arn: str,
+    group_arn: str,
+) -> list[dict]:
+    """What a scheduler instance needs to take over from the one before it: this cluster's
+    scheduler interface only, onto this cluster's scheduler instances only; and the cluster's
+    state (when it started, or that it ended), which it keeps."""
+    ec2 = f"arn:{partition}:ec2:{region_account}"
+    return [
+        # EC2 authorizes the interface and the instance separately: each has its statement.
+        {
+            "Sid": "TakeTheSchedulerInterface",
+            "Effect": "Allow",
+            "Action": "ec2:AttachNetworkInterface",
+            "Resource": f"{ec2}:network-interface/{interface_id}",
+        },
+        {
+            "Sid": "OntoThisClustersSchedulers",
+            "Effect": "Allow",
+            "Action": "ec2:AttachNetworkInterface",
+            "Resource": f"{ec2}:instance/*",
+            "Condition": {
+                "StringEquals": {"aws:ResourceTag/DaskCluster": settings.name, "aws:ResourceTag/DaskRole": "scheduler"}
+            },
+        },
+        {"Sid": "KeepClusterState", "Effect": "Allow", "Action": "ssm:PutParameter", "Resource": state_arn},
+        # At a spot notice: out of its own group, which then launches the next scheduler.
+        {
+            "Sid": "HandOverAtSpotNotice",
+            "Effect": "Allow",
+            "Action": "autoscaling:DetachInstances",
+            "Resource": group_arn,
+        },
+    ]
+
+
 def node_secret(
     scope: Construct, id: str, *, settings: ClusterSettings, role: str, name: str, description: str, value: str
 ) -> SsmParameter:
@@ -66,9 +107,10 @@ def node_secret(
 class NodeRole(Construct):
     """The role and instance profile of one node kind.
 
-    Both kinds pull this cluster's image, read their own secrets, and may set the desired
-    capacity of this cluster's worker group (to 0 when the cluster ends). The scheduler's
-    autoscaler may also protect and terminate instances of that group, and no other.
+    Both kinds pull this cluster's image, read their own secrets and the cluster's state, and may
+    set the desired capacity of this cluster's worker group (to 0 when the cluster ends). The
+    scheduler's autoscaler may also protect and terminate instances of that group, and no other;
+    a scheduler may set its own group's size, take the scheduler's interface and keep the state.
     """
 
     def __init__(
@@ -81,6 +123,7 @@ class NodeRole(Construct):
         repository_arn: str,
         partition: str,
         account: str,
+        scheduler_interface_id: str,
     ) -> None:
         super().__init__(scope, id)
         assert role in NODE_ROLES, role
@@ -104,10 +147,10 @@ class NodeRole(Construct):
         )
         region_account = f"{settings.region}:{account}"
         secrets_arn = f"arn:{partition}:ssm:{region_account}:parameter/{settings.secret_path(role)}/*"
-        group_arn = (
-            f"arn:{partition}:autoscaling:{region_account}:autoScalingGroup:*:"
-            f"autoScalingGroupName/{worker_group_name(settings)}"
-        )
+        groups = f"arn:{partition}:autoscaling:{region_account}:autoScalingGroup:*:autoScalingGroupName"
+        group_arn = f"{groups}/{worker_group_name(settings)}"
+        state_arn = f"arn:{partition}:ssm:{region_account}:parameter{settings.state_parameter}"
+        scheduler_group_arn = f"{groups}/{scheduler_group_name(settings)}"
         statements = [
             # GetAuthorizationToken has no resource scope in IAM; the token only lets the
             # node pull what the next statement allows.
@@ -119,18 +162,31 @@ class NodeRole(Construct):
                 "Resource": repository_arn,
             },
             {
-                "Sid": "ReadOwnSecrets",
+                "Sid": "ReadOwnSecretsAndClusterState",
                 "Effect": "Allow",
                 "Action": ["ssm:GetParameter", "ssm:GetParameters"],
-                "Resource": secrets_arn,
+                "Resource": [secrets_arn, state_arn],
             },
             {
-                "Sid": "ScaleThisWorkerGroup",
+                # The scheduler's own group too: the cluster's end must stop its replacements.
+                "Sid": "ScaleThisClustersGroups",
                 "Effect": "Allow",
                 "Action": "autoscaling:SetDesiredCapacity",
-                "Resource": group_arn,
+                "Resource": [group_arn, *([scheduler_group_arn] if role == "scheduler" else [])],
             },
             *(autoscaler_statements(group_arn) if role == "scheduler" else []),
+            *(
+                scheduler_statements(
+                    partition=partition,
+                    region_account=region_account,
+                    settings=settings,
+                    interface_id=scheduler_interface_id,
+                    state_arn=state_arn,
+                    group_arn=scheduler_group_arn,
+                )
+                if role == "scheduler"
+                else []
+            ),
             {
                 "Sid": "SessionManagerRegistration",
                 "Effect": "Allow",

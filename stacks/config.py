@@ -29,6 +29,9 @@ NODE_ROLES = ("scheduler", "worker")
 # A comfortable spread of x86_64 types with 4 vCPUs: several interchangeable pools give
 # price-capacity-optimized room to avoid interruptions.
 DEFAULT_WORKER_TYPES = ("c6i.xlarge", "c6a.xlarge", "c5.xlarge", "c5a.xlarge", "m6i.xlarge", "m6a.xlarge")
+# The scheduler's group of one picks among these too: a replacement finds spot capacity in
+# some pool even when the one it ran in was reclaimed. 2 vCPUs and 8 GiB each.
+DEFAULT_SCHEDULER_TYPES = ("m6i.large", "m6a.large", "m5.large", "m5a.large", "m7i.large")
 
 # Lowercase words joined by single hyphens: the name ends up in ECR's repository name
 # (dask-<name>), which allows no trailing or doubled separator, and in IAM and EC2 names.
@@ -62,6 +65,8 @@ MAX_USER_TAGS = 50 - len(RESERVED_TAGS)  # AWS allows 50 tags per resource
 TAG_TEXT_RE = re.compile(r"^[\w\s.:/=+\-@]*$", re.UNICODE)
 MAX_WORKERS = 500  # worker nodes in one cluster: far beyond a search's needs, within EC2 quotas
 MAX_WORKER_TYPES = 40  # overrides in one mixed instances policy
+# Settings of earlier versions, and what replaced them.
+RENAMED = {"scheduler_instance_type": 'scheduler_instance_types, a list such as ["m6i.large", "m6a.large"]'}
 ROOT_VOLUME_MIN_GB = 8  # Amazon Linux 2023's root snapshot; EC2 refuses a smaller volume
 
 
@@ -103,7 +108,7 @@ class ClusterSettings:
     min_workers: int = 0
     max_workers: int = 2
     worker_instance_types: tuple[str, ...] = DEFAULT_WORKER_TYPES
-    scheduler_instance_type: str = "m6i.large"
+    scheduler_instance_types: tuple[str, ...] = DEFAULT_SCHEDULER_TYPES
     scheduler_market: Literal["spot", "on-demand"] = "spot"
     spot_max_price: str | None = None  # USD per hour; None caps at the on-demand price
     idle_timeout_minutes: int = 30
@@ -127,6 +132,12 @@ class ClusterSettings:
     def secret_path(self, role: str) -> str:
         """SSM path (no leading slash) of one node role's secrets; only that role reads it."""
         return f"{self.resource_prefix}/{role}"
+
+    @property
+    def state_parameter(self) -> str:
+        """SSM name of the cluster's state: when it started (the lifetime cap counts from then,
+        across scheduler replacements) or that it ended. Both roles read it; schedulers write it."""
+        return f"/{self.resource_prefix}/cluster/state"
 
     def secret_parameter(self, role: str, name: str) -> str:
         """Full SSM name of one of a role's secrets, such as /dask-dask/worker/worker.key."""
@@ -251,6 +262,17 @@ def _cidrs(where: str, value: Any, allow_public: bool) -> tuple[str, ...]:
     return cidrs
 
 
+def _instance_types(where: str, value: Any) -> tuple[str, ...]:
+    """The types one Auto Scaling group may launch: real x86_64 types, each once."""
+    types = _string_list(where, list(value) if isinstance(value, tuple) else value)
+    for instance_type in types:
+        check_instance_type(where, instance_type)
+    _unique(where, types)
+    if len(types) > MAX_WORKER_TYPES:
+        raise _fail(where, f"at most {MAX_WORKER_TYPES} types in an Auto Scaling group", len(types))
+    return types
+
+
 def _worker_bounds(where: str, raw: dict) -> tuple[int, int]:
     """(min_workers, max_workers): `workers` fixes both; otherwise each has its default."""
     if "workers" in raw:
@@ -323,6 +345,8 @@ def parse_cluster(name: str, raw: Any) -> ClusterSettings:
         raise _fail(where, "must be an object of settings", raw)
     known = {f.name for f in fields(ClusterSettings)} - {"name"} | {"workers"}
     for key in raw:
+        if key in RENAMED:
+            raise _fail(f"{where}.{key}", f"was renamed; write {RENAMED[key]}", raw[key])
         if key not in known:
             raise _fail(where, f"unknown setting (known: {', '.join(sorted(known))})", key)
     if "allowed_cidrs" not in raw:
@@ -344,15 +368,10 @@ def parse_cluster(name: str, raw: Any) -> ClusterSettings:
     market = get("scheduler_market")
     if market not in ("spot", "on-demand"):
         raise _fail(at("scheduler_market"), 'must be "spot" or "on-demand"', market)
-    worker_types = raw.get("worker_instance_types", list(DEFAULT_WORKER_TYPES))
-    worker_types = _string_list(at("worker_instance_types"), worker_types)
-    for instance_type in worker_types:
-        check_instance_type(at("worker_instance_types"), instance_type)
-    _unique(at("worker_instance_types"), worker_types)
-    if len(worker_types) > MAX_WORKER_TYPES:
-        raise _fail(
-            at("worker_instance_types"), f"at most {MAX_WORKER_TYPES} types in an Auto Scaling group", len(worker_types)
-        )
+    worker_types = _instance_types(at("worker_instance_types"), raw.get("worker_instance_types", DEFAULT_WORKER_TYPES))
+    scheduler_types = _instance_types(
+        at("scheduler_instance_types"), raw.get("scheduler_instance_types", DEFAULT_SCHEDULER_TYPES)
+    )
     subnets = _string_list(at("subnet_ids"), raw.get("subnet_ids", []), allow_empty=True)
     for subnet in subnets:
         if not SUBNET_RE.match(subnet):
@@ -368,7 +387,7 @@ def parse_cluster(name: str, raw: Any) -> ClusterSettings:
         min_workers=min_workers,
         max_workers=max_workers,
         worker_instance_types=worker_types,
-        scheduler_instance_type=check_instance_type(at("scheduler_instance_type"), get("scheduler_instance_type")),
+        scheduler_instance_types=scheduler_types,
         scheduler_market=market,
         spot_max_price=check_spot_price(at("spot_max_price"), get("spot_max_price")),
         idle_timeout_minutes=_positive_int(at("idle_timeout_minutes"), get("idle_timeout_minutes")),

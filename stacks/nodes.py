@@ -1,4 +1,4 @@
-"""The machines: one scheduler instance and an Auto Scaling group of spot workers."""
+"""The machines: a scheduler group of one at a fixed address, and an Auto Scaling group of spot workers."""
 
 from __future__ import annotations
 
@@ -20,13 +20,7 @@ from cdktf_cdktf_provider_aws.autoscaling_group import (
     AutoscalingGroupMixedInstancesPolicyLaunchTemplateLaunchTemplateSpecification,
     AutoscalingGroupTag,
 )
-from cdktf_cdktf_provider_aws.instance import (
-    Instance,
-    InstanceInstanceMarketOptions,
-    InstanceInstanceMarketOptionsSpotOptions,
-    InstanceMetadataOptions,
-    InstanceRootBlockDevice,
-)
+from cdktf_cdktf_provider_aws.eip import Eip
 from cdktf_cdktf_provider_aws.launch_template import (
     LaunchTemplate,
     LaunchTemplateBlockDeviceMappings,
@@ -36,6 +30,7 @@ from cdktf_cdktf_provider_aws.launch_template import (
     LaunchTemplateNetworkInterfaces,
     LaunchTemplateTagSpecifications,
 )
+from cdktf_cdktf_provider_aws.network_interface import NetworkInterface
 from constructs import Construct
 
 from stacks import userdata
@@ -74,54 +69,158 @@ def _user_data(common: NodeCommon, role: str, variables: dict[str, object]) -> s
     return Fn.join("\n", parts)
 
 
+def _launch_template(
+    scope: Construct, common: NodeCommon, *, role: str, user_data: str, instance_profile_arn: str
+) -> LaunchTemplate:
+    """A node of `role` as its Auto Scaling group launches it: patched AMI, encrypted gp3 root,
+    IMDSv2 only, a public address for ECR and SSM, powered off means terminated."""
+    s = common.settings
+    name_tag = {"Name": f"{s.resource_prefix}-{role}", "DaskRole": role}
+    return LaunchTemplate(
+        scope,
+        "template",
+        name=f"{s.resource_prefix}-{role}",
+        image_id=common.ami_id,
+        update_default_version=True,
+        iam_instance_profile=LaunchTemplateIamInstanceProfile(arn=instance_profile_arn),
+        network_interfaces=[
+            LaunchTemplateNetworkInterfaces(
+                device_index=0,
+                associate_public_ip_address="true",
+                delete_on_termination="true",
+                security_groups=[common.security_group_id],
+            )
+        ],
+        metadata_options=LaunchTemplateMetadataOptions(
+            http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
+        ),
+        block_device_mappings=[
+            LaunchTemplateBlockDeviceMappings(
+                device_name=ROOT_DEVICE,
+                ebs=LaunchTemplateBlockDeviceMappingsEbs(
+                    volume_type="gp3",
+                    volume_size=s.root_volume_gb,
+                    encrypted="true",
+                    delete_on_termination="true",
+                ),
+            )
+        ],
+        ebs_optimized="true",
+        monitoring={"enabled": True},
+        # Idle shutdown and the lifetime cap power the node off; that must end the billing.
+        instance_initiated_shutdown_behavior="terminate",
+        user_data=Fn.base64encode(user_data),
+        # Provider default tags stop at the launch template itself; these reach the
+        # instances, their volumes and network interfaces.
+        tag_specifications=[
+            LaunchTemplateTagSpecifications(resource_type=kind, tags={**common.tags, **name_tag})
+            for kind in ("instance", "volume", "network-interface")
+        ],
+    )
+
+
+def _group_tags(common: NodeCommon, role: str) -> list[AutoscalingGroupTag]:
+    name_tag = {"Name": f"{common.settings.resource_prefix}-{role}", "DaskRole": role}
+    return [
+        AutoscalingGroupTag(key=key, value=value, propagate_at_launch=True)
+        for key, value in {**common.tags, **name_tag}.items()
+    ]
+
+
+def _mixed_instances(
+    common: NodeCommon, template: LaunchTemplate, types: object, *, on_demand: int
+) -> AutoscalingGroupMixedInstancesPolicy:
+    """`on_demand` nodes on demand, the rest spot, from the pools with the most spare capacity
+    at the lowest price among `types` (a list, or a Terraform list value)."""
+    iterator = TerraformIterator.from_list(types)
+    return AutoscalingGroupMixedInstancesPolicy(
+        instances_distribution=AutoscalingGroupMixedInstancesPolicyInstancesDistribution(
+            on_demand_base_capacity=on_demand,
+            on_demand_percentage_above_base_capacity=0,
+            spot_allocation_strategy="price-capacity-optimized",
+            spot_max_price=common.spot_max_price,
+        ),
+        launch_template=AutoscalingGroupMixedInstancesPolicyLaunchTemplate(
+            launch_template_specification=AutoscalingGroupMixedInstancesPolicyLaunchTemplateLaunchTemplateSpecification(
+                launch_template_id=template.id,
+                version=Token.as_string(template.latest_version),
+            ),
+            override=iterator.dynamic({"instance_type": iterator.value}),
+        ),
+    )
+
+
+class SchedulerAddress(Construct):
+    """The scheduler's own network interface and Elastic IP, which outlive any one instance.
+
+    Each scheduler instance attaches the interface at boot, so clients (the public Elastic IP
+    in outputs.json) and workers (its private address) always reach the scheduler at the same
+    place. An interface lives in one availability zone: the scheduler's group launches there.
+    """
+
+    def __init__(self, scope: Construct, id: str, *, common: NodeCommon, subnet_id: str) -> None:
+        super().__init__(scope, id)
+        s = common.settings
+        name = {"Name": f"{s.resource_prefix}-scheduler", "DaskRole": "scheduler"}
+        self.interface = NetworkInterface(
+            self,
+            "interface",
+            subnet_id=subnet_id,
+            security_groups=[common.security_group_id],
+            description=f"Dask cluster {s.name}: the scheduler's address, moved to each scheduler instance",
+            tags=name,
+            # The scheduler instance attaches it; Terraform must not undo that on a redeploy.
+            lifecycle=TerraformResourceLifecycle(ignore_changes=["attachment"]),
+        )
+        self.public_ip = Eip(self, "public", domain="vpc", network_interface=self.interface.id, tags=name).public_ip
+        self.private_ip = self.interface.private_ip
+
+
 class Scheduler(Construct):
-    """A single instance running `dask scheduler`; spot unless the settings say on-demand."""
+    """An Auto Scaling group of one that runs `dask scheduler`: a scheduler that is reclaimed,
+    crashes or is terminated is replaced, and the replacement takes over the same address.
+
+    Spot over several types unless the settings say on-demand. MinSize is 0 and MaxSize 1: the
+    cluster's end sets the desired capacity to 0, and a redeploy sets it back to 1.
+    """
 
     def __init__(
-        self, scope: Construct, id: str, *, common: NodeCommon, subnet_id: str, instance_profile_name: str
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        common: NodeCommon,
+        subnet_id: str,
+        instance_profile_arn: str,
+        address: SchedulerAddress,
     ) -> None:
         super().__init__(scope, id)
         s = common.settings
-        market = None
-        if s.scheduler_market == "spot":
-            market = InstanceInstanceMarketOptions(
-                market_type="spot",
-                spot_options=InstanceInstanceMarketOptionsSpotOptions(
-                    spot_instance_type="one-time",
-                    instance_interruption_behavior="terminate",
-                    max_price=common.spot_max_price,
-                ),
-            )
+        self.name = userdata.scheduler_group_name(s)
         self.user_data = _user_data(
-            common, "scheduler", userdata.scheduler_variables(s, common.image_uri, common.registry)
+            common,
+            "scheduler",
+            userdata.scheduler_variables(
+                s, common.image_uri, common.registry, interface_id=address.interface.id, address=address.private_ip
+            ),
         )
-        self.instance = Instance(
+        self.launch_template = _launch_template(
+            self, common, role="scheduler", user_data=self.user_data, instance_profile_arn=instance_profile_arn
+        )
+        on_demand = 1 if s.scheduler_market == "on-demand" else 0
+        self.group = AutoscalingGroup(
             self,
-            "instance",
-            ami=common.ami_id,
-            instance_type=s.scheduler_instance_type,
-            instance_market_options=market,
-            subnet_id=subnet_id,
-            vpc_security_group_ids=[common.security_group_id],
-            associate_public_ip_address=True,
-            iam_instance_profile=instance_profile_name,
-            metadata_options=InstanceMetadataOptions(
-                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
+            "group",
+            name=self.name,
+            min_size=0,
+            max_size=1,
+            desired_capacity=1,
+            vpc_zone_identifier=[subnet_id],  # the interface's subnet, so its zone
+            wait_for_capacity_timeout="0",
+            mixed_instances_policy=_mixed_instances(
+                common, self.launch_template, list(s.scheduler_instance_types), on_demand=on_demand
             ),
-            root_block_device=InstanceRootBlockDevice(
-                volume_type="gp3",
-                volume_size=s.root_volume_gb,
-                encrypted=True,
-                delete_on_termination=True,
-                tags={**common.tags, "Name": f"{s.resource_prefix}-scheduler"},
-            ),
-            ebs_optimized=True,
-            monitoring=True,
-            # Idle shutdown and the lifetime cap power the node off; that must end the billing.
-            instance_initiated_shutdown_behavior="terminate",
-            user_data=self.user_data,
-            user_data_replace_on_change=True,
-            tags={"Name": f"{s.resource_prefix}-scheduler", "DaskRole": "scheduler"},
+            tag=_group_tags(common, "scheduler"),
             depends_on=common.boot_after,
         )
 
@@ -152,48 +251,9 @@ class WorkerGroup(Construct):
         self.user_data = _user_data(
             common, "worker", userdata.worker_variables(s, common.image_uri, common.registry, scheduler_private_ip)
         )
-        name_tag = {"Name": f"{s.resource_prefix}-worker", "DaskRole": "worker"}
-        self.launch_template = LaunchTemplate(
-            self,
-            "template",
-            name=f"{s.resource_prefix}-worker",
-            image_id=common.ami_id,
-            update_default_version=True,
-            iam_instance_profile=LaunchTemplateIamInstanceProfile(arn=instance_profile_arn),
-            network_interfaces=[
-                LaunchTemplateNetworkInterfaces(
-                    device_index=0,
-                    associate_public_ip_address="true",
-                    delete_on_termination="true",
-                    security_groups=[common.security_group_id],
-                )
-            ],
-            metadata_options=LaunchTemplateMetadataOptions(
-                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
-            ),
-            block_device_mappings=[
-                LaunchTemplateBlockDeviceMappings(
-                    device_name=ROOT_DEVICE,
-                    ebs=LaunchTemplateBlockDeviceMappingsEbs(
-                        volume_type="gp3",
-                        volume_size=s.root_volume_gb,
-                        encrypted="true",
-                        delete_on_termination="true",
-                    ),
-                )
-            ],
-            ebs_optimized="true",
-            monitoring={"enabled": True},
-            instance_initiated_shutdown_behavior="terminate",
-            user_data=Fn.base64encode(self.user_data),
-            # Provider default tags stop at the launch template itself; these reach the
-            # instances, their volumes and network interfaces.
-            tag_specifications=[
-                LaunchTemplateTagSpecifications(resource_type=kind, tags={**common.tags, **name_tag})
-                for kind in ("instance", "volume", "network-interface")
-            ],
+        self.launch_template = _launch_template(
+            self, common, role="worker", user_data=self.user_data, instance_profile_arn=instance_profile_arn
         )
-        types = TerraformIterator.from_list(instance_types)
         self.group = AutoscalingGroup(
             self,
             "group",
@@ -209,26 +269,9 @@ class WorkerGroup(Construct):
             # The nodes' own readiness (image pulled, scheduler reached) is checked in
             # user-data; Terraform need not wait for instances to be in service.
             wait_for_capacity_timeout="0",
-            mixed_instances_policy=AutoscalingGroupMixedInstancesPolicy(
-                instances_distribution=AutoscalingGroupMixedInstancesPolicyInstancesDistribution(
-                    on_demand_base_capacity=0,
-                    on_demand_percentage_above_base_capacity=0,
-                    spot_allocation_strategy="price-capacity-optimized",
-                    spot_max_price=common.spot_max_price,
-                ),
-                launch_template=AutoscalingGroupMixedInstancesPolicyLaunchTemplate(
-                    launch_template_specification=AutoscalingGroupMixedInstancesPolicyLaunchTemplateLaunchTemplateSpecification(
-                        launch_template_id=self.launch_template.id,
-                        version=Token.as_string(self.launch_template.latest_version),
-                    ),
-                    override=types.dynamic({"instance_type": types.value}),
-                ),
-            ),
+            mixed_instances_policy=_mixed_instances(common, self.launch_template, instance_types, on_demand=0),
             tag=[
-                *(
-                    AutoscalingGroupTag(key=key, value=value, propagate_at_launch=True)
-                    for key, value in {**common.tags, **name_tag}.items()
-                ),
+                *_group_tags(common, "worker"),
                 AutoscalingGroupTag(key=MIN_WORKERS_TAG, value=bounds.minimum.as_string, propagate_at_launch=False),
             ],
             depends_on=common.boot_after,

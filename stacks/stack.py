@@ -9,6 +9,7 @@ from cdktf import (
     TerraformIterator,
     TerraformLocal,
     TerraformOutput,
+    TerraformResourceLifecycle,
     TerraformStack,
     TerraformVariable,
     Token,
@@ -18,6 +19,7 @@ from cdktf_cdktf_provider_aws.data_aws_ec2_spot_price import DataAwsEc2SpotPrice
 from cdktf_cdktf_provider_aws.data_aws_partition import DataAwsPartition
 from cdktf_cdktf_provider_aws.data_aws_ssm_parameter import DataAwsSsmParameter
 from cdktf_cdktf_provider_aws.provider import AwsProvider, AwsProviderDefaultTags
+from cdktf_cdktf_provider_aws.ssm_parameter import SsmParameter
 from cdktf_cdktf_provider_tls.provider import TlsProvider
 from constructs import Construct
 
@@ -33,7 +35,7 @@ from stacks.config import (
 from stacks.image import ComputationImage
 from stacks.jupyter import JupyterToken
 from stacks.network import ClusterNetwork
-from stacks.nodes import NodeCommon, Scheduler, WorkerGroup
+from stacks.nodes import NodeCommon, Scheduler, SchedulerAddress, WorkerGroup
 from stacks.tls import ClusterTls
 from stacks.variables import DeployTimeVariables
 
@@ -60,10 +62,11 @@ def hourly_cost_estimate(
     )
     scheduler = "0"
     if settings.scheduler_market == "spot":
-        price = DataAwsEc2SpotPrice(
-            scope, "scheduler-spot-price", instance_type=settings.scheduler_instance_type, filter=linux
+        kinds = TerraformIterator.from_list(list(settings.scheduler_instance_types))
+        prices = DataAwsEc2SpotPrice(
+            scope, "scheduler-spot-prices", for_each=kinds, instance_type=Token.as_string(kinds.value), filter=linux
         )
-        scheduler = f"tonumber(data.aws_ec2_spot_price.{price.friendly_unique_id}.spot_price)"
+        scheduler = f"max([for p in data.aws_ec2_spot_price.{prices.friendly_unique_id} : tonumber(p.spot_price)]...)"
     return f'${{format("%.3f", local.{workers.friendly_unique_id} * {per_worker} + {scheduler})}}'
 
 
@@ -84,18 +87,18 @@ class DaskClusterStack(TerraformStack):
         # Looked up once, for the ARNs in both roles' policies.
         partition = DataAwsPartition(self, "partition").partition
         account = DataAwsCallerIdentity(self, "account").account_id
-        roles = {
-            role: NodeRole(
-                self, f"{role}-access", settings=settings, role=role, repository_arn=image.repository.arn,
-                partition=partition, account=account,
-            )
-            for role in NODE_ROLES
-        }  # fmt: skip
         tls = ClusterTls(self, "tls-material", settings=settings)
         ami = DataAwsSsmParameter(self, "ami", name=AMI_PARAMETER)
         jupyter = JupyterToken(self, "jupyter", settings=settings) if settings.jupyter else None
 
         price = spot_price.friendly_unique_id
+        # Written by the schedulers (userdata/scheduler.sh.tftpl): when the cluster started, or
+        # that it ended. Terraform creates and destroys it and leaves its value to them.
+        state = SsmParameter(
+            self, "cluster-state", name=settings.state_parameter, type="String", value=userdata.STATE_NEW,
+            description=f"Dask cluster {settings.name}: start time (epoch seconds) or {userdata.STATE_ENDED}",
+            lifecycle=TerraformResourceLifecycle(ignore_changes=["value"]),
+        )  # fmt: skip
         common = NodeCommon(
             settings=settings,
             ami_id=ami.insecure_value,
@@ -106,14 +109,23 @@ class DaskClusterStack(TerraformStack):
             spot_max_price=f'${{var.{price} == "" ? null : var.{price}}}',
             tags=tags,
             templates=TerraformAsset(self, "userdata", path=str(userdata.TEMPLATE_DIR), type=AssetType.DIRECTORY).path,
-            boot_after=[image.pushed, *tls.parameters, *([jupyter.parameter] if jupyter else [])],
+            boot_after=[image.pushed, state, *tls.parameters, *([jupyter.parameter] if jupyter else [])],
         )
+        address = SchedulerAddress(self, "scheduler-address", common=common, subnet_id=network.scheduler_subnet_id)
+        roles = {
+            role: NodeRole(
+                self, f"{role}-access", settings=settings, role=role, repository_arn=image.repository.arn,
+                partition=partition, account=account, scheduler_interface_id=address.interface.id,
+            )
+            for role in NODE_ROLES
+        }  # fmt: skip
         scheduler = Scheduler(
             self,
             "scheduler",
             common=common,
             subnet_id=network.scheduler_subnet_id,
-            instance_profile_name=roles["scheduler"].instance_profile.name,
+            instance_profile_arn=roles["scheduler"].instance_profile.arn,
+            address=address,
         )
         workers_group = WorkerGroup(
             self,
@@ -121,13 +133,12 @@ class DaskClusterStack(TerraformStack):
             common=common,
             instance_profile_arn=roles["worker"].instance_profile.arn,
             subnet_ids=network.subnet_ids,
-            scheduler_private_ip=scheduler.instance.private_ip,
+            scheduler_private_ip=address.private_ip,
             bounds=bounds,
             instance_types=instance_types.list_value,
         )
 
-        public_ip = scheduler.instance.public_ip
-        private_ip = scheduler.instance.private_ip
+        public_ip, private_ip = address.public_ip, address.private_ip
         outputs = {
             "scheduler_address": (f"tls://{public_ip}:{SCHEDULER_PORT}", "Connect clients here (mutual TLS)"),
             "scheduler_private_address": (f"tls://{private_ip}:{SCHEDULER_PORT}", "Address inside the VPC"),
@@ -138,17 +149,21 @@ class DaskClusterStack(TerraformStack):
             "image_uri": (image.uri, "The exact image every node runs"),
             "ecr_repository_url": (image.repository.repository_url, "ECR repository of the image"),
             "worker_group_name": (workers_group.group.name, "Auto Scaling group of the workers"),
+            "scheduler_group_name": (scheduler.group.name, "Auto Scaling group of one: the scheduler"),
             "workers": (bounds.minimum.as_number, "Worker nodes the cluster keeps: clients wait for these"),
             "min_workers": (bounds.minimum.as_number, "Fewest worker nodes"),
             "max_workers": (bounds.maximum.as_number, "Most worker nodes"),
             "region": (settings.region, "AWS region"),
             # What experiments need to price a run (experiments/cost.py).
             "worker_instance_types": (instance_types.list_value, "Instance types the workers may run on"),
-            "scheduler_instance_type": (settings.scheduler_instance_type, "Instance type of the scheduler"),
+            "scheduler_instance_types": (
+                list(settings.scheduler_instance_types),
+                "Instance types the scheduler may run on",
+            ),
             "scheduler_market": (settings.scheduler_market, "spot or on-demand"),
             "estimated_hourly_cost_usd": (
                 hourly_cost_estimate(self, settings, bounds.maximum, instance_types),
-                "Current spot prices: max_workers nodes at the dearest allowed type, plus a spot scheduler "
+                "Current spot prices: max_workers nodes and a spot scheduler, each at its dearest allowed type "
                 "(an on-demand scheduler is not included)",
             ),
         }

@@ -19,6 +19,9 @@ from stacks.config import (
     ClusterSettings,
 )
 
+# The cluster's state parameter (ClusterSettings.state_parameter): new until a scheduler starts
+# the cluster (then its start, in epoch seconds), ended once the cluster is over.
+STATE_NEW, STATE_ENDED = "new", "ended"
 JUPYTER_TOKEN_PARAMETER = "jupyter.token"  # noqa: S105 (an SSM parameter name, not a token)
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "userdata"
@@ -46,6 +49,10 @@ def worker_group_name(settings: ClusterSettings) -> str:
     # A literal name rather than a reference: the scheduler's user-data needs it, and the
     # group depends on the scheduler's address, so a reference would be a cycle.
     return f"{settings.resource_prefix}-workers"
+
+
+def scheduler_group_name(settings: ClusterSettings) -> str:
+    return f"{settings.resource_prefix}-scheduler"
 
 
 def tls_options(role: str, tls_dir: str = TLS_DIR) -> list[str]:
@@ -129,11 +136,14 @@ def autoscaler_command(
     ]  # fmt: skip
 
 
-def spot_watcher_command(role: str, *, tls_dir: str = TLS_DIR) -> list[str]:
+def spot_watcher_command(settings: ClusterSettings, role: str, *, tls_dir: str = TLS_DIR) -> list[str]:
     """The spot watcher's command line. A worker's retires its workers through the scheduler (its
-    template adds --scheduler, a Terraform value); the scheduler's only logs, without keys."""
+    template adds --scheduler, a Terraform value); the scheduler's hands over to a new scheduler
+    instance through its group, without keys (its template adds --region)."""
     command = ["python", "-m", "dask_node.spot_watcher", f"--role={role}"]
-    return [*command, f"--tls-dir={tls_dir}"] if role == "worker" else command
+    if role == "worker":
+        return [*command, f"--tls-dir={tls_dir}"]
+    return [*command, f"--group={scheduler_group_name(settings)}"]
 
 
 def worker_options(settings: ClusterSettings, *, tls_dir: str = TLS_DIR) -> list[str]:
@@ -161,15 +171,24 @@ def _common(settings: ClusterSettings, role: str, image_uri: str, registry: str)
         "max_wait_seconds": MAX_WAIT_SECONDS,
         "max_lifetime_minutes": settings.max_lifetime_hours * 60,
         "worker_group_name": worker_group_name(settings),
+        "scheduler_group_name": scheduler_group_name(settings),
+        "state_parameter": settings.state_parameter,
+        "state_ended": STATE_ENDED,
         "scheduler_port": SCHEDULER_PORT,
         "tls_dir": TLS_DIR,
-        "spot_watcher_command": shlex.join(spot_watcher_command(role)),
+        "spot_watcher_command": shlex.join(spot_watcher_command(settings, role)),
     }
 
 
-def scheduler_variables(settings: ClusterSettings, image_uri: str, registry: str) -> dict[str, object]:
+def scheduler_variables(
+    settings: ClusterSettings, image_uri: str, registry: str, *, interface_id: str, address: str
+) -> dict[str, object]:
+    """`interface_id` and `address` are Terraform values: the scheduler's network interface,
+    which each scheduler instance attaches, and its private address."""
     return {
         **_common(settings, "scheduler", image_uri, registry),
+        "scheduler_interface_id": interface_id,
+        "scheduler_host": address,
         "dashboard_port": DASHBOARD_PORT,
         "idle_seconds": settings.idle_timeout_minutes * 60,
         "scheduler_spot": settings.scheduler_market == "spot",

@@ -4,9 +4,12 @@ EC2 announces a spot interruption two minutes ahead in the instance metadata
 (`spot/instance-action`). On a worker node this retires the node's Dask workers at once:
 the scheduler copies their results to other workers and reschedules their running tasks,
 well inside the two minutes, and the Auto Scaling group's capacity rebalancing brings a
-replacement. On the scheduler node nothing can be saved: it logs a clear warning.
+replacement. On the scheduler node it takes the instance out of the scheduler's group of one
+without lowering its size: the group launches the next scheduler at once, which boots during
+those two minutes and takes over the scheduler's address when this instance is gone.
 
     python -m dask_node.spot_watcher --role worker --scheduler tls://10.0.1.5:8786 --tls-dir /etc/dask/tls
+    python -m dask_node.spot_watcher --role scheduler --group dask-dask-scheduler --region us-east-1
 """
 
 from __future__ import annotations
@@ -91,16 +94,30 @@ def retire_local_workers(scheduler: str, security, host: str, timeout: float = 6
     return asyncio.run(asyncio.wait_for(retire(), timeout))
 
 
+def hand_over(group: str, instance: str, region: str) -> None:
+    """Leave the scheduler's group, its size unchanged: it launches a replacement now rather than
+    once EC2 has taken this instance. This instance keeps running (and serving) until then."""
+    import boto3
+
+    boto3.client("autoscaling", region_name=region).detach_instances(
+        AutoScalingGroupName=group, InstanceIds=[instance], ShouldDecrementDesiredCapacity=False
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--role", choices=["scheduler", "worker"], required=True)
     parser.add_argument("--scheduler", help="the scheduler's address (workers only)")
     parser.add_argument("--tls-dir", help="the node's TLS folder (workers only)")
+    parser.add_argument("--group", help="the scheduler's Auto Scaling group (scheduler only)")
+    parser.add_argument("--region", help="the group's region (scheduler only)")
     parser.add_argument("--metadata-url", default=METADATA_URL)
     parser.add_argument("--interval", type=float, default=POLL_SECONDS)
     args = parser.parse_args(argv)
     if args.role == "worker" and not (args.scheduler and args.tls_dir):
         parser.error("--scheduler and --tls-dir are required for workers")
+    if args.role == "scheduler" and not (args.group and args.region):
+        parser.error("--group and --region are required for the scheduler")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s spot-watcher: %(message)s", stream=sys.stdout)
 
     metadata = Metadata(args.metadata_url)
@@ -108,11 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     notice = wait_for_notice(metadata, args.interval)
     log.warning("spot interruption notice: %s at %s", notice.get("action"), notice.get("time"))
     if args.role == "scheduler":
+        instance = metadata.get("instance-id")
+        hand_over(args.group, instance, args.region)
         log.warning(
-            "this is the scheduler: the cluster and any running search end with it at %s; "
-            "choose scheduler_market: on-demand for searches that must not be lost",
-            notice.get("time"),
-        )
+            "this scheduler (%s) left group %s, which launches its replacement now; it takes over the "
+            "scheduler's address once this instance is gone at %s, and searches reconnect to it",
+            instance, args.group, notice.get("time"),
+        )  # fmt: skip
         return 0
     host = metadata.get("local-ipv4")
     retired = retire_local_workers(args.scheduler, tls.security(args.tls_dir, "worker"), host)
