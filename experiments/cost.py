@@ -1,7 +1,8 @@
 """What a remote run cost: node-hours, priced at the current spot prices of the cluster's types.
 
 An estimate, not a bill: it assumes the Auto Scaling group's price-capacity-optimized choice
-pays about the average of the allowed types' lowest current prices, and it prices an
+pays about the average of the allowed types' lowest current prices (for the workers' group and
+the scheduler's), and it prices an
 on-demand scheduler at nothing it can look up (EC2's spot API has no on-demand prices).
 """
 
@@ -32,7 +33,7 @@ def estimate(
     *,
     prices: dict[str, float],
     worker_types: list[str],
-    scheduler_type: str,
+    scheduler_types: list[str],
     scheduler_market: str,
     worker_node_seconds: float,
     seconds: float,
@@ -42,7 +43,8 @@ def estimate(
     hours, worker_hours = seconds / 3600, worker_node_seconds / 3600
     known = [prices[t] for t in worker_types if t in prices]
     worker_price = mean(known) if known else None
-    scheduler_price = prices.get(scheduler_type) if scheduler_market == "spot" else None
+    known = [prices[t] for t in scheduler_types if t in prices]
+    scheduler_price = mean(known) if known and scheduler_market == "spot" else None
     cost = (worker_price or 0) * worker_hours + (scheduler_price or 0) * hours
     notes = []
     if worker_price is None:
@@ -65,12 +67,12 @@ def for_run(outputs: dict, worker_node_seconds: float, seconds: float) -> dict:
 
     ec2 = boto3.client("ec2", region_name=outputs["region"])
     worker_types = list(outputs["worker_instance_types"])
-    scheduler_type = outputs["scheduler_instance_type"]
-    prices = lowest_spot_prices(ec2, [*worker_types, scheduler_type])
+    scheduler_types = list(outputs["scheduler_instance_types"])
+    prices = lowest_spot_prices(ec2, [*worker_types, *scheduler_types])
     return estimate(
         prices=prices,
         worker_types=worker_types,
-        scheduler_type=scheduler_type,
+        scheduler_types=scheduler_types,
         scheduler_market=outputs["scheduler_market"],
         worker_node_seconds=worker_node_seconds,
         seconds=seconds,

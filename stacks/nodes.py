@@ -109,7 +109,8 @@ def _launch_template(
         monitoring={"enabled": True},
         # Idle shutdown and the lifetime cap power the node off; that must end the billing.
         instance_initiated_shutdown_behavior="terminate",
-        user_data=Fn.base64encode(user_data),
+        # Compressed: EC2 takes 16 KB of user-data; cloud-init runs gzipped scripts as they are.
+        user_data=Fn.base64gzip(user_data),
         # Provider default tags stop at the launch template itself; these reach the
         # instances, their volumes and network interfaces.
         tag_specifications=[

@@ -95,7 +95,7 @@ class DaskClusterStack(TerraformStack):
         # Written by the schedulers (userdata/scheduler.sh.tftpl): when the cluster started, or
         # that it ended. Terraform creates and destroys it and leaves its value to them.
         state = SsmParameter(
-            self, "cluster-state", name=settings.state_parameter, type="String", value=userdata.STATE_NEW,
+            self, "cluster-state", name=settings.state_parameter, type="SecureString", value=userdata.STATE_NEW,
             description=f"Dask cluster {settings.name}: start time (epoch seconds) or {userdata.STATE_ENDED}",
             lifecycle=TerraformResourceLifecycle(ignore_changes=["value"]),
         )  # fmt: skip

@@ -191,7 +191,7 @@ class LoopbackCluster:
             "max_workers": workers,
             "region": "us-east-1",
             "worker_instance_types": ["c6i.xlarge", "c5.xlarge"],
-            "scheduler_instance_type": "m6i.large",
+            "scheduler_instance_types": ["m6i.large", "m5.large"],
             "scheduler_market": "spot",
             "estimated_hourly_cost_usd": "0.350",
             "tls_ca_pem": self.tls["ca.pem"],

@@ -67,7 +67,11 @@ def test_checkov_finds_only_what_the_config_skips_for_a_reason(variant, synthesi
     assert not unexpected, "checkov findings:\n" + "\n".join(unexpected)
     assert failed == skipped_in_config(), f"skipped in {CONFIG.name} but not found: {skipped_in_config() - failed}"
     passed = {c["check_id"] for c in results["passed_checks"]}
-    assert {"CKV_AWS_79", "CKV_AWS_8", "CKV_AWS_136", "CKV_AWS_163", "CKV2_AWS_34"} <= passed, (
-        "IMDSv2, encrypted volumes, ECR encryption and scanning, SSM encryption must be checked"
+    # Checkov has no check of a launch template's volume encryption (CKV_AWS_8 reads instances and
+    # launch configurations only): tests/test_stack.py asserts it for both launch templates.
+    assert {"CKV_AWS_79", "CKV_AWS_136", "CKV_AWS_163", "CKV2_AWS_34"} <= passed, (
+        "IMDSv2, ECR encryption and scanning, SSM encryption must be checked"
     )
-    assert len({c for c in passed if c.startswith("CKV2_")}) >= 5, "the graph checks ran too"
+    # The graph checks ran too: security groups attached to something (CKV2_AWS_5) and IAM
+    # policies not attached to users (CKV2_AWS_40) need the graph of resources.
+    assert {"CKV2_AWS_5", "CKV2_AWS_40"} <= passed, "the graph checks ran too"

@@ -19,6 +19,7 @@ def test_only_the_allowed_networks_are_required():
     assert settings.scheduler_market == "spot"
     assert settings.worker_instance_types == DEFAULT_WORKER_TYPES
     assert len(settings.worker_instance_types) > 1, "several interchangeable types by default"
+    assert len(settings.scheduler_instance_types) > 1, "a replacement scheduler needs spot pools to choose from"
     assert (settings.min_workers, settings.max_workers) == (0, 2), "adaptive from none to two nodes"
     assert settings.adaptive and settings.spot_max_price is None
     assert settings.resource_prefix == "dask-dask"
@@ -72,9 +73,14 @@ BAD = [
     ({"worker_instance_types": ["c6i.xlarge", "c6i.xlarge"]}, 'clusters.dask.worker_instance_types: lists the same entry twice, got "c6i.xlarge"'),
     ({"worker_instance_types": ["mac2.metal"]}, 'clusters.dask.worker_instance_types: cannot run a node (dedicated hosts only, or a Xen-era type Amazon Linux 2023 cannot boot), got "mac2.metal"'),
     ({"worker_instance_types": ["u-6tb1.metal"]}, "clusters.dask.worker_instance_types: cannot run a node"),
-    ({"scheduler_instance_type": "t2.micro"}, 'clusters.dask.scheduler_instance_type: cannot run a node (dedicated hosts only, or a Xen-era type Amazon Linux 2023 cannot boot), got "t2.micro"'),
-    ({"scheduler_instance_type": "m6i.enormous"}, 'clusters.dask.scheduler_instance_type: is not an EC2 instance type'),
-    ({"scheduler_instance_type": "t4g.small"}, 'clusters.dask.scheduler_instance_type: is an Arm (Graviton) type; the image is built for linux/amd64, got "t4g.small"'),
+    ({"scheduler_instance_types": ["t2.micro"]}, 'clusters.dask.scheduler_instance_types: cannot run a node (dedicated hosts only, or a Xen-era type Amazon Linux 2023 cannot boot), got "t2.micro"'),
+    ({"scheduler_instance_types": ["m6i.large", "m6i.enormous"]}, 'clusters.dask.scheduler_instance_types: is not an EC2 instance type'),
+    ({"scheduler_instance_types": ["t4g.small"]}, 'clusters.dask.scheduler_instance_types: is an Arm (Graviton) type; the image is built for linux/amd64, got "t4g.small"'),
+    ({"scheduler_instance_types": "m6i.large"}, 'clusters.dask.scheduler_instance_types: must be a list of strings, got "m6i.large"'),
+    ({"scheduler_instance_types": []}, "clusters.dask.scheduler_instance_types: must not be empty, got []"),
+    ({"scheduler_instance_types": ["m5.large", "m5.large"]}, 'clusters.dask.scheduler_instance_types: lists the same entry twice, got "m5.large"'),
+    # The setting of earlier versions: named, with what to write instead.
+    ({"scheduler_instance_type": "m6i.large"}, 'clusters.dask.scheduler_instance_type: was renamed; write scheduler_instance_types, a list such as ["m6i.large", "m6a.large"], got "m6i.large"'),
     ({"region": "Europe"}, 'clusters.dask.region: must be an AWS region such as eu-west-1, got "Europe"'),
     ({"region": "eu-west"}, 'clusters.dask.region: must be an AWS region such as eu-west-1, got "eu-west"'),
     ({"region": "us-east-9"}, 'clusters.dask.region: must be an AWS region such as eu-west-1, got "us-east-9"'),

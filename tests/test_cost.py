@@ -19,22 +19,22 @@ def test_lowest_spot_prices_come_from_describe_spot_price_history(monkeypatch):
     assert all(price > 0 for price in prices.values())
 
 
-def test_estimate_prices_workers_at_the_average_and_a_spot_scheduler():
-    prices = {"c6i.xlarge": 0.08, "c5.xlarge": 0.06, "m6i.large": 0.04}
+def test_estimate_prices_workers_and_a_spot_scheduler_at_the_average_of_their_types():
+    prices = {"c6i.xlarge": 0.08, "c5.xlarge": 0.06, "m6i.large": 0.04, "m5.large": 0.05}
     estimate = cost.estimate(
-        prices=prices, worker_types=["c6i.xlarge", "c5.xlarge"], scheduler_type="m6i.large",
+        prices=prices, worker_types=["c6i.xlarge", "c5.xlarge"], scheduler_types=["m6i.large", "m5.large"],
         scheduler_market="spot", worker_node_seconds=4 * 1800, seconds=1800,
     )  # fmt: skip
     assert estimate["node_hours"] == 2.5  # (4 workers + the scheduler) x half an hour
     assert estimate["worker_node_hours"] == 2.0
-    assert estimate["estimated_cost_usd"] == pytest.approx(0.07 * 2.0 + 0.04 * 0.5)
+    assert estimate["estimated_cost_usd"] == pytest.approx(0.07 * 2.0 + 0.045 * 0.5)
     assert estimate["notes"] == []
 
 
 def test_worker_nodes_that_came_and_went_are_priced_for_their_own_time():
     """An adaptive cluster: 1 node for the whole half hour, 3 more for 10 minutes of it."""
     estimate = cost.estimate(
-        prices={"c6i.xlarge": 0.06, "m6i.large": 0.04}, worker_types=["c6i.xlarge"], scheduler_type="m6i.large",
+        prices={"c6i.xlarge": 0.06, "m6i.large": 0.04}, worker_types=["c6i.xlarge"], scheduler_types=["m6i.large", "m5.large"],
         scheduler_market="spot", worker_node_seconds=1800 + 3 * 600, seconds=1800,
     )  # fmt: skip
     assert estimate["worker_node_hours"] == 1.0 and estimate["node_hours"] == 1.5
@@ -43,7 +43,7 @@ def test_worker_nodes_that_came_and_went_are_priced_for_their_own_time():
 
 def test_estimate_says_what_it_leaves_out():
     estimate = cost.estimate(
-        prices={}, worker_types=["c6i.xlarge"], scheduler_type="m6i.large",
+        prices={}, worker_types=["c6i.xlarge"], scheduler_types=["m6i.large", "m5.large"],
         scheduler_market="on-demand", worker_node_seconds=2 * 3600, seconds=3600,
     )  # fmt: skip
     assert estimate["estimated_cost_usd"] == 0
@@ -64,7 +64,7 @@ def test_missing_credentials_do_not_fail_the_run(monkeypatch, tmp_path):
     basis = {
         "region": "eu-west-1",
         "worker_instance_types": ["c6i.xlarge"],
-        "scheduler_instance_type": "m6i.large",
+        "scheduler_instance_types": ["m6i.large", "m5.large"],
         "scheduler_market": "spot",
     }
     where = Where("remote", "tls://127.0.0.1:8786", None, 2, 8, "dask", basis)

@@ -5,6 +5,10 @@ its published document (moto ships AWS's managed policies; an attachment it does
 fails the test). moto's IAM evaluator (the one its server uses to enforce access) answers
 allow or not for an action on a resource. Terraform references in the policies are replaced by
 the values AWS would give them in account 123456789012.
+
+Conditions are evaluated here, not by moto: its evaluator counts a missing key as a match and
+an unmet condition of an Allow as a Deny. Only StringEquals is used, and evaluated as IAM does:
+every key present in the request (a resource's tags) with the given value.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from moto.iam.access_control import IAMPolicy, PermissionResult
 from moto.iam.aws_managed_policies import aws_managed_policies_data
 
 ACCOUNT = "123456789012"
+INTERFACE = "eni-0123456789abcdef0"  # the scheduler's network interface, as AWS would name it
 MANAGED = json.loads(aws_managed_policies_data)
 
 
@@ -26,6 +31,7 @@ def resolved(text: str, region: str, cluster: str) -> str:
     text = re.sub(
         r"\$\{aws_ecr_repository\.[\w-]+\.arn\}", f"arn:aws:ecr:{region}:{ACCOUNT}:repository/dask-{cluster}", text
     )
+    text = re.sub(r"\$\{aws_network_interface\.[\w-]+\.id\}", INTERFACE, text)
     assert "${" not in text, f"unresolved reference in a policy: {text}"
     return text
 
@@ -56,8 +62,21 @@ def managed(arn: str) -> str:
     return json.dumps(MANAGED[name]["Document"])
 
 
-def allowed(documents: list[str], action: str, resource: str) -> bool:
-    results = [IAMPolicy(document).is_action_permitted(action, resource) for document in documents]
+def allowed(documents: list[str], action: str, resource: str, tags: dict[str, str] | None = None) -> bool:
+    """Whether the documents allow `action` on `resource`, whose tags are `tags`."""
+    results = []
+    for document in documents:
+        for statement in json.loads(document)["Statement"]:
+            if "Condition" in statement:
+                (operator,) = statement["Condition"]
+                assert operator == "StringEquals", f"condition {operator} is not evaluated here"
+                wanted = statement["Condition"][operator]
+                context = {f"aws:ResourceTag/{k}": v for k, v in (tags or {}).items()}
+                if any(context.get(key) != value for key, value in wanted.items()):
+                    continue  # not applicable to this request
+                statement = {k: v for k, v in statement.items() if k != "Condition"}
+            policy = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+            results.append(IAMPolicy(policy).is_action_permitted(action, resource))
     return PermissionResult.DENIED not in results and PermissionResult.PERMITTED in results
 
 
@@ -81,6 +100,10 @@ def arns(s, role_name: str) -> dict[str, str]:
         "other image": f"arn:aws:ecr:{s.region}:{ACCOUNT}:repository/dask-other",
         "own group": f"{group}:autoScalingGroupName/dask-{s.name}-workers",
         "other group": f"{group}:autoScalingGroupName/dask-other-workers",
+        "scheduler group": f"{group}:autoScalingGroupName/dask-{s.name}-scheduler",
+        "other scheduler group": f"{group}:autoScalingGroupName/dask-other-scheduler",
+        "state": f"{prefix}/dask-{s.name}/cluster/state",
+        "other state": f"{prefix}/dask-other/cluster/state",
     }
 
 
@@ -95,6 +118,7 @@ def test_each_role_does_its_job(cluster, role):
     assert allowed(documents, "autoscaling:SetDesiredCapacity", r["own group"])
     assert allowed(documents, "ssmmessages:OpenDataChannel", "*")
     assert allowed(documents, "ssm:UpdateInstanceInformation", f"arn:aws:ec2:{s.region}:{ACCOUNT}:instance/i-0abc")
+    assert allowed(documents, "ssm:GetParameter", r["state"]), "both roles read the cluster's state"
 
 
 @pytest.mark.parametrize("role", ["scheduler", "worker"])
@@ -131,6 +155,53 @@ def test_only_the_scheduler_removes_worker_nodes_and_only_from_its_own_group(clu
         assert not allowed(worker, action, own), f"a worker node may {action}"
     for action in ("ec2:TerminateInstances", "autoscaling:DetachInstances", "autoscaling:DeleteAutoScalingGroup"):
         assert not allowed(scheduler, action, own if action.startswith("autoscaling") else "*"), action
+
+
+def test_only_a_scheduler_takes_the_schedulers_address_and_only_this_clusters(cluster):
+    """A scheduler instance attaches this cluster's scheduler interface to itself; nothing else.
+    EC2 authorizes both resources of the call: the interface and the instance."""
+    s, policies = cluster
+    scheduler, worker = policies[f"dask-{s.name}-scheduler"], policies[f"dask-{s.name}-worker"]
+    ec2 = f"arn:aws:ec2:{s.region}:{ACCOUNT}"
+    interface, other_interface = (
+        f"{ec2}:network-interface/{INTERFACE}",
+        f"{ec2}:network-interface/eni-0fedcba987654321f",
+    )
+    instance = f"{ec2}:instance/i-0aaaabbbbccccdddd"
+    own_scheduler = {"DaskCluster": s.name, "DaskRole": "scheduler", "Name": f"dask-{s.name}-scheduler"}
+    attach = "ec2:AttachNetworkInterface"
+    assert allowed(scheduler, attach, interface, own_scheduler)
+    assert allowed(scheduler, attach, instance, own_scheduler)
+    assert not allowed(scheduler, attach, other_interface, own_scheduler), "another interface"
+    for tags in ({**own_scheduler, "DaskRole": "worker"}, {**own_scheduler, "DaskCluster": "other"},
+                 {"DaskRole": "scheduler"}, {}):  # fmt: skip
+        assert not allowed(scheduler, attach, instance, tags), f"onto an instance tagged {tags}"
+    for action in ("ec2:DetachNetworkInterface", "ec2:DeleteNetworkInterface", "ec2:ModifyNetworkInterfaceAttribute",
+                   "ec2:AssociateAddress", "ec2:DisassociateAddress", "ec2:CreateNetworkInterface"):  # fmt: skip
+        assert not allowed(scheduler, action, interface, own_scheduler), action
+    assert not allowed(worker, attach, interface, own_scheduler) and not allowed(
+        worker, attach, instance, own_scheduler
+    )
+
+
+def test_only_a_scheduler_keeps_the_clusters_state_and_its_own_group(cluster):
+    s, policies = cluster
+    scheduler, worker = policies[f"dask-{s.name}-scheduler"], policies[f"dask-{s.name}-worker"]
+    r = arns(s, "scheduler")
+    assert allowed(scheduler, "ssm:PutParameter", r["state"])
+    assert not allowed(worker, "ssm:PutParameter", r["state"]), "a task on a worker node could end the cluster"
+    for documents in (scheduler, worker):
+        assert not allowed(documents, "ssm:GetParameter", r["other state"])
+        for target in ("other state", "own key", "scheduler key", "another team's secret"):
+            assert not allowed(documents, "ssm:PutParameter", r[target]), target
+        assert not allowed(documents, "ssm:DeleteParameter", r["state"])
+    for action in ("autoscaling:SetDesiredCapacity", "autoscaling:DetachInstances"):
+        assert allowed(scheduler, action, r["scheduler group"]), action
+        assert not allowed(scheduler, action, r["other scheduler group"]), action
+        assert not allowed(worker, action, r["scheduler group"]), f"a worker node may {action} the scheduler's group"
+    for action in ("autoscaling:UpdateAutoScalingGroup", "autoscaling:TerminateInstanceInAutoScalingGroup",
+                   "autoscaling:SetInstanceProtection"):  # fmt: skip
+        assert not allowed(scheduler, action, r["scheduler group"]), action
 
 
 def test_a_worker_cannot_read_the_schedulers_secrets(cluster):

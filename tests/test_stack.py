@@ -15,15 +15,21 @@ from .conftest import terraform_outputs
 
 OUTPUTS = {
     "scheduler_address", "scheduler_private_address", "dashboard_url", "image_uri", "ecr_repository_url",
-    "worker_group_name", "workers", "min_workers", "max_workers", "region", "tls_ca_pem", "tls_client_cert_pem", "tls_client_key_pem",
+    "worker_group_name", "scheduler_group_name", "workers", "min_workers", "max_workers", "region", "tls_ca_pem", "tls_client_cert_pem", "tls_client_key_pem",
     # Added for cost figures: what a run needs to price itself, and the cluster's hourly estimate.
-    "worker_instance_types", "scheduler_instance_type", "scheduler_market", "estimated_hourly_cost_usd",
+    "worker_instance_types", "scheduler_instance_types", "scheduler_market", "estimated_hourly_cost_usd",
 }  # fmt: skip
 SENSITIVE = {"tls_ca_pem", "tls_client_cert_pem", "tls_client_key_pem", "jupyter_token"}
 
 
 def only(doc: dict, kind: str) -> dict:
     (resource,) = doc["resource"][kind].values()
+    return resource
+
+
+def of_role(doc: dict, kind: str, role: str) -> dict:
+    """The launch template or Auto Scaling group of one node role."""
+    (resource,) = [r for r in doc["resource"][kind].values() if r["name"].startswith("dask-") and role in r["name"]]
     return resource
 
 
@@ -59,11 +65,12 @@ def test_outputs_follow_the_contract(synthesized, settings):
         for name in set(outputs) - SENSITIVE:
             assert not outputs[name].get("sensitive"), f"{variant}: {name} should be readable"
     outputs = synthesized["default"]["output"]
-    assert re.fullmatch(r"tls://\$\{aws_instance\.\w+\.public_ip\}:8786", outputs["scheduler_address"]["value"])
+    # The scheduler's Elastic IP and interface: the same whichever instance runs the scheduler.
+    assert re.fullmatch(r"tls://\$\{aws_eip\.[\w-]+\.public_ip\}:8786", outputs["scheduler_address"]["value"])
     assert re.fullmatch(
-        r"tls://\$\{aws_instance\.\w+\.private_ip\}:8786", outputs["scheduler_private_address"]["value"]
+        r"tls://\$\{aws_network_interface\.[\w-]+\.private_ip\}:8786", outputs["scheduler_private_address"]["value"]
     )
-    assert re.fullmatch(r"https://\$\{aws_instance\.\w+\.public_ip\}:8787/status", outputs["dashboard_url"]["value"])
+    assert re.fullmatch(r"https://\$\{aws_eip\.[\w-]+\.public_ip\}:8787/status", outputs["dashboard_url"]["value"])
     assert outputs["workers"]["value"] == outputs["min_workers"]["value"] == "${local.min_worker_nodes}"
     assert outputs["max_workers"]["value"] == "${local.max_worker_nodes}"
     assert outputs["region"]["value"] == "us-east-1"
@@ -75,24 +82,24 @@ def test_provider_default_tags_reach_instances_and_volumes(synthesized):
     tags = provider["default_tags"][0]["tags"]
     assert tags["Department"] == "Data science" and tags["contact"] == "ml-team"
     assert provider["region"] == "eu-west-1"
-    template = only(doc, "aws_launch_template")
-    kinds = {spec["resource_type"]: spec["tags"] for spec in template["tag_specifications"]}
-    for kind in ("instance", "volume"):
-        assert kind in kinds, f"launch template does not tag {kind}s: default tags stop at the template"
-        assert tags.items() <= kinds[kind].items(), f"{kind}s launched by the group miss default tags"
-    group_tags = {t["key"]: t for t in only(doc, "aws_autoscaling_group")["tag"]}
-    for key in tags:
-        assert group_tags[key]["propagate_at_launch"] is True, f"group tag {key} does not propagate"
-    volume_tags = only(doc, "aws_instance")["root_block_device"]["tags"]
-    assert tags.items() <= volume_tags.items(), "scheduler root volume misses default tags"
+    for role in ("scheduler", "worker"):
+        template = of_role(doc, "aws_launch_template", role)
+        kinds = {spec["resource_type"]: spec["tags"] for spec in template["tag_specifications"]}
+        for kind in ("instance", "volume", "network-interface"):
+            assert kind in kinds, f"{role} launch template does not tag {kind}s: default tags stop at the template"
+            assert tags.items() <= kinds[kind].items(), f"{kind}s launched by the {role} group miss default tags"
+            assert kinds[kind]["DaskRole"] == role
+        group_tags = {t["key"]: t for t in of_role(doc, "aws_autoscaling_group", role)["tag"]}
+        for key in tags:
+            assert group_tags[key]["propagate_at_launch"] is True, f"{role} group tag {key} does not propagate"
 
 
 def test_ami_is_looked_up_at_deploy_time(synthesized):
     doc = synthesized["default"]
     (parameter,) = doc["data"]["aws_ssm_parameter"].values()
     assert parameter["name"] == AMI_PARAMETER
-    assert only(doc, "aws_instance")["ami"].startswith("${data.aws_ssm_parameter.")
-    assert only(doc, "aws_launch_template")["image_id"].startswith("${data.aws_ssm_parameter.")
+    for template in everything(doc, "aws_launch_template"):
+        assert template["image_id"].startswith("${data.aws_ssm_parameter.")
     assert not re.search(r'"ami-[0-9a-f]+"', json.dumps(doc)), "hard-coded AMI id"
 
 
@@ -146,13 +153,10 @@ def test_one_role_per_node_kind_and_no_managed_policy(synthesized):
     assert "aws_iam_role_policy_attachment" not in doc["resource"], "managed policies grant more than their names say"
     profiles = {p["name"]: key for key, p in doc["resource"]["aws_iam_instance_profile"].items()}
     assert set(profiles) == {"dask-default-scheduler", "dask-default-worker"}
-    scheduler, launch_template = only(doc, "aws_instance"), only(doc, "aws_launch_template")
-    assert (
-        scheduler["iam_instance_profile"] == f"${{aws_iam_instance_profile.{profiles['dask-default-scheduler']}.name}}"
-    )
-    assert launch_template["iam_instance_profile"] == {
-        "arn": f"${{aws_iam_instance_profile.{profiles['dask-default-worker']}.arn}}"
-    }
+    for role in ("scheduler", "worker"):
+        assert of_role(doc, "aws_launch_template", role)["iam_instance_profile"] == {
+            "arn": f"${{aws_iam_instance_profile.{profiles[f'dask-default-{role}']}.arn}}"
+        }
 
 
 def test_no_aws_access_keys_anywhere(synthesized):
@@ -197,25 +201,24 @@ def test_image_tag_is_the_content_hash(synthesized):
     assert only(doc, "docker_image")["name"].endswith(f'"{tag}"])}}')
     assert only(doc, "docker_image")["triggers"] == {"content": tag}
     assert doc["output"]["image_uri"]["value"] == only(doc, "docker_image")["name"]
-    assert tag in only(doc, "aws_instance")["user_data"], "the scheduler must run exactly this image"
-    assert tag in only(doc, "aws_launch_template")["user_data"], "the workers must run exactly this image"
+    for role in ("scheduler", "worker"):
+        assert tag in of_role(doc, "aws_launch_template", role)["user_data"], f"the {role} must run exactly this image"
 
 
 def test_node_keys_travel_through_secure_ssm_parameters_under_their_role(synthesized):
     doc = synthesized["default"]
     parameters = {p["name"]: p for p in everything(doc, "aws_ssm_parameter")}
-    assert sorted(parameters) == [
-        f"/dask-default/{role}/{name}"
-        for role in ("scheduler", "worker")
-        for name in ("ca.pem", f"{role}.key", f"{role}.pem")
-    ]
+    assert sorted(parameters) == sorted(
+        ["/dask-default/cluster/state"]
+        + [f"/dask-default/{role}/{name}" for role in ("scheduler", "worker") for name in ("ca.pem", f"{role}.key", f"{role}.pem")]
+    )  # fmt: skip
     for role in ("scheduler", "worker"):
         key = parameters[f"/dask-default/{role}/{role}.key"]
         assert key["type"] == "SecureString"
         assert key["value"].startswith("${tls_private_key.") and f"{role}-key" in key["value"]
         assert parameters[f"/dask-default/{role}/{role}.pem"]["value"].startswith("${tls_locally_signed_cert.")
     assert "client.key" not in json.dumps(parameters), "the client key stays with the client"
-    user_data = only(doc, "aws_instance")["user_data"] + only(doc, "aws_launch_template")["user_data"]
+    user_data = "".join(t["user_data"] for t in everything(doc, "aws_launch_template"))
     assert "tls_private_key" not in user_data and "private_key_pem" not in user_data
 
 
@@ -237,37 +240,68 @@ def test_tls_certificates_are_signed_by_the_cluster_ca_for_their_role_only(synth
     }
 
 
-def test_scheduler_is_a_hardened_spot_instance(synthesized):
-    scheduler = only(synthesized["default"], "aws_instance")
-    market = scheduler["instance_market_options"]
-    assert market["market_type"] == "spot"
-    assert market["spot_options"]["instance_interruption_behavior"] == "terminate"
-    assert "aws_spot_instance_request" not in synthesized["default"]["resource"]
-    assert scheduler["metadata_options"]["http_tokens"] == "required", "IMDSv2 must be required"
-    root = scheduler["root_block_device"]
-    assert root["encrypted"] is True and root["volume_type"] == "gp3"
-    assert scheduler["instance_initiated_shutdown_behavior"] == "terminate"
-    assert scheduler["user_data_replace_on_change"] is True
-    assert "templatefile(" in scheduler["user_data"]
-    assert "key_name" not in scheduler, "no SSH key: shell access is through SSM"
+def test_scheduler_is_a_spot_group_of_one_at_a_fixed_address(synthesized):
+    doc = synthesized["default"]
+    group = of_role(doc, "aws_autoscaling_group", "scheduler")
+    assert (group["min_size"], group["max_size"], group["desired_capacity"]) == (0, 1, 1), (
+        "one scheduler; the cluster's end sets it to 0"
+    )
+    distribution = group["mixed_instances_policy"]["instances_distribution"]
+    assert (
+        distribution["on_demand_base_capacity"] == 0 and distribution["on_demand_percentage_above_base_capacity"] == 0
+    )
+    assert distribution["spot_allocation_strategy"] == "price-capacity-optimized"
+    override = group["mixed_instances_policy"]["launch_template"]["dynamic"]["override"]
+    assert len(override["for_each"]) >= 3, "several types: a replacement finds spot capacity in some pool"
+    assert "capacity_rebalance" not in group, "a rebalance recommendation must not move a busy scheduler"
+    assert "aws_instance" not in doc["resource"] and "aws_spot_instance_request" not in doc["resource"]
+    # The interface and its Elastic IP outlive the instances; the group launches in its subnet.
+    interface = only(doc, "aws_network_interface")
+    (interface_key,) = doc["resource"]["aws_network_interface"]
+    assert group["vpc_zone_identifier"] == [interface["subnet_id"]], "an interface lives in one zone"
+    assert interface["lifecycle"]["ignore_changes"] == ["attachment"], "a redeploy must not detach the scheduler"
+    assert (
+        interface["security_groups"]
+        == of_role(doc, "aws_launch_template", "scheduler")["network_interfaces"][0]["security_groups"]
+    )
+    eip = only(doc, "aws_eip")
+    assert eip["network_interface"] == f"${{aws_network_interface.{interface_key}.id}}" and eip["domain"] == "vpc"
+    user_data = of_role(doc, "aws_launch_template", "scheduler")["user_data"]
+    assert f"aws_network_interface.{interface_key}.id" in user_data, "each scheduler attaches this interface"
+    assert f"aws_network_interface.{interface_key}.private_ip" in user_data
+    state = {p["name"]: p for p in everything(doc, "aws_ssm_parameter")}["/dask-default/cluster/state"]
+    assert state["type"] == "SecureString" and state["value"] == "new"
+    assert state["lifecycle"]["ignore_changes"] == ["value"], "the schedulers keep it; a redeploy must not reset it"
 
 
-def test_on_demand_scheduler_has_no_market_options(synthesized):
-    assert "instance_market_options" not in only(synthesized["ondemand"], "aws_instance")
+def test_scheduler_and_workers_launch_hardened(synthesized):
+    for role in ("scheduler", "worker"):
+        template = of_role(synthesized["default"], "aws_launch_template", role)
+        assert template["metadata_options"]["http_tokens"] == "required", "IMDSv2 must be required"
+        (device,) = template["block_device_mappings"]
+        assert device["ebs"]["encrypted"] == "true" and device["ebs"]["volume_type"] == "gp3"
+        assert template["instance_initiated_shutdown_behavior"] == "terminate"
+        assert "key_name" not in template, "no SSH key: shell access is through SSM"
+        assert template["user_data"].startswith("${base64gzip(join(") and "templatefile(" in template["user_data"]
+
+
+def test_on_demand_scheduler_is_an_on_demand_group_of_one(synthesized):
+    group = of_role(synthesized["ondemand"], "aws_autoscaling_group", "scheduler")
+    assert group["mixed_instances_policy"]["instances_distribution"]["on_demand_base_capacity"] == 1
 
 
 def test_spot_price_cap_reaches_scheduler_and_workers(synthesized):
     doc = synthesized["custom"]
     assert doc["variable"]["spot_max_price"]["default"] == "0.35"
     cap = '${var.spot_max_price == "" ? null : var.spot_max_price}'
-    assert only(doc, "aws_instance")["instance_market_options"]["spot_options"]["max_price"] == cap
-    distribution = only(doc, "aws_autoscaling_group")["mixed_instances_policy"]["instances_distribution"]
-    assert distribution["spot_max_price"] == cap
+    for role in ("scheduler", "worker"):
+        distribution = of_role(doc, "aws_autoscaling_group", role)["mixed_instances_policy"]["instances_distribution"]
+        assert distribution["spot_max_price"] == cap, role
 
 
 def test_workers_are_a_100_percent_spot_mixed_group(synthesized):
     doc = synthesized["custom"]
-    group = only(doc, "aws_autoscaling_group")
+    group = of_role(doc, "aws_autoscaling_group", "worker")
     policy_ = group["mixed_instances_policy"]
     distribution = policy_["instances_distribution"]
     assert distribution["on_demand_base_capacity"] == 0
@@ -285,20 +319,15 @@ def test_workers_are_a_100_percent_spot_mixed_group(synthesized):
     (bound,) = [t for t in group["tag"] if t["key"] == "DaskMinWorkers"]
     assert bound == {"key": "DaskMinWorkers", "value": "${local.min_worker_nodes}", "propagate_at_launch": False}
     assert group["vpc_zone_identifier"] == ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"]
-    default_group = only(synthesized["default"], "aws_autoscaling_group")
+    default_group = of_role(synthesized["default"], "aws_autoscaling_group", "worker")
     assert default_group["vpc_zone_identifier"].startswith("${data.aws_subnets."), "default VPC subnets"
 
 
-def test_worker_launch_template_is_hardened(synthesized):
-    template = only(synthesized["default"], "aws_launch_template")
-    assert template["metadata_options"]["http_tokens"] == "required"
-    (device,) = template["block_device_mappings"]
-    assert device["ebs"]["encrypted"] == "true" and device["ebs"]["volume_type"] == "gp3"
-    assert "key_name" not in template
-    assert template["user_data"].startswith("${base64encode(join(")
-    (scheduler,) = synthesized["default"]["resource"]["aws_instance"]
-    assert f"aws_instance.{scheduler}.private_ip" in template["user_data"], (
-        "workers must get the scheduler's private address from Terraform"
+def test_workers_get_the_schedulers_fixed_address_from_terraform(synthesized):
+    template = of_role(synthesized["default"], "aws_launch_template", "worker")
+    (interface,) = synthesized["default"]["resource"]["aws_network_interface"]
+    assert f"aws_network_interface.{interface}.private_ip" in template["user_data"], (
+        "workers must get the scheduler interface's private address from Terraform"
     )
 
 
@@ -306,7 +335,7 @@ def test_several_clusters_do_not_collide(synthesized):
     names = {}
     for variant, doc in synthesized.items():
         for kind in ("aws_ecr_repository", "aws_iam_role", "aws_iam_instance_profile", "aws_launch_template",
-                     "aws_security_group", "aws_ssm_parameter"):  # fmt: skip
+                     "aws_security_group", "aws_ssm_parameter", "aws_autoscaling_group"):  # fmt: skip
             for resource in everything(doc, kind):
                 name = (kind, resource["name"])
                 assert name not in names, f"{variant} and {names.get(name)} both name a {kind} {name[1]}"
@@ -324,7 +353,15 @@ def test_hourly_cost_estimate_evaluates_in_terraform(variant, expected, synthesi
     expression = re.sub(
         r"data\.aws_ec2_spot_price\.worker-spot-prices\b", json.dumps(worker_prices).replace(":", " ="), expression
     )
-    expression = expression.replace("data.aws_ec2_spot_price.scheduler-spot-price.spot_price", '"0.11"')
+    scheduler_prices = {
+        t: {"spot_price": "0.08"} for t in ("m6i.large", "m6a.large", "m5.large", "m5a.large", "m7i.large")
+    }
+    scheduler_prices["m5.large"] = {"spot_price": "0.11"}
+    expression = re.sub(
+        r"data\.aws_ec2_spot_price\.scheduler-spot-prices\b",
+        json.dumps(scheduler_prices).replace(":", " ="),
+        expression,
+    )
     variables = {name: doc["variable"][name] for name in ("workers", "min_workers", "max_workers")}
     config = {"variable": variables, "locals": doc["locals"], "output": {"cost": {"value": expression}}}
     outputs = terraform_outputs(tmp_path, config)
@@ -342,12 +379,11 @@ def test_jupyter_only_where_asked_with_a_token_from_ssm(synthesized):
     parameter = parameters["/dask-custom/scheduler/jupyter.token"]
     assert parameter["type"] == "SecureString" and parameter["value"].startswith("${random_password.")
     assert custom["output"]["jupyter_token"]["value"].startswith("${random_password.")
-    assert re.fullmatch(
-        r"https://\$\{aws_instance\.\w+\.public_ip\}:8888/lab", custom["output"]["jupyter_url"]["value"]
-    )
+    assert re.fullmatch(r"https://\$\{aws_eip\.[\w-]+\.public_ip\}:8888/lab", custom["output"]["jupyter_url"]["value"])
     build = only(custom, "docker_image")
     assert build["build"]["build_args"] == {"JUPYTER": "1"}
     assert build["name"].endswith('-lab"])}'), "a JupyterLab image is tagged apart from the plain one"
-    scheduler = only(custom, "aws_instance")
+    scheduler = of_role(custom, "aws_launch_template", "scheduler")
+    group = of_role(custom, "aws_autoscaling_group", "scheduler")
     assert "random_password" not in scheduler["user_data"], "the token must not travel in user-data"
-    assert any(d.startswith("aws_ssm_parameter.jupyter_token-param") for d in scheduler["depends_on"])
+    assert any(d.startswith("aws_ssm_parameter.jupyter_token-param") for d in group["depends_on"])

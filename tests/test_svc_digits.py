@@ -125,7 +125,7 @@ def test_remote_run_through_an_outputs_file(loopback, local_run, tmp_path):
     assert summary["where"] == {
         "kind": "remote", "scheduler": loopback.address, "dashboard": dashboard,
         "worker_nodes": 2, "threads": 2, "stack": "loopback",
-        "cost_basis": {"region": "us-east-1", "worker_instance_types": ["c6i.xlarge", "c5.xlarge"], "scheduler_instance_type": "m6i.large", "scheduler_market": "spot"},
+        "cost_basis": {"region": "us-east-1", "worker_instance_types": ["c6i.xlarge", "c5.xlarge"], "scheduler_instance_types": ["m6i.large", "m5.large"], "scheduler_market": "spot"},
         "adaptive": None,
     }  # fmt: skip
     assert summary["worker_nodes"]["peak"] == 2

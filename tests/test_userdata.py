@@ -7,6 +7,7 @@ the synthesized stack, with the few resource attributes they read replaced by sa
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
 import shutil
@@ -21,30 +22,25 @@ from .emulated.harness import substitute
 
 REPOSITORY = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/dask-custom"
 SCHEDULER_IP = "172.31.7.42"
+INTERFACE = "eni-0123456789abcdef0"
 EC2_USER_DATA_LIMIT = 16 * 1024
 
 
 def with_sample_values(expression: str) -> str:
-    return substitute(expression, repository_url=REPOSITORY, scheduler_ip=SCHEDULER_IP)
+    return substitute(expression, repository_url=REPOSITORY, scheduler_ip=SCHEDULER_IP, interface_id=INTERFACE)
 
 
 @pytest.fixture(scope="module", params=["default", "ondemand", "custom"])
 def rendered(request, synthesized, tmp_path_factory) -> dict[str, str]:
     """The scheduler's and the workers' user-data of one variant, rendered by Terraform."""
     doc = synthesized[request.param]
-    (scheduler,) = doc["resource"]["aws_instance"].values()
-    (template,) = doc["resource"]["aws_launch_template"].values()
+    templates = {t["name"].rsplit("-", 1)[1]: t for t in doc["resource"]["aws_launch_template"].values()}
     folder = tmp_path_factory.mktemp(f"render-{request.param}")
-    outputs = {
-        "scheduler": {"value": with_sample_values(scheduler["user_data"])},
-        "worker": {"value": with_sample_values(template["user_data"])},
-    }
+    outputs = {role: {"value": with_sample_values(templates[role]["user_data"])} for role in ("scheduler", "worker")}
     values = terraform_outputs(folder, {"output": outputs})
-    scripts = {
-        "scheduler": values["scheduler"],
-        "worker": base64.b64decode(values["worker"]).decode(),
-        "variant": request.param,
-    }
+    scripts = {role: gzip.decompress(base64.b64decode(values[role])).decode() for role in ("scheduler", "worker")}
+    sizes = {role: len(base64.b64decode(values[role])) for role in ("scheduler", "worker")}
+    scripts["variant"], scripts["sizes"] = request.param, sizes
     for role in ("scheduler", "worker"):
         (folder / f"{role}.sh").write_text(scripts[role])
     scripts["folder"] = str(folder)
@@ -71,8 +67,9 @@ def test_no_secret_ever_in_user_data(rendered, role):
     assert "AWS_SECRET_ACCESS_KEY" not in script and "AWS_ACCESS_KEY_ID" not in script
     assert not re.search(r"--password[ =](?!-stdin)", script), "a password on a command line"
     assert not re.search(r"^\s*set\s+-[a-z]*x", script, re.M), "set -x would echo TLS keys into the log"
-    # Room to grow: EC2 refuses user-data over 16 KB at launch, which synth could not catch.
-    assert len(script.encode()) < EC2_USER_DATA_LIMIT * 3 / 4, f"{len(script)} bytes: keep well under 16 KB"
+    # Room to grow: EC2 refuses user-data over 16 KB (as sent: gzipped) at launch, which synth could not catch.
+    size = rendered["sizes"][role]
+    assert size < EC2_USER_DATA_LIMIT / 2, f"{size} bytes gzipped: keep well under 16 KB"
 
 
 def test_scheduler_script_starts_dask_scheduler_with_tls_and_dashboard(rendered):
@@ -155,7 +152,13 @@ case "$*" in
   *) exit 22 ;;
 esac
 """,
-    "aws": '#!/bin/bash\necho "aws $*" >>"$CALLS"\n',
+    # The cluster's state from SSM is CLUSTER_STATE; every other call succeeds with no output.
+    "aws": """#!/bin/bash
+echo "aws $*" >>"$CALLS"
+case "$*" in
+  *"ssm get-parameter"*) echo "${CLUSTER_STATE:-ended}" ;;
+esac
+""",
     # Reachability probes never leave this machine: the answer comes from SCHEDULER_REACHABLE.
     "timeout": '#!/bin/bash\necho "timeout $*" >>"$CALLS"\n[[ ${SCHEDULER_REACHABLE:-no} == yes ]]\n',
     "systemctl": '#!/bin/bash\necho "systemctl $*" >>"$CALLS"\n',
@@ -164,6 +167,7 @@ echo "docker $*" >>"$CALLS"
 case "$*" in
   *State.Status*) echo "$DOCKER_STATE" ;;
   *State.ExitCode*) echo "$DOCKER_EXIT" ;;
+  logs*) echo "${DOCKER_LOGS:-}" ;;
 esac
 """,
 }
@@ -185,32 +189,70 @@ def run_subcommand(rendered, role: str, tmp_path, *args: str, **env: str) -> lis
     return calls.read_text().splitlines() + ["LOG: " + line for line in log.read_text().splitlines()]
 
 
-SCALE_TO_ZERO = "aws autoscaling set-desired-capacity --region eu-central-1 --auto-scaling-group-name dask-{variant}-workers --desired-capacity 0"
+SCALE_TO_ZERO = "aws autoscaling set-desired-capacity --region eu-central-1 --auto-scaling-group-name dask-{variant}-{group} --desired-capacity 0"
+
+
+def cluster_end(role: str, variant: str) -> list[str]:
+    """What ends the cluster from a node of `role`: a scheduler records the end, then stops its
+    own replacements and the worker nodes; a worker node can only stop the worker nodes."""
+    if role == "worker":
+        return [SCALE_TO_ZERO.format(variant=variant, group="workers")]
+    return [
+        f"aws ssm put-parameter --region eu-central-1 --name /dask-{variant}/cluster/state --value ended --type SecureString --overwrite",
+        SCALE_TO_ZERO.format(variant=variant, group="scheduler"),
+        SCALE_TO_ZERO.format(variant=variant, group="workers"),
+    ]
 
 
 @pytest.mark.parametrize("role", ["scheduler", "worker"])
-def test_lifetime_cap_scales_workers_to_zero_and_powers_off(rendered, role, tmp_path):
+def test_lifetime_cap_ends_the_cluster_and_powers_off(rendered, role, tmp_path):
     hours = 12
     assert f"--on-active={hours * 60}m" in rendered[role], "the lifetime cap timer is armed at boot"
     calls = run_subcommand(rendered, role, tmp_path, "stop", "lifetime cap reached")
     commands = [c for c in calls if not c.startswith(("curl", "LOG"))]
-    assert commands == [SCALE_TO_ZERO.format(variant=rendered["variant"]), "systemctl poweroff"]
+    assert commands == [*cluster_end(role, rendered["variant"]), "systemctl poweroff"]
     assert any("stopping this node: lifetime cap reached" in c for c in calls)
     token_reads = [c for c in calls if c.startswith("curl") and "meta-data" in c]
     assert token_reads and all("X-aws-ec2-metadata-token: token" in c for c in token_reads)
 
 
-def test_scheduler_end_scales_workers_to_zero_and_powers_off(rendered, tmp_path):
-    calls = run_subcommand(rendered, "scheduler", tmp_path, "watch", DOCKER_STATE="exited", DOCKER_EXIT="0")
+def test_an_idle_scheduler_ends_the_cluster(rendered, tmp_path):
+    idle = "2026-11-29 closing: cluster idle for 1800 s: closing the scheduler"
+    calls = run_subcommand(
+        rendered, "scheduler", tmp_path, "watch", DOCKER_STATE="exited", DOCKER_EXIT="0", DOCKER_LOGS=idle
+    )
     commands = [c for c in calls if c.startswith(("aws", "systemctl"))]
-    assert commands == [SCALE_TO_ZERO.format(variant=rendered["variant"]), "systemctl poweroff"]
-    assert any("Dask scheduler ended (exited, exit code 0)" in c for c in calls)
+    assert commands == [*cluster_end("scheduler", rendered["variant"]), "systemctl poweroff"]
+    assert any("Dask scheduler ended (exited, exit code 0; cluster idle for 1800 s)" in c for c in calls)
 
 
-def test_worker_whose_scheduler_is_gone_ends_the_group(rendered, tmp_path):
-    calls = run_subcommand(rendered, "worker", tmp_path, "watch", DOCKER_STATE="exited", DOCKER_EXIT="0")
+@pytest.mark.parametrize("code", ["0", "137"])
+def test_a_scheduler_that_ends_otherwise_stops_only_its_node_for_a_replacement(rendered, tmp_path, code):
+    """Shut down with its instance (exit 0 on SIGTERM) or past docker's restarts: the group
+    starts a new scheduler, so nothing of the cluster is ended."""
+    calls = run_subcommand(rendered, "scheduler", tmp_path, "watch", DOCKER_STATE="exited", DOCKER_EXIT=code)
+    assert [c for c in calls if c.startswith(("aws", "systemctl"))] == ["systemctl poweroff"]
+    assert any(
+        f"Dask scheduler ended (exited, exit code {code}) with the cluster in use; the group starts a new scheduler"
+        in c
+        for c in calls
+    )
+
+
+def test_worker_whose_scheduler_is_gone_for_good_ends_the_group(rendered, tmp_path):
+    """The scheduler recorded the cluster's end: the worker node does not wait for a replacement."""
+    calls = run_subcommand(
+        rendered, "worker", tmp_path, "watch", DOCKER_STATE="exited", DOCKER_EXIT="0", CLUSTER_STATE="ended"
+    )
     commands = [c for c in calls if c.startswith(("aws", "systemctl"))]
-    assert commands == [SCALE_TO_ZERO.format(variant=rendered["variant"]), "systemctl poweroff"]
+    assert commands == [
+        "aws ssm get-parameter --region eu-central-1 --with-decryption --name /dask-{}/cluster/state --query Parameter.Value --output text".format(
+            rendered["variant"]
+        ),
+        *cluster_end("worker", rendered["variant"]),
+        "systemctl poweroff",
+    ]
+    assert any("waiting for its replacement" in c for c in calls)
     assert any(
         f"the scheduler has ended (Dask worker exited 0, tls://{SCHEDULER_IP}:8786 unreachable)" in c for c in calls
     )
@@ -243,9 +285,30 @@ def test_spot_watcher_runs_where_interruptions_can_happen(rendered):
     )
     assert worker in rendered["worker"]
     assert "start_spot_watcher ||" in rendered["worker"]
-    assert "python -m dask_node.spot_watcher --role=scheduler >/dev/null" in rendered["scheduler"]
+    scheduler = f"python -m dask_node.spot_watcher --role=scheduler --group=dask-{rendered['variant']}-scheduler"
+    assert f'{scheduler} --region "$(region)" >/dev/null' in rendered["scheduler"]
     started = "  start_spot_watcher ||" in rendered["scheduler"]
     assert started == (rendered["variant"] != "ondemand"), "the scheduler's watcher runs on spot schedulers only"
+
+
+def test_each_scheduler_takes_over_the_address_and_the_clusters_start(rendered):
+    """Before Dask starts: the cluster's start from SSM (the lifetime cap counts from there),
+    then the scheduler's interface, whose address must be up on this node."""
+    script = rendered["scheduler"]
+    variant = rendered["variant"]
+    steps = [
+        "  arm_cluster_lifetime || give_up",
+        "  prepare_node || give_up",
+        f'{{ retry "the scheduler\'s network interface" attach_interface && retry "its address {SCHEDULER_IP}" has_address; }} ||',
+        "  start_dask || give_up",
+    ]  # fmt: skip
+    positions = [script.index(step) for step in steps]
+    assert positions == sorted(positions), "the address is taken after the image is pulled, before Dask starts"
+    assert f"--network-interface-id '{INTERFACE}'" in script and "--device-index 1" in script
+    assert f'grep -qF " {SCHEDULER_IP}/"' in script
+    assert f"--name '/dask-{variant}/cluster/state'" in script
+    assert "systemd-run --unit dask-cluster-lifetime" in script
+    assert "dask-scheduler" not in rendered["worker"].split("# ---- worker node ----")[0], "shared code names no role"
 
 
 def test_jupyter_starts_with_its_token_from_ssm_only_where_asked(rendered):

@@ -12,7 +12,7 @@ from experiments.cluster.messages import ClusterError, console, shown
 
 DEFAULT_OUTPUTS = Path("outputs.json")
 DEPLOY_HINT = "cdktf deploy {stack} --outputs-file outputs.json --outputs-file-include-sensitive-outputs"
-COST_OUTPUTS = ("region", "worker_instance_types", "scheduler_instance_type", "scheduler_market")
+COST_OUTPUTS = ("region", "worker_instance_types", "scheduler_instance_types", "scheduler_market")
 REQUIRED_OUTPUTS = (
     "scheduler_address",
     "dashboard_url",
@@ -55,7 +55,7 @@ FIELDS = {
     "max_workers": ("a whole number of at least 0", _count),
     "image_uri": ("a string", _text),
     "region": ("a string", _text),
-    "scheduler_instance_type": ("a string", _text),
+    "scheduler_instance_types": ("a list of strings", lambda v: isinstance(v, list) and all(map(_text, v))),
     "scheduler_market": ("a string", _text),
     "worker_instance_types": ("a list of strings", lambda v: isinstance(v, list) and all(map(_text, v))),
     "tls_ca_pem": ("a PEM text", _pem),

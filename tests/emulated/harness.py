@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import gzip
 import itertools
 import json
 import logging
@@ -90,12 +91,16 @@ def entered(namespace: str):
         os.close(target)
 
 
-def substitute(expression: str, *, repository_url: str, scheduler_ip: str, tls: dict[str, str] | None = None) -> str:
+def substitute(
+    expression: str, *, repository_url: str, scheduler_ip: str, interface_id: str, tls: dict[str, str] | None = None
+) -> str:
     """A synthesized expression with the attributes only AWS (or the TLS provider) knows replaced
     by values, and the user-data asset path pointed at userdata/."""
     values = {
         r"aws_ecr_repository\.[\w-]+\.repository_url": repository_url,
-        r"aws_instance\.[\w-]+\.(?:private|public)_ip": scheduler_ip,
+        # The scheduler's interface and its Elastic IP: one address here, public and private.
+        r"aws_network_interface\.[\w-]+\.private_ip|aws_eip\.[\w-]+\.public_ip": scheduler_ip,
+        r"aws_network_interface\.[\w-]+\.id": interface_id,
     }
     if tls:
         values |= {
@@ -455,7 +460,7 @@ class EmulatedDeploy:
         rendered = terraform_outputs(self.folder / "render", config)
         self.user_data = {
             "scheduler": rendered.pop("user_data_scheduler"),
-            "worker": base64.b64decode(rendered.pop("user_data_worker")).decode(),
+            "worker": gzip.decompress(base64.b64decode(rendered.pop("user_data_worker"))).decode(),
         }
         for role, script in self.user_data.items():
             leftover = re.findall(r"\$\{[a-z_]+\}|%\{", script)
