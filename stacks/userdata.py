@@ -34,6 +34,10 @@ CONTAINER_UID = 10001  # the image's non-root user; it must be able to read its 
 MAX_WAIT_SECONDS = 900
 # Workers exit when their scheduler has been unreachable this long; their node then stops.
 DEATH_TIMEOUT_SECONDS = 300
+# How long a lost scheduler's replacement may take (its group finds spot capacity, the instance
+# boots and pulls the image, the instance before it lets go of the address): worker nodes wait
+# this long for it, and a replacement this long for the address.
+REPLACEMENT_WAIT_SECONDS = 1200
 # The worker autoscaler's pace: a round every few seconds; nodes go only after the work has
 # wanted fewer of them for a minute (EC2 bills at least a minute, a node takes minutes to boot).
 AUTOSCALER_INTERVAL_SECONDS = 5
@@ -169,6 +173,7 @@ def _common(settings: ClusterSettings, role: str, image_uri: str, registry: str)
         "ssm_prefix": settings.secret_path(role),
         "container_uid": CONTAINER_UID,
         "max_wait_seconds": MAX_WAIT_SECONDS,
+        "replacement_wait_seconds": REPLACEMENT_WAIT_SECONDS,
         "max_lifetime_minutes": settings.max_lifetime_hours * 60,
         "worker_group_name": worker_group_name(settings),
         "scheduler_group_name": scheduler_group_name(settings),

@@ -52,6 +52,8 @@ EMULATED = {
     "idle_timeout_minutes": 1,
 }
 EMULATED_MAX_WAIT_SECONDS = 30
+# A replacement scheduler boots in seconds here (minutes on AWS): workers wait 2 minutes for it.
+EMULATED_REPLACEMENT_WAIT_SECONDS = 120
 # The adaptive cluster of the emulated deploy: none to three worker nodes, which go after 8 s
 # of less work (60 s on AWS), looked at every second (5 s).
 EMULATED_ADAPTIVE = {**{k: v for k, v in EMULATED.items() if k != "workers"}, "min_workers": 0, "max_workers": 3}
@@ -191,7 +193,11 @@ def emulated_synth(raw: dict) -> tuple:
     from stacks.stack import DaskClusterStack
 
     settings = parse_cluster("emu", raw)
-    shortened = {"MAX_WAIT_SECONDS": EMULATED_MAX_WAIT_SECONDS, **EMULATED_PACE}
+    shortened = {
+        "MAX_WAIT_SECONDS": EMULATED_MAX_WAIT_SECONDS,
+        "REPLACEMENT_WAIT_SECONDS": EMULATED_REPLACEMENT_WAIT_SECONDS,
+        **EMULATED_PACE,
+    }
     defaults = {name: getattr(userdata, name) for name in shortened}
     for name, value in shortened.items():
         setattr(userdata, name, value)

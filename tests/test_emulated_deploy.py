@@ -80,12 +80,16 @@ def test_boot_brings_up_scheduler_and_workers_with_private_keys(cluster):
         for name, stat in files.items():
             assert stat.st_mode & 0o777 == 0o400 and stat.st_uid == CONTAINER_UID, f"{node.name}: {name}"
         # Docker came from the package manager, as on Amazon Linux 2023.
-        assert node.calls()[1:3] == [
-            ["dnf", "install", "-y", "-q", "docker"],
-            ["systemctl", "enable", "--now", "docker"],
-        ]
+        calls = node.calls()
+        install = calls.index(["dnf", "install", "-y", "-q", "docker"])
+        assert calls[install + 1] == ["systemctl", "enable", "--now", "docker"]
         assert all(authorized for _, authorized in node.metadata.reads), "IMDSv2 tokens on every read"
         assert any("iam/security-credentials/" in path for path, _ in node.metadata.reads), "role credentials"
+    # The scheduler took over its interface, and recorded the cluster's start for the lifetime cap.
+    assert cluster.interface_holder is scheduler
+    assert f"scheduler up: tls://{SCHEDULER_ADDRESS}:8786" in scheduler.log()
+    started = cluster.aws("ssm", "get_parameter", Name=cluster.settings.state_parameter, WithDecryption=True)
+    assert started["Parameter"]["Value"].isdigit() and "the cluster started at" in scheduler.log()
     services = ("dask-scheduler", "dask-tls-gateway", "dask-autoscaler", "dask-spot-watcher")
     assert {n: scheduler.container(n)["status"] for n in services} == dict.fromkeys(services, "running")
     for instance, worker in list(cluster.workers.items()):

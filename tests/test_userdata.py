@@ -299,7 +299,7 @@ def test_each_scheduler_takes_over_the_address_and_the_clusters_start(rendered):
     steps = [
         "  arm_cluster_lifetime || give_up",
         "  prepare_node || give_up",
-        f'{{ retry "the scheduler\'s network interface" attach_interface && retry "its address {SCHEDULER_IP}" has_address; }} ||',
+        f"  take_address || give_up \"could not take over the scheduler's address {SCHEDULER_IP}\"",
         "  start_dask || give_up",
     ]  # fmt: skip
     positions = [script.index(step) for step in steps]

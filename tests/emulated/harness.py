@@ -13,14 +13,21 @@ What is emulated, and how:
   the bridge. No address is added to this machine's own network.
 - EC2: each node's metadata service is a FakeMetadata (imds.py) at 169.254.169.254:80 on the
   node's own loopback, IMDSv2 only. Only the values AWS would produce are substituted into
-  the rendered user-data: the scheduler's address and the ECR repository URL.
+  the rendered user-data: the scheduler interface's id and address, and the ECR repository URL.
+- The scheduler's network interface: moto's, in a subnet of the bridge's network, at
+  SCHEDULER_ADDRESS. EC2 refuses to attach it while another instance has it (moto does not:
+  that refusal is added here) and frees it when that instance is gone. Once moto has it attached
+  to a scheduler node's instance, a thread brings it up in that node as `eth1`, with a fixed MAC
+  and the policy routing Amazon Linux's amazon-ec2-net-utils gives a second interface; it goes
+  from the node (and the bridge) when the node is gone.
 - AWS APIs: moto holds the TLS material as SecureString parameters, the ECR repository with the
   image's tag (as `cdktf deploy` pushes it) and the worker Auto Scaling group. Nodes reach it
   through AWS_ENDPOINT_URL (the AWS CLI, and boto3 in containers), standing in for AWS's DNS.
-- EC2 Auto Scaling: once started (`start_group`), a thread boots a worker node for each instance
-  moto's group launches, shuts a node down when its instance leaves the group, and terminates
-  the instance of a node that powered itself off (moto's group then replaces it while below
-  its desired capacity).
+- EC2 Auto Scaling: the scheduler's group of one launches its instance as the deploy is
+  applied; `boot("scheduler")` boots it. Once started (`start_group`), a thread boots a node
+  for each instance either group launches, shuts a worker node down when its instance leaves
+  the group, and terminates the instance of a node that powered itself off or was killed
+  (moto's group then replaces it while below its desired capacity).
 - The machine: node_init.py is each node's PID 1 (own mount and process namespaces, overlays on
   /etc, /usr/local and /var); standins.py stands in for docker, dnf and systemd.
 - The image: built from the Dockerfile's ENV, USER, WORKDIR and COPY lines; its Python
@@ -67,6 +74,8 @@ LAPTOP_ADDRESS = f"{NETWORK}.100"
 AWS_CLI = ROOT / ".venv-awscli" / "bin" / "aws"
 HERE = Path(__file__).resolve().parent
 CLONE_NEWNET = 0x40000000
+INTERFACE_MAC = "02:13:00:00:00:0a"  # an interface keeps its MAC address wherever it is attached
+INTERFACE_LINK = "vsched"  # the bridge's end of the scheduler interface
 GROUP_SECONDS = 0.5  # how often the emulated worker group looks at moto's
 _deploys = itertools.count()
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -215,6 +224,11 @@ class Node:
     def powered_off(self) -> bool:
         return (self.folder / "state" / "powered-off").exists()
 
+    @property
+    def gone(self) -> bool:
+        """Its instance is no more: powered off, terminated or killed."""
+        return self.process is not None and self.process.poll() is not None
+
     def wait_until(self, condition, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
@@ -265,6 +279,8 @@ class EmulatedDeploy:
     namespaces: list[str] = field(default_factory=list)
     laptop_processes: list[subprocess.Popen] = field(default_factory=list)
     workers: dict[str, Node] = field(default_factory=dict)  # by instance id, booted by the emulated group
+    schedulers: dict[str, Node] = field(default_factory=dict)  # by instance id, of the scheduler's group
+    interface_holder: Node | None = None  # the scheduler node the scheduler's interface is up in
     group_history: list[tuple[float, int, int]] = field(default_factory=list)  # (moment, instances, desired)
     group_errors: list[BaseException] = field(default_factory=list)
     _group_thread: threading.Thread | None = None
@@ -294,6 +310,9 @@ class EmulatedDeploy:
         except BaseException:
             self.close()
             raise
+        self._ec2_stop = threading.Event()
+        self._ec2_thread = threading.Thread(target=self._run_interface, name="emulated-interface", daemon=True)
+        self._ec2_thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -303,6 +322,13 @@ class EmulatedDeploy:
         if self._group_thread:
             self._group_stop.set()
             self._group_thread.join(30)
+        if getattr(self, "_ec2_thread", None):
+            self._ec2_stop.set()
+            self._ec2_thread.join(30)
+        if getattr(self, "_attach", None):
+            from moto.ec2.models.elastic_network_interfaces import NetworkInterfaceBackend
+
+            NetworkInterfaceBackend.attach_network_interface = self._attach
         for process in self.laptop_processes:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
@@ -362,10 +388,40 @@ class EmulatedDeploy:
         (repository,) = self.document["resource"]["aws_ecr_repository"].values()
         created = self.aws("ecr", "create_repository", repositoryName=repository["name"])
         self.repository_url = created["repository"]["repositoryUri"]
+        # The scheduler's interface in a subnet of the bridge's network, and the cluster's state,
+        # as `cdktf deploy` creates them.
+        vpc = self.aws("ec2", "create_vpc", CidrBlock=f"{NETWORK}.0/24")["Vpc"]["VpcId"]
+        subnet = self.aws("ec2", "create_subnet", VpcId=vpc, CidrBlock=f"{NETWORK}.0/24",
+                          AvailabilityZone=f"{self.settings.region}a")["Subnet"]["SubnetId"]  # fmt: skip
+        self.subnet_id = subnet
+        interface = self.aws("ec2", "create_network_interface", SubnetId=subnet, PrivateIpAddress=SCHEDULER_ADDRESS)
+        self.interface_id = interface["NetworkInterface"]["NetworkInterfaceId"]
+        (state,) = [p for p in self.document["resource"]["aws_ssm_parameter"].values() if p["name"].endswith("/state")]
+        self.aws("ssm", "put_parameter", Name=state["name"], Value=state["value"], Type=state["type"])
+        self._refuse_attaching_an_interface_in_use()
+
+    def _refuse_attaching_an_interface_in_use(self) -> None:
+        """EC2 refuses to attach an interface another instance has; moto does not."""
+        from moto.ec2.exceptions import EC2ClientError
+        from moto.ec2.models.elastic_network_interfaces import NetworkInterfaceBackend
+
+        self._attach = attach = NetworkInterfaceBackend.attach_network_interface
+
+        def attach_if_free(backend, eni_id: str, instance_id: str, device_index: int):
+            eni = backend.get_network_interface(eni_id)
+            if eni.instance is not None:
+                raise EC2ClientError("InvalidNetworkInterface.InUse", f"Interface: [{eni_id}] in use.")
+            return attach(backend, eni_id, instance_id, device_index)
+
+        NetworkInterfaceBackend.attach_network_interface = attach_if_free
 
     @property
     def group_name(self) -> str:
         return userdata.worker_group_name(self.settings)
+
+    @property
+    def scheduler_group_name(self) -> str:
+        return userdata.scheduler_group_name(self.settings)
 
     def aws(self, service: str, method: str, **kwargs):
         """Call moto as the test (not as a node), from inside the network namespace it serves in."""
@@ -380,9 +436,15 @@ class EmulatedDeploy:
                     )  # fmt: skip
             return getattr(self._clients[service], method)(**kwargs)
 
-    def group(self) -> dict:
-        groups = self.aws("autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[self.group_name])
+    def group(self, name: str | None = None) -> dict:
+        """The worker group, or the group named `name`, as moto has it."""
+        groups = self.aws(
+            "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[name or self.group_name]
+        )
         return groups["AutoScalingGroups"][0]
+
+    def in_service(self, name: str) -> set[str]:
+        return {i["InstanceId"] for i in self.group(name)["Instances"] if i["LifecycleState"] == "InService"}
 
     def desired_capacity(self) -> int:
         return self.group()["DesiredCapacity"]
@@ -410,6 +472,7 @@ class EmulatedDeploy:
                 self.group_errors.append(error)
 
     def _reconcile_group(self) -> None:
+        self._reconcile_schedulers()
         group = self.group()
         active = {i["InstanceId"] for i in group["Instances"] if i["LifecycleState"] == "InService"}
         self.group_history.append((time.monotonic(), len(active), group["DesiredCapacity"]))
@@ -422,6 +485,64 @@ class EmulatedDeploy:
                 self.aws("ec2", "terminate_instances", InstanceIds=[instance])
             elif instance not in active and not node.powered_off and not node.terminated:
                 node.terminate()
+
+    def _reconcile_schedulers(self) -> None:
+        """The scheduler's group: a node for each new instance; the instance of a node that is
+        gone (powered off, or killed) leaves the group and is terminated. A node that left the
+        group itself (at a spot notice) runs on until EC2 takes it (`terminate`)."""
+        active = self.in_service(self.scheduler_group_name)
+        for instance in sorted(active - set(self.schedulers)):
+            self.schedulers[instance] = self.boot("scheduler", instance_id=instance)
+        for instance, node in self.schedulers.items():
+            if node.gone and instance in active:
+                self.aws("autoscaling", "detach_instances", AutoScalingGroupName=self.scheduler_group_name,
+                         InstanceIds=[instance], ShouldDecrementDesiredCapacity=False)  # fmt: skip
+                self.aws("ec2", "terminate_instances", InstanceIds=[instance])
+
+    def kill(self, node: Node) -> None:
+        """The node's instance is gone at once, nothing of it shuts down: every process is killed."""
+        os.killpg(node.process.pid, signal.SIGKILL)
+        node.process.wait(30)
+
+    # ---- the scheduler's network interface, emulated ----
+
+    def _run_interface(self) -> None:
+        while not self._ec2_stop.wait(0.3):
+            try:
+                self._reconcile_interface()
+            except Exception as error:
+                self.group_errors.append(error)
+
+    def _reconcile_interface(self) -> None:
+        """Up in the node whose instance moto has it attached to; freed when that node is gone."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ec2.models import ec2_backends
+
+        eni = ec2_backends[DEFAULT_ACCOUNT_ID][self.settings.region].get_network_interface(self.interface_id)
+        holder = self.schedulers.get(eni.instance.id) if eni.instance else None
+        if holder is not None and holder.gone:
+            eni.instance.detach_eni(eni)  # EC2 frees the interface of a terminated instance
+            holder = None
+        if holder is self.interface_holder:
+            return
+        if self.interface_holder is not None:
+            subprocess.run(["ip", "-n", self.fabric, "link", "del", INTERFACE_LINK], capture_output=True)
+            subprocess.run(["ip", "-n", self.interface_holder.namespace, "link", "set", "eth0", "down"],
+                           capture_output=True)  # its instance, and its own interface, are gone  # fmt: skip
+        if holder is not None:
+            namespace = holder.namespace
+            ip("-n", self.fabric, "link", "add", INTERFACE_LINK, "type", "veth", "peer", "name", "eth1",
+               "address", INTERFACE_MAC, "netns", namespace)  # fmt: skip
+            ip("-n", self.fabric, "link", "set", INTERFACE_LINK, "master", "br0", "up")
+            # As amazon-ec2-net-utils sets up a second interface: its address answers and replies
+            # through it alone.
+            subprocess.run(["ip", "netns", "exec", namespace, "sysctl", "-q", "-w", "net.ipv4.conf.all.arp_ignore=1"],
+                           check=True)  # fmt: skip
+            ip("-n", namespace, "addr", "add", f"{SCHEDULER_ADDRESS}/24", "dev", "eth1")
+            ip("-n", namespace, "link", "set", "eth1", "up")
+            ip("-n", namespace, "route", "add", f"{NETWORK}.0/24", "dev", "eth1", "table", "10001")
+            ip("-n", namespace, "rule", "add", "from", SCHEDULER_ADDRESS, "table", "10001")
+        self.interface_holder = holder
 
     def check_group(self) -> None:
         """Fail with what went wrong in the group's thread, if anything did."""
@@ -441,12 +562,12 @@ class EmulatedDeploy:
     def _render(self) -> None:
         """User-data and outputs from the synthesized expressions, by real Terraform."""
         doc = self.document
-        (scheduler,) = doc["resource"]["aws_instance"].values()
-        (template,) = doc["resource"]["aws_launch_template"].values()
-        values = {"repository_url": self.repository_url, "scheduler_ip": SCHEDULER_ADDRESS, "tls": self.tls}
+        templates = {t["name"].rsplit("-", 1)[1]: t for t in doc["resource"]["aws_launch_template"].values()}
+        values = {"repository_url": self.repository_url, "scheduler_ip": SCHEDULER_ADDRESS, "tls": self.tls,
+                  "interface_id": self.interface_id}  # fmt: skip
         outputs = {
-            "user_data_scheduler": {"value": substitute(scheduler["user_data"], **values)},
-            "user_data_worker": {"value": substitute(template["user_data"], **values)},
+            f"user_data_{role}": {"value": substitute(templates[role]["user_data"], **values)}
+            for role in ("scheduler", "worker")
         }
         unresolved = re.compile(r"\b(?:aws|data|tls|random|docker)_\w+\.[\w-]+")
         for name, output in doc["output"].items():
@@ -459,8 +580,8 @@ class EmulatedDeploy:
         (self.folder / "render").mkdir()
         rendered = terraform_outputs(self.folder / "render", config)
         self.user_data = {
-            "scheduler": rendered.pop("user_data_scheduler"),
-            "worker": gzip.decompress(base64.b64decode(rendered.pop("user_data_worker"))).decode(),
+            role: gzip.decompress(base64.b64decode(rendered.pop(f"user_data_{role}"))).decode()
+            for role in ("scheduler", "worker")
         }
         for role, script in self.user_data.items():
             leftover = re.findall(r"\$\{[a-z_]+\}|%\{", script)
@@ -474,11 +595,29 @@ class EmulatedDeploy:
         self.image_root = self.folder / "image"
         self.image = image_spec(self.image_uri, self.image_root, self.project, self.venv)
         self._worker_group(rendered)
+        self._scheduler_group()
+
+    def _stack_group(self, role: str) -> dict:
+        (group,) = [g for g in self.document["resource"]["aws_autoscaling_group"].values() if g["name"].endswith(role)]
+        return group
+
+    def _scheduler_group(self) -> None:
+        """The scheduler's group of one as the stack defines it, in the interface's subnet: moto
+        launches its instance at once, as AWS does when the stack is applied."""
+        group = self._stack_group("scheduler")
+        assert (group["min_size"], group["max_size"], group["desired_capacity"]) == (0, 1, 1)
+        tags = [{"Key": t["key"], "Value": t["value"], "PropagateAtLaunch": t["propagate_at_launch"]}
+                for t in group["tag"]]  # fmt: skip
+        self.aws("ec2", "create_launch_template", LaunchTemplateName="scheduler",
+                 LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "m6i.large"})  # fmt: skip
+        self.aws("autoscaling", "create_auto_scaling_group", AutoScalingGroupName=self.scheduler_group_name,
+                 LaunchTemplate={"LaunchTemplateName": "scheduler"}, MinSize=0, MaxSize=1, DesiredCapacity=1,
+                 VPCZoneIdentifier=self.subnet_id, Tags=tags)  # fmt: skip
 
     def _worker_group(self, rendered: dict) -> None:
         """The group as the stack defines it: its bounds as Terraform rendered them, MinSize 0,
         new instances protected from scale-in, the DaskMinWorkers tag."""
-        (group,) = self.document["resource"]["aws_autoscaling_group"].values()
+        group = self._stack_group("workers")
         tags = [{"Key": t["key"], "Value": str(rendered["min_workers"]) if t["key"] == MIN_WORKERS_TAG else t["value"],
                  "PropagateAtLaunch": t["propagate_at_launch"]} for t in group["tag"]]  # fmt: skip
         assert group["protect_from_scale_in"] is True and group["min_size"] == 0
@@ -493,8 +632,10 @@ class EmulatedDeploy:
 
     def boot(self, role: str, instance_id: str | None = None) -> Node:
         """Launch one node of `role`: its namespace, metadata service and user-data."""
+        if role == "scheduler" and instance_id is None:  # the instance the scheduler's group launched
+            (instance_id,) = sorted(self.in_service(self.scheduler_group_name) - set(self.schedulers))[:1]
         index = len(self.nodes)
-        address = SCHEDULER_ADDRESS if role == "scheduler" else f"{NETWORK}.{20 + index}"
+        address = f"{NETWORK}.{20 + index}"  # the scheduler's own address is its interface's
         name = f"{role}-{index}"
         namespace = self._namespace(name, address)
         ip("-n", namespace, "addr", "add", "169.254.169.254/32", "dev", "lo")  # EC2's link-local metadata
@@ -510,6 +651,8 @@ class EmulatedDeploy:
             self._moto_instance(instance_id).nics[0].private_ip_address = address
         node = Node(name, role, address, namespace, folder, metadata)
         self.nodes.append(node)
+        if role == "scheduler":
+            self.schedulers[instance_id] = node
         config = {
             "installed_bin": str(folder / "installed-bin"), "hostname": name, "image": self.image,
             "aws_endpoint": f"http://{AWS_ADDRESS}:{AWS_PORT}",

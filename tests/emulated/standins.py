@@ -11,7 +11,7 @@ needs more of docker than is emulated here shows up as a failing test, not a sil
   image's environment and working directory, only the -v mounts of the node (read-only where
   asked), `--env-file`/`-e`, and the restart policy `on-failure:N`; `inspect -f` answers
   `.State.Status`, `.State.ExitCode` and `.RestartCount`; `logs [--tail N]` prints the
-  container's output.
+  container's output; `rm NAME` removes an ended container.
 - `dnf install docker`: installs the docker shim. `systemctl enable --now docker`: succeeds once
   docker is installed. `systemctl poweroff`: tells the node's PID 1 (node_init.py).
 - `systemd-run [--unit U] [--description D] [--on-active=T] CMD...`: CMD in the background, at
@@ -112,7 +112,7 @@ def docker(node: Node, args: list[str]) -> int:
         return fail("docker stand-in: no command", 125)
     command, rest = args[0], args[1:]
     handlers = {"login": docker_login, "pull": docker_pull, "run": docker_run, "inspect": docker_inspect,
-                "logs": docker_logs}  # fmt: skip
+                "logs": docker_logs, "rm": docker_rm}  # fmt: skip
     if command not in handlers:
         return fail(f"docker stand-in: not emulated: docker {command}", 125)
     return handlers[command](node, rest)
@@ -242,6 +242,22 @@ def docker_inspect(node: Node, args: list[str]) -> int:
     if state is None:
         return fail(f"Error: No such object: {args[2]}")
     print(state[fields[args[1]]])
+    return 0
+
+
+def docker_rm(node: Node, args: list[str]) -> int:
+    """An ended container only (no -f). Its folder is kept aside as NAME.removed-N, for tests."""
+    if len(args) != 1 or args[0].startswith("-"):
+        return fail(f"docker stand-in: rm NAME only, got {args}")
+    state = _state(node, args[0])
+    if state is None:
+        return fail(f"Error response from daemon: No such container: {args[0]}")
+    if state["status"] in ("running", "restarting"):
+        return fail(f"Error response from daemon: You cannot remove a running container {args[0]}.")
+    folder = node.container_dir(args[0])
+    removed = sum(1 for _ in folder.parent.glob(f"{args[0]}.removed-*"))
+    folder.rename(folder.parent / f"{args[0]}.removed-{removed}")
+    print(args[0])
     return 0
 
 
