@@ -148,6 +148,7 @@ echo "curl $*" >>"$CALLS"
 case "$*" in
   *"-X PUT"*) echo token ;;
   *placement/region*) echo eu-central-1 ;;
+  *instance-id*) echo i-0123456789abcdef0 ;;
   *spot/instance-action*) [[ -n ${SPOT_NOTICE:-} ]] && echo "$SPOT_NOTICE" || exit 22 ;;
   *) exit 22 ;;
 esac
@@ -259,11 +260,29 @@ def test_worker_whose_scheduler_is_gone_for_good_ends_the_group(rendered, tmp_pa
 
 
 def test_worker_retired_by_a_live_scheduler_stops_only_its_node(rendered, tmp_path):
+    retired = "distributed.worker - INFO - Stopping worker at tls://10.0.1.7:4242. Reason: scheduler-close-worker"
     calls = run_subcommand(
-        rendered, "worker", tmp_path, "watch", DOCKER_STATE="exited", DOCKER_EXIT="0", SCHEDULER_REACHABLE="yes"
-    )
+        rendered, "worker", tmp_path, "watch", DOCKER_STATE="exited", DOCKER_EXIT="0", SCHEDULER_REACHABLE="yes",
+        DOCKER_LOGS=retired,
+    )  # fmt: skip
     assert [c for c in calls if c.startswith(("aws", "systemctl"))] == ["systemctl poweroff"]
     assert any("Dask worker retired by the scheduler (exit code 0)" in c for c in calls)
+
+
+def test_worker_whose_scheduler_was_replaced_joins_the_new_one(rendered, tmp_path):
+    """Closed by its scheduler (not retired), a scheduler answering at the same address again and
+    the cluster not over: the node's workers start again against it. (The stand-in container
+    never registers, so the node then stops, saying so.)"""
+    closed = "distributed.worker - INFO - Stopping worker at tls://10.0.1.7:4242. Reason: scheduler-close"
+    calls = run_subcommand(
+        rendered, "worker", tmp_path, "watch", DOCKER_STATE="exited", DOCKER_EXIT="0", SCHEDULER_REACHABLE="yes",
+        DOCKER_LOGS=closed, CLUSTER_STATE="1795930000",
+    )  # fmt: skip
+    docker = [c for c in calls if c.startswith(("docker rm", "docker run"))]
+    assert docker[0] == "docker rm dask-worker", "the ended container goes first"
+    assert docker[1].startswith("docker run -d --name dask-worker") and f"tls://{SCHEDULER_IP}:8786" in docker[1]
+    assert not [c for c in calls if c.startswith("aws autoscaling")], "the cluster is not over"
+    assert any("could not join the new scheduler; the group replaces this node" in c for c in calls)
 
 
 def test_interrupted_or_crashed_worker_stops_only_its_node(rendered, tmp_path):
