@@ -60,24 +60,73 @@ def test_worker_watcher_retires_its_node_gracefully_on_a_notice(tmp_path):
     assert all(authorized for _, authorized in metadata.reads), "every metadata read must use an IMDSv2 token"
 
 
-def test_scheduler_watcher_warns_that_the_search_is_lost():
+def watcher_with_aws(endpoint: str, *args: str) -> subprocess.Popen:
+    """The scheduler's spot watcher, with AWS's endpoints at `endpoint` (moto, on loopback)."""
+    environment = {**loopback_cluster.node_environment(), "AWS_ENDPOINT_URL": endpoint,
+                   "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "dask_node.spot_watcher", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
+    )  # fmt: skip
+
+
+def test_scheduler_watcher_hands_over_to_a_new_scheduler_at_a_notice():
+    """It leaves the scheduler's group of one without lowering its size: the group launches
+    the next scheduler at once, while this one serves out its two minutes."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = loopback_cluster.free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
     metadata = FakeMetadata(local_ipv4="127.0.0.1")
-    metadata.notice = {"action": "terminate", "time": "2026-11-26T12:00:00Z"}
     try:
-        process = watcher("--role", "scheduler", "--metadata-url", metadata.url, "--interval", "0.2")
-        output, _ = process.communicate(timeout=60)
+        endpoint = f"http://127.0.0.1:{port}"
+        aws = {"region_name": "eu-west-1", "endpoint_url": endpoint, "aws_access_key_id": "test",
+               "aws_secret_access_key": "test"}  # fmt: skip
+        ec2, autoscaling = boto3.client("ec2", **aws), boto3.client("autoscaling", **aws)
+        ec2.create_launch_template(LaunchTemplateName="scheduler", LaunchTemplateData={"ImageId": "ami-12c6146b"})
+        autoscaling.create_auto_scaling_group(
+            AutoScalingGroupName="dask-x-scheduler", LaunchTemplate={"LaunchTemplateName": "scheduler"},
+            MinSize=0, MaxSize=1, DesiredCapacity=1, AvailabilityZones=["eu-west-1a"],
+        )  # fmt: skip
+        group = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["dask-x-scheduler"])
+        (this,) = [i["InstanceId"] for i in group["AutoScalingGroups"][0]["Instances"]]
+        metadata.instance_id = this
+        process = watcher_with_aws(endpoint, "--role", "scheduler", "--group", "dask-x-scheduler",
+                                   "--region", "eu-west-1", "--metadata-url", metadata.url, "--interval", "0.2")  # fmt: skip
+        time.sleep(1)
+        assert process.poll() is None, "no notice yet: it watches"
+        metadata.notice = {"action": "terminate", "time": "2026-11-26T12:00:00Z"}
+        output, _ = process.communicate(timeout=120)
+        group = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["dask-x-scheduler"])[
+            "AutoScalingGroups"
+        ][0]
     finally:
         metadata.shutdown()
-    assert process.returncode == 0
-    assert "this is the scheduler: the cluster and any running search end with it at 2026-11-26T12:00:00Z" in output
-    assert "scheduler_market: on-demand" in output
+        server.stop()
+    assert process.returncode == 0, output
+    instances = [i["InstanceId"] for i in group["Instances"]]
+    assert group["DesiredCapacity"] == 1 and len(instances) == 1 and this not in instances, (
+        "a replacement, not this one"
+    )
+    assert f"this scheduler ({this}) left group dask-x-scheduler, which launches its replacement now" in output
+    assert "at 2026-11-26T12:00:00Z" in output
+
+
+def test_the_scheduler_watcher_needs_its_group_and_region():
+    output = subprocess.run([sys.executable, "-m", "dask_node.spot_watcher", "--role", "scheduler"],
+                            capture_output=True, text=True, env=loopback_cluster.node_environment(), timeout=120)  # fmt: skip
+    assert output.returncode == 2
+    assert output.stderr.strip().splitlines()[-1].endswith("--group and --region are required for the scheduler")
 
 
 def test_watcher_keeps_watching_through_metadata_outages(tmp_path):
     """No metadata service at all: the watcher logs and keeps polling rather than dying."""
     process = watcher(
-        "--role", "scheduler", "--metadata-url", f"http://127.0.0.1:{loopback_cluster.free_port()}", "--interval", "0.2"
-    )
+        "--role", "scheduler", "--group", "dask-x-scheduler", "--region", "eu-west-1",
+        "--metadata-url", f"http://127.0.0.1:{loopback_cluster.free_port()}", "--interval", "0.2",
+    )  # fmt: skip
     try:
         first = process.stdout.readline()  # it has started (imports take long on a busy machine)
         time.sleep(2)
