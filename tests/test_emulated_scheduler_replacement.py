@@ -1,17 +1,18 @@
 """A spot scheduler that comes back by itself, on the emulated deploy (tests/emulated/harness.py).
 
-One cluster, in order: (a) a spot notice on the scheduler node's metadata, then EC2 takes that
-instance mid-search; (b) the next scheduler node killed outright mid-search; then the cluster,
-idle, ends. Each time the scheduler's group of one boots a new scheduler node from the same
+One cluster, in order: (a) a spot notice on the scheduler node's metadata as a search starts,
+then EC2 takes that instance mid-search; (b) the next scheduler node killed outright
+mid-search; then the cluster, idle, ends. Each time the scheduler's group of one boots a new scheduler node from the same
 user-data, which takes over the scheduler's interface (the same address); the worker nodes
 rejoin it; `svc_digits.py --stack` reconnects, keeps its saved fits, runs the others, and ends
 with the local run's results. What each replacement cost is printed (run with -s to see it):
 finished fits lost (run again, as are those running at the loss) and the seconds from the loss
 to the next finished fit.
 
-EC2 gives a spot instance two minutes after its notice. Here it takes the instance once the
-replacement is booted and waiting for the interface, and a few fits of the search are saved:
-what happens in those minutes on AWS (the replacement boots) happens here in seconds.
+EC2 gives a spot instance two minutes after its notice. The search here lasts seconds, so EC2
+takes the instance as soon as the scheduler has handed over (its group has launched the
+replacement) and a few fits are saved: the replacement is still booting then, which on AWS it
+would do during those two minutes.
 """
 
 from __future__ import annotations
@@ -66,8 +67,11 @@ def saved_fits(results: Path) -> list[Path]:
     return sorted(results.glob(f"*/fits/*{SUFFIX}"))
 
 
-def search_losing_its_scheduler(cluster: EmulatedDeploy, results: Path, old: Node, lose) -> tuple[str, dict]:
-    """svc_digits.py on the laptop; `lose()` once SAVED_BEFORE_LOSS fits are saved. Returns its
+def search_losing_its_scheduler(
+    cluster: EmulatedDeploy, results: Path, old: Node, lose, *, started=lambda: None, ready=lambda: True
+) -> tuple[str, dict]:
+    """svc_digits.py on the laptop; `started()` once it shows progress, `lose()` once
+    SAVED_BEFORE_LOSS fits are saved and `ready()` holds. Returns its
     output and what losing the scheduler cost, counted from the moment its node was gone: the
     fits saved by then (kept), the finished fits the scheduler had counted but the laptop had not
     saved (lost with it: they run again, as do the fits running at the loss, at most one per
@@ -77,7 +81,11 @@ def search_losing_its_scheduler(cluster: EmulatedDeploy, results: Path, old: Nod
     reader = threading.Thread(target=lambda: shown.extend(iter(lambda: search.stdout.read(1), "")), daemon=True)
     reader.start()
     deadline = time.monotonic() + 300
-    while len(saved_fits(results)) < SAVED_BEFORE_LOSS:
+    while "fits:" not in "".join(shown):
+        assert time.monotonic() < deadline and search.poll() is None, "".join(shown)
+        time.sleep(0.02)
+    started()
+    while len(saved_fits(results)) < SAVED_BEFORE_LOSS or not ready():
         assert time.monotonic() < deadline and search.poll() is None, "".join(shown)
         time.sleep(0.02)
     lose()
@@ -133,17 +141,21 @@ def assert_taken_over(cluster: EmulatedDeploy, old: Node, output: str, results: 
 def test_a_spot_notice_hands_over_to_a_new_scheduler_at_the_same_address(cluster, expected, tmp_path):
     old = cluster.interface_holder
     before = set(cluster.schedulers)
-    old.metadata.notice = {"action": "terminate", "time": "2026-11-29T12:00:00Z"}
-    # The watcher takes the instance out of the group, which launches the next one at once.
-    old.wait_until(lambda: len(cluster.schedulers) > len(before), 120, "a replacement launched at the notice")
-    (new,) = [cluster.schedulers[i] for i in set(cluster.schedulers) - before]
-    new.wait_until(lambda: "interface is not free yet" in new.log(), 300, "the replacement waiting for the address")
-    assert old.container_output("dask-spot-watcher").count("launches its replacement now") == 1
+
+    def notice() -> None:
+        old.metadata.notice = {"action": "terminate", "time": "2026-11-29T12:00:00Z"}
+
+    def handed_over() -> bool:  # the watcher took the instance out of the group, which launched the next
+        return len(cluster.schedulers) > len(before)
 
     results = tmp_path / "remote"
-    output, cost = search_losing_its_scheduler(cluster, results, old, old.terminate)  # EC2 takes the instance
-    print(f"\nspot notice, then the instance taken mid-search: {json.dumps(cost)}")
-    assert assert_taken_over(cluster, old, output, results, expected) is new
+    output, cost = search_losing_its_scheduler(
+        cluster, results, old, old.terminate, started=notice, ready=handed_over
+    )  # EC2 takes the instance: an orderly shutdown
+    print(f"\nspot notice as the search starts, the instance taken mid-search: {json.dumps(cost)}")
+    (new,) = [cluster.schedulers[i] for i in set(cluster.schedulers) - before]
+    assert assert_taken_over(cluster, old, output, results, expected) is new, "the replacement launched at the notice"
+    assert old.container_output("dask-spot-watcher").count("launches its replacement now") == 1
     old.wait_powered_off(60)
 
 
