@@ -14,6 +14,8 @@ from cdktf import (
 )
 from cdktf_cdktf_provider_aws.autoscaling_group import (
     AutoscalingGroup,
+    AutoscalingGroupInstanceRefresh,
+    AutoscalingGroupInstanceRefreshPreferences,
     AutoscalingGroupMixedInstancesPolicy,
     AutoscalingGroupMixedInstancesPolicyInstancesDistribution,
     AutoscalingGroupMixedInstancesPolicyLaunchTemplate,
@@ -222,6 +224,15 @@ class Scheduler(Construct):
                 common, self.launch_template, list(s.scheduler_instance_types), on_demand=on_demand
             ),
             tag=_group_tags(common, "scheduler"),
+            # A redeploy that changes the scheduler's template (a new image, say) replaces the
+            # running scheduler, the old one first: the new one needs its address. Searches
+            # reconnect; worker nodes on another image make way for nodes on the new one.
+            instance_refresh=AutoscalingGroupInstanceRefresh(
+                strategy="Rolling",
+                preferences=AutoscalingGroupInstanceRefreshPreferences(
+                    min_healthy_percentage=0, max_healthy_percentage=100
+                ),
+            ),
             depends_on=common.boot_after,
         )
 

@@ -92,11 +92,11 @@ class DaskClusterStack(TerraformStack):
         jupyter = JupyterToken(self, "jupyter", settings=settings) if settings.jupyter else None
 
         price = spot_price.friendly_unique_id
-        # Written by the schedulers (userdata/scheduler.sh.tftpl): when the cluster started, or
-        # that it ended. Terraform creates and destroys it and leaves its value to them.
+        # Written by the schedulers (userdata/scheduler.sh.tftpl): when the cluster started and the
+        # image they run, or that it ended. Terraform creates and destroys it, leaves its value to them.
         state = SsmParameter(
             self, "cluster-state", name=settings.state_parameter, type="SecureString", value=userdata.STATE_NEW,
-            description=f"Dask cluster {settings.name}: start time (epoch seconds) or {userdata.STATE_ENDED}",
+            description=f"Dask cluster {settings.name}: its start and its scheduler's image, or {userdata.STATE_ENDED}",
             lifecycle=TerraformResourceLifecycle(ignore_changes=["value"]),
         )  # fmt: skip
         common = NodeCommon(

@@ -20,7 +20,8 @@ from stacks.config import (
 )
 
 # The cluster's state parameter (ClusterSettings.state_parameter): new until a scheduler starts
-# the cluster (then its start, in epoch seconds), ended once the cluster is over.
+# the cluster; then its start (epoch seconds) and the image the scheduler runs, space-separated;
+# ended once the cluster is over.
 STATE_NEW, STATE_ENDED = "new", "ended"
 JUPYTER_TOKEN_PARAMETER = "jupyter.token"  # noqa: S105 (an SSM parameter name, not a token)
 

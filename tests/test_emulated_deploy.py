@@ -89,7 +89,8 @@ def test_boot_brings_up_scheduler_and_workers_with_private_keys(cluster):
     assert cluster.interface_holder is scheduler
     assert f"scheduler up: tls://{SCHEDULER_ADDRESS}:8786" in scheduler.log()
     started = cluster.aws("ssm", "get_parameter", Name=cluster.settings.state_parameter, WithDecryption=True)
-    assert started["Parameter"]["Value"].isdigit() and "the cluster started at" in scheduler.log()
+    start, image = started["Parameter"]["Value"].split(" ")
+    assert start.isdigit() and image == cluster.image_uri and "the cluster started at" in scheduler.log()
     services = ("dask-scheduler", "dask-tls-gateway", "dask-autoscaler", "dask-spot-watcher")
     assert {n: scheduler.container(n)["status"] for n in services} == dict.fromkeys(services, "running")
     for instance, worker in list(cluster.workers.items()):

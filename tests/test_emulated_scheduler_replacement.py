@@ -125,7 +125,7 @@ def assert_taken_over(cluster: EmulatedDeploy, old: Node, output: str, results: 
     assert f"scheduler up: tls://{SCHEDULER_ADDRESS}:8786" in new.log()
     # The lifetime cap counts from the cluster's start, not the new scheduler's.
     assert state(cluster) == cluster.started
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(cluster.started)))
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(cluster.started.split()[0])))
     assert f"the cluster started at {started}" in new.log()
     assert "cluster state set to" not in old.log() + new.log(), "nothing ended the cluster"
     # The same two worker nodes, rejoined; nothing was replaced or scaled.

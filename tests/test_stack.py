@@ -254,6 +254,10 @@ def test_scheduler_is_a_spot_group_of_one_at_a_fixed_address(synthesized):
     override = group["mixed_instances_policy"]["launch_template"]["dynamic"]["override"]
     assert len(override["for_each"]) >= 3, "several types: a replacement finds spot capacity in some pool"
     assert "capacity_rebalance" not in group, "a rebalance recommendation must not move a busy scheduler"
+    refresh = group["instance_refresh"]
+    assert refresh["strategy"] == "Rolling" and refresh["preferences"]["min_healthy_percentage"] == 0, (
+        "a new template replaces the scheduler, the old one first (the new one needs its address)"
+    )
     assert "aws_instance" not in doc["resource"] and "aws_spot_instance_request" not in doc["resource"]
     # The interface and its Elastic IP outlive the instances; the group launches in its subnet.
     interface = only(doc, "aws_network_interface")

@@ -274,15 +274,29 @@ def test_worker_whose_scheduler_was_replaced_joins_the_new_one(rendered, tmp_pat
     the cluster not over: the node's workers start again against it. (The stand-in container
     never registers, so the node then stops, saying so.)"""
     closed = "distributed.worker - INFO - Stopping worker at tls://10.0.1.7:4242. Reason: scheduler-close"
+    image = re.search(r"^readonly IMAGE='([^']+)'$", rendered["worker"], re.M)[1]
     calls = run_subcommand(
         rendered, "worker", tmp_path, "watch", DOCKER_STATE="exited", DOCKER_EXIT="0", SCHEDULER_REACHABLE="yes",
-        DOCKER_LOGS=closed, CLUSTER_STATE="1795930000",
+        DOCKER_LOGS=closed, CLUSTER_STATE=f"1795930000 {image}",
     )  # fmt: skip
     docker = [c for c in calls if c.startswith(("docker rm", "docker run"))]
     assert docker[0] == "docker rm dask-worker", "the ended container goes first"
     assert docker[1].startswith("docker run -d --name dask-worker") and f"tls://{SCHEDULER_IP}:8786" in docker[1]
     assert not [c for c in calls if c.startswith("aws autoscaling")], "the cluster is not over"
     assert any("could not join the new scheduler; the group replaces this node" in c for c in calls)
+
+
+def test_worker_does_not_join_a_new_scheduler_on_another_image(rendered, tmp_path):
+    """A redeploy changed the image: the node stops alone, and the group replaces it with one
+    that runs the new image. The cluster goes on."""
+    closed = "distributed.worker - INFO - Stopping worker at tls://10.0.1.7:4242. Reason: scheduler-close"
+    calls = run_subcommand(
+        rendered, "worker", tmp_path, "watch", DOCKER_STATE="exited", DOCKER_EXIT="0", SCHEDULER_REACHABLE="yes",
+        DOCKER_LOGS=closed, CLUSTER_STATE=f"1795930000 {REPOSITORY}:0123456789abcdef",
+    )  # fmt: skip
+    assert [c for c in calls if c.startswith(("aws autoscaling", "docker run", "systemctl"))] == ["systemctl poweroff"]
+    assert any(f"the new scheduler runs {REPOSITORY}:0123456789abcdef, this node {REPOSITORY}:" in c for c in calls)
+    assert any("the new scheduler runs another image; the group replaces this node" in c for c in calls)
 
 
 def test_interrupted_or_crashed_worker_stops_only_its_node(rendered, tmp_path):
