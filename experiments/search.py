@@ -213,6 +213,23 @@ def cancelled_on_failure(client) -> Iterator[None]:
         raise
 
 
+# How often dask-ml's fits are looked at when none has finished: what a finished fit may wait
+# before it is saved, and a lost scheduler before it is noticed.
+COLLECT_SECONDS = 0.05
+
+
+def _check_same_scheduler(client, scheduler_id: str | None) -> None:
+    """CommClosedError (a lost scheduler, to fit_on_cluster) when the client is no longer
+    connected to the scheduler the fits were sent to. A client that reconnects to a new one (a
+    replaced scheduler, at the same address) cancels its futures; yet on the emulated deploy a
+    search once went on waiting for a fit of the old one after that, for ever (the cause, in
+    distributed, is not known). Its fits are not waited for past the scheduler that had them."""
+    from distributed.comm import CommClosedError
+
+    if client.status != "running" or client.scheduler_info().get("id") != scheduler_id:
+        raise CommClosedError(f"the scheduler the search was sent to ({scheduler_id}) is gone")
+
+
 def dask_ml_scheduler(client, saved: SavedFits) -> Callable:
     """What dask-ml's searches get as their scheduler: `client.get`, as a plain function, that
     keeps every finished fit in `saved` as it arrives and does not run the fits already there.
@@ -237,11 +254,18 @@ def dask_ml_scheduler(client, saved: SavedFits) -> Callable:
                 # Still a task, returning the saved result at once (the fit counter counts it once).
                 graph[key] = DataNode(key, saved.take(str(key)))
         wanted = list(dict.fromkeys([*_flat(keys), *todo]))
+        scheduler = client.scheduler_info().get("id")
         sent = client.get(graph, wanted, sync=False, allow_other_workers=True, **options)
         futures = dict(zip(wanted, sent, strict=True))
-        for future, value in as_completed([futures[key] for key in todo], with_results=True):
-            if future.status == "finished":  # not cancelled (a lost scheduler): gather raises for those
-                saved.save(str(future.key), value)
+        completed = as_completed([futures[key] for key in todo], with_results=True)
+        while not completed.is_empty():
+            batch = completed.next_batch(block=False)
+            for future, value in batch:
+                if future.status == "finished":  # not cancelled (a lost scheduler): gather raises for those
+                    saved.save(str(future.key), value)
+            if not batch:
+                _check_same_scheduler(client, scheduler)
+                time.sleep(COLLECT_SECONDS)
         return pack_data(keys, client.gather({key: futures[key] for key in _flat(keys)}))
 
     return get

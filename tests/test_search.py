@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -421,3 +422,41 @@ def test_the_progress_total_never_touches_the_users_cv():
     assert expected_fits(GridSearchCV(SVC(), grid, cv=GroupKFold(2)), X, y, {"groups": np.arange(30) % 3}) == 6
     assert expected_fits(GridSearchCV(SVC(), grid, cv=LeaveOneGroupOut()), X, y) is None, "needs the groups"
     assert expected_fits(HalvingGridSearchCV(SVC(), grid, cv=3), X, y) is None, "rounds follow the scores"
+
+
+def test_dask_mls_fits_are_not_waited_for_once_the_client_has_another_scheduler(tmp_path, monkeypatch):
+    """A client that reconnected to a new scheduler (a replaced one, at the same address) has
+    moved on: a fit of the old one that never ends is a lost scheduler (CommClosedError, which
+    fit_on_cluster waits out), not a search that hangs."""
+    import threading
+
+    from distributed import Client, LocalCluster
+    from distributed.comm import CommClosedError
+
+    from experiments.saved_fits import SavedFits
+    from experiments.search import dask_ml_scheduler
+
+    released = tmp_path / "released"
+    graph = {("svc-fit-score-abc", 0, 0): (_until_exists, str(released))}
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0")
+    with cluster, Client(cluster) as client:
+        get = dask_ml_scheduler(client, SavedFits(tmp_path / "fits"))
+        old = client.scheduler_info
+        reconnected = threading.Timer(1.0, lambda: monkeypatch.setattr(
+            client, "scheduler_info", lambda **kw: {**old(**kw), "id": "Scheduler-another"}
+        ))  # fmt: skip
+        reconnected.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(CommClosedError, match="is gone"):
+                get(graph, [("svc-fit-score-abc", 0, 0)])
+        finally:
+            released.touch()
+        assert time.monotonic() - started < 30
+
+
+def _until_exists(path: str) -> str:
+    """A fit that runs until the test lets it end."""
+    while not Path(path).exists():
+        time.sleep(0.05)
+    return path
