@@ -2,8 +2,20 @@
 scheduler and two worker nodes, each in its own network namespace, against moto and a fake
 instance metadata service; a "laptop" namespace runs the experiments with an outputs file.
 
-The tests run in order on one cluster: boot, a search, a spot interruption mid-search, idling
-to the end. Root and `ip netns` are required: without them these tests fail, they do not skip.
+The tests run in order on one cluster: boot, a search, a spot interruption of a worker node
+mid-search, then the scheduler's own loss twice (a spot notice, then its node killed), each
+mid-search, and idling to the end.
+
+A lost scheduler comes back by itself: its group of one boots a new scheduler node from the
+same user-data, which takes over the scheduler's interface (the same address); the worker
+nodes rejoin it; `svc_digits.py --stack` reconnects, keeps its saved fits, runs the others,
+and ends with the local run's results. What each loss cost is printed (run with -s to see
+it): the finished fits lost (run again, as are those running at the loss) and the seconds
+from the loss to the next finished fit. EC2 gives a spot instance two minutes after its
+notice, longer than the whole search takes here: the notice comes before the search, the
+scheduler hands over (its group launches the replacement, which boots and waits for the
+address, as it would during those two minutes), and EC2 takes the instance mid-search, once
+a few fits are saved. Root and `ip netns` are required: without them these tests fail, they do not skip.
 """
 
 from __future__ import annotations
@@ -20,13 +32,17 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
-from .emulated.harness import SCHEDULER_ADDRESS, EmulatedDeploy
+from experiments.saved_fits import SUFFIX
+
+from .conftest import EMULATED_REPLACEMENT_WAIT_SECONDS, ROOT
+from .emulated.harness import SCHEDULER_ADDRESS, EmulatedDeploy, Node
 from .emulated.laptop import STACK, Laptop, finish, local_run, run_on_laptop, summary
 from .experiment_runs import USER_MODULE
 
 pytestmark = pytest.mark.slow
 CONTAINER_UID = 10001
+SVC_DIGITS_FITS = 18 * 3  # candidates x folds
+SAVED_BEFORE_LOSS = 3  # the scheduler goes once this many fits are saved on the laptop
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +57,22 @@ def cluster(emulated_stack, tmp_path_factory):
         for worker in list(deploy.workers.values()):
             worker.wait_until(lambda w=worker: "worker up" in w.log(), 300, "worker up")
         deploy.outputs_file = deploy.write_outputs(folder / "outputs.json", STACK)
+        deploy.started = state(deploy)
         # A client connected between the tests keeps the cluster in use (its idle time is a minute
         # here), however slowly the machine runs them; the idle test lets go of it.
         with Laptop(deploy) as deploy.keeper:
             yield deploy
+
+
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory):
+    """svc_digits.py's local run, which every remote run must match."""
+    return local_run("svc_digits.py", tmp_path_factory.mktemp("local") / "local")
+
+
+def state(cluster: EmulatedDeploy) -> str:
+    parameter = cluster.aws("ssm", "get_parameter", Name=cluster.settings.state_parameter, WithDecryption=True)
+    return parameter["Parameter"]["Value"]
 
 
 def secrets_of(cluster: EmulatedDeploy) -> dict[str, str]:
@@ -88,8 +116,7 @@ def test_boot_brings_up_scheduler_and_workers_with_private_keys(cluster):
     # The scheduler took over its interface, and recorded the cluster's start for the lifetime cap.
     assert cluster.interface_holder is scheduler
     assert f"scheduler up: tls://{SCHEDULER_ADDRESS}:8786" in scheduler.log()
-    started = cluster.aws("ssm", "get_parameter", Name=cluster.settings.state_parameter, WithDecryption=True)
-    start, image = started["Parameter"]["Value"].split(" ")
+    start, image = state(cluster).split(" ")
     assert start.isdigit() and image == cluster.image_uri and "the cluster started at" in scheduler.log()
     services = ("dask-scheduler", "dask-tls-gateway", "dask-autoscaler", "dask-spot-watcher")
     assert {n: scheduler.container(n)["status"] for n in services} == dict.fromkeys(services, "running")
@@ -117,8 +144,7 @@ def test_boot_brings_up_scheduler_and_workers_with_private_keys(cluster):
             assert secret not in text, f"{what} found in {where}"
 
 
-def test_search_from_the_laptop_matches_the_local_run(cluster, tmp_path):
-    expected = local_run("svc_digits.py", tmp_path / "local")
+def test_search_from_the_laptop_matches_the_local_run(cluster, expected, tmp_path):
     output = finish(run_on_laptop(cluster, "svc_digits.py", tmp_path / "remote"))
     remote = summary(tmp_path / "remote")
     assert remote["where"]["kind"] == "remote" and remote["where"]["worker_nodes"] == 2, output
@@ -214,19 +240,126 @@ def test_spot_notice_mid_search_drains_one_worker_node(cluster, tmp_path):
     cluster.check_group()
 
 
+def saved_fits(results: Path) -> list[Path]:
+    return sorted(results.glob(f"*/fits/*{SUFFIX}"))
+
+
+def search_losing_its_scheduler(cluster: EmulatedDeploy, results: Path, old: Node, lose) -> tuple[str, dict]:
+    """svc_digits.py on the laptop; `lose()` once SAVED_BEFORE_LOSS fits are saved. Returns its
+    output and what losing the scheduler cost, counted from the moment its node was gone: the
+    fits saved by then (kept), the finished fits the scheduler had counted but the laptop had not
+    saved (lost with it: they run again, as do the fits running at the loss, at most one per
+    slot), and the seconds until the next fit was saved."""
+    search = run_on_laptop(cluster, "svc_digits.py", results)
+    shown: list[str] = []
+    reader = threading.Thread(target=lambda: shown.extend(iter(lambda: search.stdout.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    while len(saved_fits(results)) < SAVED_BEFORE_LOSS:
+        assert time.monotonic() < deadline and search.poll() is None, "".join(shown)
+        time.sleep(0.02)
+    lose()
+    old.wait_until(lambda: old.gone, 60, "its instance gone")
+    gone_at = time.time()
+    kept = {path: path.stat().st_mtime for path in saved_fits(results)}
+    assert len(kept) < SVC_DIGITS_FITS, "the search ended before its scheduler was lost: nothing was tested"
+    reader.join(600)
+    assert search.wait(60) == 0, "".join(shown)
+    output = "".join(shown)
+    before_loss = output.split("lost the connection to the scheduler")[0]
+    counted = [int(n) for n in re.findall(rf"fits:[^\r\n]*?(\d+)/{SVC_DIGITS_FITS}", before_loss)]
+    fits = saved_fits(results)
+    after = sorted(m for path in fits if (m := path.stat().st_mtime) > gone_at)
+    cost = {
+        "fits_saved_at_loss": len(kept),
+        "finished_fits_lost": max(0, max(counted, default=0) - len(kept)),
+        "seconds_to_next_fit": round(after[0] - gone_at, 1),
+    }
+    assert len(fits) == SVC_DIGITS_FITS, "every fit saved, once"
+    assert all(path.stat().st_mtime == mtime for path, mtime in kept.items()), "a saved fit was run again"
+    return output, cost
+
+
+def live_workers(cluster: EmulatedDeploy) -> dict[str, Node]:
+    return {instance: node for instance, node in cluster.workers.items() if not node.gone}
+
+
+def assert_taken_over(
+    cluster: EmulatedDeploy, old: Node, output: str, results: Path, expected: dict, workers: dict[str, Node]
+) -> Node:
+    """The search's results, the new scheduler at the same address, the same worker nodes."""
+    assert f"lost the connection to the scheduler at tls://{SCHEDULER_ADDRESS}:8786" in output
+    assert "reconnected: the search goes on with the fits not yet finished" in output
+    remote = summary(results)
+    assert remote["where"]["scheduler"] == f"tls://{SCHEDULER_ADDRESS}:8786"
+    assert remote["best_params"] == expected["best_params"], output
+    assert remote["best_cv_score"] == expected["best_cv_score"]
+    assert remote["tied_for_best"] == expected["tied_for_best"]
+
+    new = cluster.interface_holder
+    assert new is not None and new is not old and new.role == "scheduler"
+    assert f"scheduler up: tls://{SCHEDULER_ADDRESS}:8786" in new.log()
+    # The lifetime cap counts from the cluster's start, not the new scheduler's.
+    assert state(cluster) == cluster.started
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(cluster.started.split()[0])))
+    assert f"the cluster started at {started}" in new.log()
+    assert "cluster state set to" not in old.log() + new.log(), "nothing ended the cluster"
+    # The same two worker nodes, rejoined; nothing was replaced or scaled.
+    assert live_workers(cluster) == workers
+    for worker in workers.values():
+        assert worker.log().count("worker up: rejoined the new scheduler") >= 1, worker.log()
+    assert cluster.desired_capacity() == 2
+    assert cluster.group(cluster.scheduler_group_name)["DesiredCapacity"] == 1
+    cluster.check_group()
+    return new
+
+
+def test_a_spot_notice_hands_over_to_a_new_scheduler_at_the_same_address(cluster, expected, tmp_path):
+    old, workers = cluster.interface_holder, live_workers(cluster)
+    before = set(cluster.schedulers)
+    old.metadata.notice = {"action": "terminate", "time": "2026-11-29T12:00:00Z"}
+    # The watcher takes the instance out of the group, which launches the next one at once.
+    old.wait_until(lambda: len(cluster.schedulers) > len(before), 120, "a replacement launched at the notice")
+    (new,) = [cluster.schedulers[i] for i in set(cluster.schedulers) - before]
+    assert old.container_output("dask-spot-watcher").count("launches its replacement now") == 1
+
+    results = tmp_path / "remote"
+    output, cost = search_losing_its_scheduler(cluster, results, old, old.terminate)  # EC2 takes the instance
+    print(f"\nspot notice, then the instance taken mid-search: {json.dumps(cost)}")
+    assert assert_taken_over(cluster, old, output, results, expected, workers) is new
+    old.wait_powered_off(60)
+
+
+def test_a_killed_scheduler_node_is_replaced_and_the_search_goes_on(cluster, expected, tmp_path):
+    old, workers = cluster.interface_holder, live_workers(cluster)
+    results = tmp_path / "remote"
+    output, cost = search_losing_its_scheduler(cluster, results, old, lambda: cluster.kill(old))
+    print(f"\nscheduler node killed mid-search: {json.dumps(cost)}")
+    new = assert_taken_over(cluster, old, output, results, expected, workers)
+    assert new.log().count("the scheduler's network interface is not free yet") == 0, "the interface was free"
+    assert cost["seconds_to_next_fit"] < EMULATED_REPLACEMENT_WAIT_SECONDS, cost
+
+
 def test_idle_cluster_scales_to_zero_and_every_node_powers_off(cluster):
-    scheduler, survivor = cluster.nodes[0], cluster.nodes[1]
-    assert scheduler.process.poll() is None, "the cluster ended while a client was connected"
+    """Still one cluster after its replacements: its last scheduler ends it, and every node stops."""
+    scheduler = cluster.interface_holder
+    survivor = next(iter(live_workers(cluster).values()))
+    assert not scheduler.gone, "the cluster ended while a client was connected"
     cluster.keeper.close()  # the last client goes: the idle minute starts
     scheduler.wait_powered_off(300)
-    for node in cluster.nodes[1:]:
+    for node in cluster.nodes:
         node.wait_powered_off(180)
-    assert cluster.desired_capacity() == 0
-    assert all(node.powered_off for node in cluster.nodes)
     assert re.search(
         r"stopping this node: Dask scheduler ended \(exited, exit code 0; cluster idle for \d+ s\)", scheduler.log()
     )
+    assert state(cluster) == "ended"
+    assert f"scheduler group {cluster.scheduler_group_name} set to 0 nodes" in scheduler.log()
     assert f"worker group {cluster.group_name} set to 0 nodes" in scheduler.log()
     assert "the scheduler has ended (Dask worker exited 0" in survivor.log()
-    for node in cluster.nodes:
-        assert sum(c == ["systemctl", "poweroff"] for c in node.calls()) == 1, node.name
+    assert cluster.desired_capacity() == 0 and cluster.group(cluster.scheduler_group_name)["DesiredCapacity"] == 0
+    time.sleep(3)  # the group thread's rounds: nothing new is launched
+    assert not cluster.in_service(cluster.scheduler_group_name) and not cluster.in_service(cluster.group_name)
+    assert len(cluster.schedulers) == 3, "one scheduler per loss, no more"
+    for node in cluster.nodes:  # once each, but for the nodes taken from outside (spot, killed)
+        assert sum(c == ["systemctl", "poweroff"] for c in node.calls()) == (0 if node.terminated else 1), node.name
+    cluster.check_group()

@@ -501,6 +501,7 @@ class EmulatedDeploy:
 
     def kill(self, node: Node) -> None:
         """The node's instance is gone at once, nothing of it shuts down: every process is killed."""
+        node.terminated = True
         os.killpg(node.process.pid, signal.SIGKILL)
         node.process.wait(30)
 
