@@ -95,8 +95,11 @@ def test_scheduler_watcher_hands_over_to_a_new_scheduler_at_a_notice():
         metadata.instance_id = this
         process = watcher_with_aws(endpoint, "--role", "scheduler", "--group", "dask-x-scheduler",
                                    "--region", "eu-west-1", "--metadata-url", metadata.url, "--interval", "0.2")  # fmt: skip
-        time.sleep(1)
-        assert process.poll() is None, "no notice yet: it watches"
+        deadline = time.monotonic() + 120  # three looks without a notice, however slowly it starts
+        while sum(path.endswith("spot/instance-action") for path, _ in list(metadata.reads)) < 3:
+            assert process.poll() is None, "no notice yet: it must keep watching"
+            assert time.monotonic() < deadline, "the watcher does not poll"
+            time.sleep(0.1)
         metadata.notice = {"action": "terminate", "time": "2026-11-26T12:00:00Z"}
         output, _ = process.communicate(timeout=120)
         group = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["dask-x-scheduler"])[

@@ -480,9 +480,7 @@ class EmulatedDeploy:
             self.workers[instance] = self.boot("worker", instance_id=instance)
         for instance, node in self.workers.items():
             if node.powered_off and instance in active:
-                self.aws("autoscaling", "detach_instances", AutoScalingGroupName=self.group_name,
-                         InstanceIds=[instance], ShouldDecrementDesiredCapacity=False)  # fmt: skip
-                self.aws("ec2", "terminate_instances", InstanceIds=[instance])
+                self._terminate(self.group_name, instance)
             elif instance not in active and not node.powered_off and not node.terminated:
                 node.terminate()
 
@@ -495,9 +493,14 @@ class EmulatedDeploy:
             self.schedulers[instance] = self.boot("scheduler", instance_id=instance)
         for instance, node in self.schedulers.items():
             if node.gone and instance in active:
-                self.aws("autoscaling", "detach_instances", AutoScalingGroupName=self.scheduler_group_name,
-                         InstanceIds=[instance], ShouldDecrementDesiredCapacity=False)  # fmt: skip
-                self.aws("ec2", "terminate_instances", InstanceIds=[instance])
+                self._terminate(self.scheduler_group_name, instance)
+
+    def _terminate(self, group: str, instance: str) -> None:
+        """EC2 terminates an instance that is gone; it leaves its group, which replaces it while
+        below its desired capacity."""
+        self.aws("autoscaling", "detach_instances", AutoScalingGroupName=group, InstanceIds=[instance],
+                 ShouldDecrementDesiredCapacity=False)  # fmt: skip
+        self.aws("ec2", "terminate_instances", InstanceIds=[instance])
 
     def kill(self, node: Node) -> None:
         """The node's instance is gone at once, nothing of it shuts down: every process is killed."""
