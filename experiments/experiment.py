@@ -19,7 +19,7 @@ from experiments import cost, report
 from experiments.cluster import cli
 from experiments.cluster.messages import ClusterError, console
 from experiments.cluster.waiting import NodeMeter
-from experiments.saved_fits import IDENTITY, SavedFits
+from experiments.saved_fits import IDENTITY, SavedFits, check_writable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resumed_run(args: argparse.Namespace) -> Path | None:
-    """The run folder `--resume` names, or None; ClusterError if it holds no saved fits."""
+    """The run folder `--resume` names, or None; ClusterError if it holds no saved fits, has
+    finished (its summary is kept as it is), or cannot be written (found now, not after the search)."""
     if args.resume is None:
         return None
     named = Path(args.resume)
@@ -46,6 +47,10 @@ def resumed_run(args: argparse.Namespace) -> Path | None:
     if not (folder / report.SAVED_FITS / IDENTITY).is_file():
         raise ClusterError(f"--resume: {args.resume} is not a run with saved fits (no {report.SAVED_FITS}/{IDENTITY} "
                            f"in {named} or {args.results / args.resume})")  # fmt: skip
+    if report.finished(folder):
+        raise ClusterError(f"--resume: {folder} has finished (its results are in {folder / report.SUMMARY}); "
+                           "nothing to resume")  # fmt: skip
+    check_writable(folder)
     return folder
 
 

@@ -25,9 +25,9 @@ and what would lose or leak a search:
   forest in the client, say) run sequentially, as in scikit-learn;
 - a cluster with one thread still runs the fits there, one at a time: joblib would take one
   job for "run in this process";
-- every finished fit is kept in the search's SavedFits as it arrives, and a fit already there
-  is not sent again (experiments/saved_fits.py): a search run again after a lost scheduler,
-  or resumed, runs only what it had not finished.
+- every finished fit is kept in the search's SavedFits as it arrives, and a fit an earlier
+  attempt saved is not sent again (experiments/saved_fits.py): a search run again after a
+  lost scheduler, or resumed, runs only what it had not finished.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from joblib._utils import _TracebackCapturingWrapper
 from joblib.parallel import ParallelBackendBase, parallel_config
 
 from experiments.cluster.messages import ClusterError, WithoutMessage
-from experiments.saved_fits import SavedFits, joblib_fit_key
+from experiments.saved_fits import FitKeys, SavedFits
 
 
 class FitNotSendable(ClusterError, pickle.PicklingError):
@@ -155,6 +155,23 @@ def without_idle_callback_context(call: tuple) -> tuple:
     return func, args, {**kwargs, "callback_ctx": None}
 
 
+def without_parameters(result):
+    """A fit's result without the candidate it was given back (`return_parameters`): the
+    candidate may hold estimators or functions, which a saved fit, plain data, does not; the call
+    that takes the saved fit has the same candidate (it is part of the key)."""
+    if isinstance(result, dict) and "parameters" in result:
+        return {name: value for name, value in result.items() if name != "parameters"}
+    return result
+
+
+def with_parameters(result, call: tuple):
+    """A saved fit's result as `_fit_and_score` returns it for `call`."""
+    _, _, kwargs = call
+    if isinstance(result, dict) and kwargs.get("return_parameters"):
+        return {**result, "parameters": kwargs.get("parameters")}
+    return result
+
+
 def run_fits(payload: bytes, shared: dict):
     """One batch's calls, on a worker; `shared` holds the values its calls share, by name."""
     calls = CallsLoader(io.BytesIO(payload), shared).load()
@@ -169,6 +186,7 @@ class ClusterBackend(DaskDistributedBackend):
     def __init__(self, *args, saved: SavedFits | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.saved = saved if saved is not None else SavedFits()
+        self.fit_keys = FitKeys()  # this attempt's: a search run again counts its fits again
         self.released = False
         self._sending: set[object] = set()  # batches whose data or task is still on its way
         self.submitted: set = set()  # every fit task this search sent, until it is released
@@ -253,9 +271,12 @@ class ClusterBackend(DaskDistributedBackend):
             if isinstance(out, list):
                 for i, value in zip(todo, out, strict=True):
                     if keys[i] is not None:
-                        self.saved.save(keys[i], value)
+                        self.saved.save(keys[i], without_parameters(value))
                 sent = dict(zip(todo, out, strict=True))
-                out = [sent[i] if i in sent else self.saved.take(keys[i]) for i in range(len(keys))]
+                out = [
+                    sent[i] if i in sent else with_parameters(self.saved.take(keys[i]), func.items[i])
+                    for i in range(len(keys))
+                ]
             if not result.done():
                 result.set_result(out)
             if callback is not None:
@@ -377,13 +398,12 @@ class ClusterBackend(DaskDistributedBackend):
             # Until now `release` waited for these batches: their tasks are in `submitted`, or dropped.
             self._sending.difference_update(sending)
 
-    @staticmethod
-    def _fit_keys(items) -> list[str | None]:
+    def _fit_keys(self, items) -> list[str | None]:
         """Each call's key among the saved fits; None for a call that is not a fit."""
         # sklearn wraps each call's function (to carry its config); the wrapper names it `function`.
         names = [getattr(getattr(f, "function", f), "__name__", "") for f, _, _ in items]
         return [
-            joblib_fit_key(args, kwargs) if name == "_fit_and_score" else None
+            self.fit_keys.key(args, kwargs) if name == "_fit_and_score" else None
             for name, (_, args, kwargs) in zip(names, items, strict=True)
         ]
 

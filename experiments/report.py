@@ -37,8 +37,18 @@ def new_run_folder(results: Path, experiment: str, where: Where) -> Path:
     while folder.exists():
         n += 1
         folder = base.with_name(f"{base.name}.{n}")
-    folder.mkdir(parents=True)
+    # Not writable by the group, whatever the umask: a resume refuses a folder others can change.
+    folder.mkdir(mode=0o755, parents=True)
     return folder
+
+
+def finished(run: Path) -> bool:
+    """Whether the run got to its end: its last summary, with the total time, is written."""
+    try:
+        summary = json.loads((run / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and "total" in summary.get("timings_seconds", {})
 
 
 def _plain(value):

@@ -1,12 +1,23 @@
 """A search's finished fits, kept on the laptop as they arrive: what a lost scheduler, a lost
 connection or Ctrl-C cannot take away.
 
-Each (candidate, split) fit is saved under a key that names what was fitted: dask-ml's own
-task key (a hash of the estimator, the candidate, the split and the data), or, for
-scikit-learn's searches, a hash of the estimator, the candidate and the split's rows. The folder
-also records the search and the data its fits belong to (`search.json`): a search or data that
-differ are refused before any work, so a stale result is never reused. Without a folder the
-fits are kept in memory only, which still lets a search that reconnects run only what it lost.
+What is reused, and when: a saved fit stands in only for a fit that did not finish, in a search
+run again after a lost connection or scheduler, or resumed (`--resume`, `saved_fits=` a folder
+that holds fits). It never skips a fit the search runs: scikit-learn's successive halving
+repeats a round on the same rows with `aggressive_elimination`, and plain scikit-learn runs
+both; so does this, because a fit's key also counts which time, in this search, the same fit
+comes (see `FitKeys`).
+
+A fit's key is what was fitted (see `describe`): the estimator with every parameter, the
+candidate, the split's rows, the scorer and the fit parameters, for scikit-learn's searches;
+dask-ml's own task key (a hash of the estimator, the candidate, the split and the data) for
+dask-ml's. The folder also records the search and the data its fits belong to (`search.json`),
+setting by setting: a search or data that differ are refused before any work, naming what
+differs, so a stale result is never reused.
+
+A saved fit is plain data, JSON (scores, timings, the number of test samples, a fit's error
+message): loading a folder executes nothing, whoever wrote it. A file that is not one of ours,
+or a folder that others can write, is refused in one line before any work.
 """
 
 from __future__ import annotations
@@ -14,53 +25,94 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
+import stat
 import tempfile
 import threading
+from collections import Counter
 from pathlib import Path
 
 from experiments.cluster.messages import ClusterError, console
 
 IDENTITY = "search.json"
 SUFFIX = ".fit"
+FORMAT = 2  # 1 was pickles (refused: see `_load`)
 # A search's settings that change how it runs, never what it computes.
 HOW_IT_RUNS = frozenset({"n_jobs", "pre_dispatch", "scheduler", "verbose", "cache_cv"})
+# What an estimator keeps besides its parameters, that `clone` copies and that changes a fit:
+# the metadata it asks for (metadata routing) and the output it gives (`set_output`).
+ESTIMATOR_CONFIG = ("_metadata_request", "_sklearn_output_config")
 
 
 def describe(value) -> object:
-    """A value as plain, repeatable data for hashing: an estimator by its class and parameters,
-    a scipy distribution by its name and arguments (pickling one would include the state of
-    numpy's global random generator, which changes as the program runs), arrays by content."""
+    """`value` as plain, repeatable data, for hashing: what it computes, not its name.
+
+    Estimators by their class and parameters (and what `clone` keeps besides them), recursively;
+    a scipy distribution by its name and arguments (its pickle would hold the state of numpy's
+    global random generator, which changes as the program runs); an object of a class made in
+    the script by its class and attributes. Everything else by dask's `tokenize`: arrays by
+    content; a function or class that can be imported by its name; a lambda, a closure or a
+    function of the script by value (its code, the values it captured, the globals it reads),
+    so closures from one factory (`make_kernel(gamma)`) differ by what they captured. A value
+    `tokenize` cannot pickle the same way twice gets a random token: its fits are never reused,
+    and `unrepeatable_settings` names it.
+
+    A class is taken by its name (module and qualified name): an edited estimator class keeps its
+    key, as an edited library would."""
     from dask.base import tokenize
     from sklearn.base import BaseEstimator
 
     if isinstance(value, BaseEstimator):
         own = value.get_params(deep=False)
-        return [f"{type(value).__module__}.{type(value).__qualname__}", describe(own)]
+        config = {name: tokenize(getattr(value, name)) for name in ESTIMATOR_CONFIG if hasattr(value, name)}
+        return [_class_name(type(value)), describe(own), config]
     if isinstance(value, dict):
-        return [[str(name), describe(item)] for name, item in value.items()]
+        return ["dict", [[str(name), describe(item)] for name, item in value.items()]]
     if isinstance(value, (list, tuple)):
         return [type(value).__name__, [describe(item) for item in value]]
     if hasattr(value, "dist") and hasattr(value, "args") and hasattr(value, "kwds"):  # scipy.stats, frozen
         name = getattr(value.dist, "name", str(value.dist))
         return ["distribution", name, describe(value.args), describe(value.kwds)]
     if isinstance(value, (str, int, float, bool, type(None))):
-        return value
-    if callable(value) and hasattr(value, "__qualname__"):
-        return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+        return [type(value).__name__, repr(value)]  # 1, 1.0 and True are different settings
+    if type(value).__module__ == "__main__" and not callable(value) and hasattr(value, "__dict__"):
+        # dask would pickle the class by value, with an id that differs in every process.
+        return [_class_name(type(value)), describe(vars(value))]
     return tokenize(value)
 
 
+def _class_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _settings(search) -> dict:
+    return {name: value for name, value in search.get_params(deep=False).items() if name not in HOW_IT_RUNS}
+
+
 def search_identity(search, X, y, fit_params: dict) -> dict:
-    """What the saved fits belong to: the search's class and settings, and the data."""
+    """What the saved fits belong to: the search's class, each of its settings, and the data."""
     from dask.base import tokenize
 
-    settings = {name: value for name, value in search.get_params(deep=False).items() if name not in HOW_IT_RUNS}
     return {
-        "search": f"{type(search).__module__}.{type(search).__qualname__}",
-        "settings": tokenize(describe(settings)),
-        "data": tokenize(X, y, describe(fit_params)),
+        "format": FORMAT,
+        "search": _class_name(type(search)),
+        "settings": {name: tokenize(describe(value)) for name, value in _settings(search).items()},
+        "data": {
+            "X": tokenize(X),
+            "y": tokenize(y),
+            **{f"fit parameter {name}": tokenize(describe(value)) for name, value in fit_params.items()},
+        },
     }
+
+
+def unrepeatable_settings(search) -> list[str]:
+    """The search's settings (deepest first: `estimator__kernel`, not `estimator`) whose
+    description differs from one look to the next: their fits cannot be found again."""
+    from dask.base import tokenize
+
+    deep = {name: value for name, value in search.get_params(deep=True).items() if name not in HOW_IT_RUNS}
+    unstable = [name for name, value in deep.items() if tokenize(describe(value)) != tokenize(describe(value))]
+    # The deepest first: a list of steps holds its steps' parameters without their names' prefix.
+    return sorted(unstable, key=lambda name: -name.count("__"))
 
 
 def draws_at_random(search) -> bool:
@@ -78,23 +130,94 @@ def unrepeatable(search) -> str | None:
     return None
 
 
-def joblib_fit_key(args: tuple, kwargs: dict) -> str:
-    """The key of one call of scikit-learn's `_fit_and_score`: estimator, candidate, split rows.
-    The data and the search's other settings are the folder's identity."""
-    from dask.base import tokenize
+class FitKeys:
+    """The keys of one run of a scikit-learn search's `_fit_and_score` calls (one per attempt:
+    a search run again after a lost scheduler starts counting again).
 
-    estimator = args[0] if args else kwargs.get("estimator")
-    return tokenize(
-        describe(estimator),
-        describe(kwargs.get("parameters")),
-        kwargs.get("train"),
-        kwargs.get("test"),
-        describe({name: kwargs.get(name) for name in ("return_train_score", "error_score", "return_parameters")}),
-    )
+    A key hashes what the call computes: the estimator, the candidate, the split's rows, the
+    scorer, the fit and score parameters and the flags that shape the result; the data and the
+    search's other settings are the folder's identity. Its suffix counts the times the same fit
+    came before in this run, so that a fit the search asks for twice runs twice, as in
+    scikit-learn, and a resumed search finds each of them."""
+
+    def __init__(self) -> None:
+        self._seen: Counter[str] = Counter()
+        # The scorer and the fit parameters are the same objects in every call: hashed once
+        # (held, as an id is only unique while its object lives).
+        self._shared: dict[int, tuple[object, object]] = {}
+
+    def _once(self, value) -> object:
+        if id(value) not in self._shared:
+            self._shared[id(value)] = (value, describe(value))
+        return self._shared[id(value)][1]
+
+    def key(self, args: tuple, kwargs: dict) -> str:
+        from dask.base import tokenize
+
+        estimator = args[0] if args else kwargs.get("estimator")
+        flags = ("return_train_score", "return_n_test_samples", "return_times", "return_estimator", "error_score")
+        fit = tokenize(
+            describe(estimator),
+            describe(kwargs.get("parameters")),
+            kwargs.get("train"),
+            kwargs.get("test"),
+            [self._once(kwargs.get(name)) for name in ("scorer", "fit_params", "score_params")],
+            describe({name: kwargs.get(name) for name in flags}),
+        )
+        self._seen[fit] += 1
+        return f"{fit}-{self._seen[fit]}"
+
+
+class NotPlain(ValueError):
+    """A fit's result holds something that is not plain data: kept in memory, not on disk."""
+
+
+def to_plain(value) -> object:
+    """A fit's result as JSON-able data that `from_plain` turns back into the same values and
+    types: numbers (numpy's scalars with their dtype), strings, None, and dicts, lists and tuples
+    of them. Every container is tagged, so no value is taken for another."""
+    import numpy as np
+
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return {"numpy": value.dtype.str, "value": value.item()}
+    if type(value) is dict and all(type(name) is str for name in value):
+        return {"dict": {name: to_plain(item) for name, item in value.items()}}
+    if type(value) in (list, tuple):
+        return {type(value).__name__: [to_plain(item) for item in value]}
+    raise NotPlain(f"a {type(value).__name__}")
+
+
+def from_plain(data) -> object:
+    import numpy as np
+
+    if data is None or type(data) in (bool, int, float, str):
+        return data
+    if type(data) is dict and len(data) == 1:
+        ((tag, content),) = data.items()
+        if tag == "dict" and type(content) is dict:
+            return {name: from_plain(item) for name, item in content.items()}
+        if tag in ("list", "tuple") and type(content) is list:
+            items = [from_plain(item) for item in content]
+            return items if tag == "list" else tuple(items)
+    if type(data) is dict and set(data) == {"numpy", "value"}:
+        dtype = np.dtype(data["numpy"])
+        if dtype.kind in "biuf" and type(data["value"]) in (bool, int, float):
+            return dtype.type(data["value"])
+    raise NotPlain("not a saved result")
+
+
+def file_name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32] + SUFFIX
+
+
+def _one_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 class SavedFits:
-    """Finished fits by key, in memory and, given a folder, on disk (one small file each)."""
+    """Finished fits by key, in memory and, given a folder, on disk (one small JSON file each)."""
 
     def __init__(self, folder: str | os.PathLike | None = None) -> None:
         self.folder = Path(folder) if folder is not None else None
@@ -102,7 +225,7 @@ class SavedFits:
         self._lock = threading.Lock()
         self._earlier: set[str] = set()  # the fits an earlier run saved
         self.taken: set[str] = set()  # those this run took instead of running them
-        self._not_writable = self._opened = False
+        self._not_writable = self._not_plain = self._opened = False
         # The seed a search with random_state=None runs with, drawn once per run: run again
         # (reconnected, resumed), it draws the same candidates.
         self.random_state = int.from_bytes(os.urandom(4), "little")
@@ -112,41 +235,63 @@ class SavedFits:
 
     def open_for(self, search, X, y, fit_params: dict) -> SavedFits:
         """Check (or record) that the folder's fits are this search's, on this data, and load them.
-        Refused in one line, before any work, if they are not. Once is enough (the runner opens
+        Refused in one line, before any work, if they are not, if a file in it is not a saved
+        fit, if others can write it, or if this program cannot. Once is enough (the runner opens
         a resumed run before it starts the cluster)."""
         if self.folder is None or self._opened:
             return self
+        folder = self.folder
+        recorded_path = folder / IDENTITY
+        if not recorded_path.is_file() and folder.exists() and any(folder.iterdir()):
+            raise ClusterError(f"{folder} holds files but no {IDENTITY}: not a folder of saved fits")
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        files = sorted(folder.glob(f"*{SUFFIX}"))
+        # The run folder too: who can write it can put another fits/ in its place; a sticky
+        # folder (/tmp) lets nobody else rename or remove what is in it.
+        if not folder.parent.stat().st_mode & stat.S_ISVTX:
+            _refuse_if_others_can_write(folder.parent)
+        for path in (folder, *([recorded_path] if recorded_path.is_file() else []), *files):
+            _refuse_if_others_can_write(path)
+        check_writable(folder)
         identity = search_identity(search, X, y, fit_params)
-        recorded_path = self.folder / IDENTITY
+        unstable = unrepeatable_settings(search)
         if recorded_path.is_file():
-            recorded = json.loads(recorded_path.read_text())
-            differs = [part for part in ("search", "settings", "data") if recorded.get(part) != identity[part]]
-            if differs:
-                raise ClusterError(
-                    f"the saved fits in {self.folder} are of another {' and '.join(differs)} "
-                    f"(saved: {recorded.get('search')}); resume with the same search and data, or start a new run"
-                )
-        elif self.folder.exists() and any(self.folder.iterdir()):
-            raise ClusterError(f"{self.folder} holds files but no {IDENTITY}: not a folder of saved fits")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        files = sorted(self.folder.glob(f"*{SUFFIX}"))
-        if files and (why := unrepeatable(search)):
-            raise ClusterError(f"cannot resume {type(search).__name__}: {why}; set it to a number")
-        if recorded_path.is_file():
+            recorded = _read_identity(recorded_path)
+            self._refuse_if_other(recorded, identity, unstable, type(search).__name__)
+            if files and (why := unrepeatable(search)):
+                raise ClusterError(f"cannot resume {type(search).__name__}: {why}; set it to a number")
             self.random_state = recorded.get("random_state", self.random_state)
+            for path in files:
+                key, value = _load(path)
+                self._fits[key] = value
+                self._earlier.add(key)
         else:
+            if unstable:
+                console(f"warning: a resume of this search will run every fit again: its setting {unstable[0]} "
+                        f"({_shown(search.get_params(deep=True)[unstable[0]])}) is not described the same way "
+                        "twice")  # fmt: skip
             identity["random_state"] = self.random_state
             write_atomically(recorded_path, json.dumps(identity, indent=2).encode())
-        for path in files:
-            try:
-                # Files this program wrote, in the user's own run folder (as trusted as their code).
-                key, value = pickle.loads(path.read_bytes())  # noqa: S301
-            except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, ValueError):
-                continue  # unreadable (a disk that filled up, say): that fit runs again
-            self._fits[key] = value
-            self._earlier.add(key)
         self._opened = True
         return self
+
+    def _refuse_if_other(self, recorded: dict, identity: dict, unstable: list[str], search_name: str) -> None:
+        advice = "resume with the same search and data, or start a new run"
+        if recorded.get("search") != identity["search"]:
+            raise ClusterError(f"the saved fits in {self.folder} are of another search "
+                               f"({recorded.get('search')}, not {identity['search']}); {advice}")  # fmt: skip
+        for part in ("settings", "data"):
+            theirs, ours = recorded.get(part, {}), identity[part]
+            differs = [name for name in {**theirs, **ours} if theirs.get(name) != ours.get(name)]
+            if not differs:
+                continue
+            if part == "settings" and (shaky := [name for name in unstable if name.split("__")[0] in differs]):
+                raise ClusterError(f"cannot resume {search_name} from {self.folder}: its setting {shaky[0]} is not "
+                                   "described the same way twice, so its fits cannot be found again; "
+                                   "start a new run")  # fmt: skip
+            what = "setting" if part == "settings" else "data:"
+            raise ClusterError(f"the saved fits in {self.folder} are of another {part} "
+                               f"({what} {', '.join(differs)} differs); {advice}")  # fmt: skip
 
     def fixed_random_state(self, search) -> dict:
         """The parameter that makes the search draw this run's candidates, if it draws at random."""
@@ -173,13 +318,74 @@ class SavedFits:
             self._fits[key] = value
         if self.folder is None or self._not_writable:
             return
-        name = hashlib.sha256(key.encode()).hexdigest()[:32] + SUFFIX
         try:
-            write_atomically(self.folder / name, pickle.dumps((key, value), protocol=pickle.HIGHEST_PROTOCOL))
+            data = json.dumps({"format": FORMAT, "key": key, "result": to_plain(value)})
+        except NotPlain as error:  # kept in memory: a lost connection still reuses it, a resume runs it again
+            if not self._not_plain:
+                self._not_plain = True
+                console(f"warning: some fits' results hold {error} and are not saved in {self.folder}; "
+                        "a resume runs those again")  # fmt: skip
+            return
+        try:
+            write_atomically(self.folder / file_name(key), data.encode())
         except OSError as error:  # a full disk, say: the search goes on, its fits kept in memory
             self._not_writable = True
             reason = error.strerror or error
             console(f"warning: fits are no longer saved in {self.folder} ({reason}); the search goes on")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _read_identity(path: Path) -> dict:
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ClusterError(f"{path} cannot be read ({_one_line(error)}): not a folder of saved fits") from None
+    if not isinstance(recorded, dict) or recorded.get("format") != FORMAT:
+        raise ClusterError(f"{path} is not a record of saved fits of this version (format {FORMAT}); "
+                           "start a new run")  # fmt: skip
+    return recorded
+
+
+def _load(path: Path) -> tuple[str, object]:
+    """One saved fit, read as JSON (nothing in it runs); ClusterError, naming the file, if it is
+    not one this program wrote."""
+    try:
+        saved = json.loads(path.read_bytes())
+        if not (isinstance(saved, dict) and saved.get("format") == FORMAT and isinstance(saved.get("key"), str)):
+            raise NotPlain(f"not a saved fit of format {FORMAT}")
+        if path.name != file_name(saved["key"]):
+            raise NotPlain("its name is not its key's")
+        return saved["key"], from_plain(saved.get("result", {}))
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # json's errors and NotPlain are ValueErrors
+        raise ClusterError(f"{path} is not a fit this program saved ({_one_line(error)}); move it out of "
+                           f"{path.parent} to resume, or start a new run") from None  # fmt: skip
+
+
+def _refuse_if_others_can_write(path: Path) -> None:
+    """Saved fits are only taken from a folder that only the user can change: others could put
+    their results in it (data only, never code: still not the user's results)."""
+    info = path.stat()
+    if info.st_uid != os.geteuid():
+        raise ClusterError(f"{path} belongs to another user (uid {info.st_uid}); saved fits are only taken from "
+                           "your own folders: copy the run, or start a new one")  # fmt: skip
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ClusterError(f"{path} is writable by other users (mode {stat.filemode(info.st_mode)}); saved fits "
+                           f"are only taken from a folder only you can write: chmod go-w {path}")  # fmt: skip
+
+
+def check_writable(folder: Path) -> None:
+    """Checked by writing: permissions, a read-only disk and root's exemptions all tell."""
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".saving-")
+    except OSError as error:
+        raise ClusterError(f"cannot write in {folder} ({error.strerror or error}); "
+                           "make it writable, or start a new run elsewhere") from None  # fmt: skip
+    os.close(handle)
+    os.unlink(probe)
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -139,10 +139,11 @@ def worker_held(client, timeout: float) -> Iterator[None]:
     The tasks are short sleeps, two in flight, a new one as each ends: `time.sleep` needs nothing
     of this project on a worker, and no client of its own there (a worker's certificate may not
     open one: image/dask_node/trust.py), and the queued one takes the slot as the running one
-    ends, so the worker never looks idle. Left to end by themselves (`fire_and_forget`): cancelling
-    was once seen to cancel the search's first fits ("already forgotten")."""
-    from distributed import fire_and_forget
-
+    ends, so the worker never looks idle. At the end they are released, not cancelled (a
+    cancel was once seen to cancel the search's first fits, "already forgotten"): one still
+    running ends on its worker in under HOLD_SECONDS, and nothing of them stays on the
+    scheduler. (`fire_and_forget` would keep one that had already finished in the scheduler's
+    memory for ever: it waits for a completion that has happened.)"""
     held = [client.submit(time.sleep, HOLD_SECONDS, pure=False) for _ in range(2)]
     deadline = time.monotonic() + timeout
     while not any(future.key in keys for keys in client.processing().values() for future in held):
@@ -164,7 +165,9 @@ def worker_held(client, timeout: float) -> Iterator[None]:
         yield
     finally:
         poller.stop(last_look=False)
-        fire_and_forget(held)
+        for future in held:
+            future.release()
+        held.clear()
 
 
 def refuse_unsupported(search) -> None:

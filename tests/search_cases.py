@@ -173,6 +173,45 @@ def sample_weights():
     return GridSearchCV(SVC(gamma=0.001), {"C": [0.1, 1.0]}, cv=3), X, y, {"sample_weight": 1.0 + (y % 3)}
 
 
+def first_columns(n: int):
+    """A feature selection made by a factory: closures that differ only by what they captured."""
+
+    def columns(X):
+        return X[:, :n]
+
+    return columns
+
+
+def closures_grid():
+    """Candidates that differ only by a closure: each must be fitted as itself."""
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+    from sklearn.svm import SVC
+
+    X, y = digits()
+    grid = {"functiontransformer__func": [first_columns(n) for n in (2, 8, 24, 64)], "svc__C": [1.0, 10.0]}
+    return GridSearchCV(make_pipeline(FunctionTransformer(), SVC(gamma=0.001)), grid, cv=3), X, y, {}
+
+
+def closures_halving():
+    """The same as successive halving with aggressive elimination: the first rounds are fitted
+    on the same rows, so the same fits come again, and scikit-learn runs them again."""
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+    from sklearn.svm import SVC
+
+    X, y = digits(600)
+    grid = {"functiontransformer__func": [first_columns(n) for n in (2, 8, 24, 64)], "svc__C": [0.1, 1.0, 10.0]}
+    search = HalvingGridSearchCV(
+        make_pipeline(FunctionTransformer(), SVC(gamma=0.001)), grid, cv=3, factor=2, min_resources=200,
+        aggressive_elimination=True, random_state=0,
+    )  # fmt: skip
+    return search, X, y, {}
+
+
 CASES = {
     "multi-metric, refit by one": multi_metric,
     "refit callable": refit_callable,
@@ -187,6 +226,8 @@ CASES = {
     "halving grid": halving_grid,
     "halving random forest": halving_random_forest,
     "sample weights": sample_weights,
+    "closures from one factory": closures_grid,
+    "closures, halving round repeated": closures_halving,
 }
 
 
@@ -235,11 +276,21 @@ DASK_ML_CASES = {
 
 def assert_same_splits(fitted, plain) -> None:
     """The same candidates, and the same score on every split."""
-    assert list(fitted.cv_results_["params"]) == list(plain.cv_results_["params"])
+    assert list(map(comparable, fitted.cv_results_["params"])) == list(map(comparable, plain.cv_results_["params"]))
     splits = [key for key in plain.cv_results_ if re.fullmatch(r"split\d+_test_\w+", key)]
     assert splits
     for key in splits:
         np.testing.assert_allclose(fitted.cv_results_[key], plain.cv_results_[key], rtol=1e-12, err_msg=key)
+
+
+def comparable(value):
+    """A candidate's value as `==` can compare it across two builds of the same search: a closure
+    (a new object each build) by its name and what it captured."""
+    if isinstance(value, dict):
+        return {name: comparable(item) for name, item in value.items()}
+    if callable(value) and getattr(value, "__closure__", None):
+        return value.__qualname__, tuple(cell.cell_contents for cell in value.__closure__)
+    return value
 
 
 def assert_same_search(fitted, plain) -> None:
@@ -249,13 +300,13 @@ def assert_same_search(fitted, plain) -> None:
     for key in sorted(keys):
         mine, theirs = fitted.cv_results_[key], plain.cv_results_[key]
         if key == "params" or key.startswith("param_") or np.asarray(theirs).dtype.kind not in "fiu":
-            assert list(mine) == list(theirs), key
+            assert list(map(comparable, mine)) == list(map(comparable, theirs)), key
         else:
             np.testing.assert_array_equal(np.asarray(mine, dtype=float), np.asarray(theirs, dtype=float), err_msg=key)
     for attribute in ("best_params_", "best_index_", "best_score_"):
         assert hasattr(fitted, attribute) == hasattr(plain, attribute), attribute
         if hasattr(plain, attribute):
-            assert getattr(fitted, attribute) == getattr(plain, attribute), attribute
+            assert comparable(getattr(fitted, attribute)) == comparable(getattr(plain, attribute)), attribute
 
 
 def assert_clean(client, within: float = 30.0) -> None:

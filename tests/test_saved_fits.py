@@ -55,6 +55,8 @@ RESUMABLE = {
     "halving grid": CASES["halving grid"],
     "halving random forest": CASES["halving random forest"],
     "groups": CASES["groups"],
+    "closures from one factory": CASES["closures from one factory"],
+    "closures, halving round repeated": CASES["closures, halving round repeated"],
     "dask-ml grid": dask_ml_case("grid"),
     "dask-ml randomized": dask_ml_case("randomized regressor"),
 }
@@ -88,23 +90,32 @@ def test_a_resumed_search_runs_only_the_unsaved_fits_and_ends_as_an_uninterrupte
     assert_clean(process_cluster)
 
 
-def test_a_search_on_other_data_or_with_other_settings_is_refused_before_any_work(process_cluster, tmp_path):
+def test_a_search_on_other_data_or_with_other_settings_is_refused_before_any_work_naming_what_differs(
+    process_cluster, tmp_path
+):
     search, X, y, _ = CASES["multi-metric, refit by one"]()
     fit_on_cluster(process_cluster, search, X, y, saved_fits=tmp_path)
-    before = fit_files(tmp_path)
+    before = {path: path.read_bytes() for path in fit_files(tmp_path)}
     other_labels = y.copy()
     other_labels[0] = (other_labels[0] + 1) % 10
-    for other, data, part in [
-        (CASES["multi-metric, refit by one"]()[0], (X, other_labels), "data"),
-        (CASES["multi-metric, refit by one"]()[0].set_params(cv=4), (X, y), "settings"),
-        (CASES["multi-metric, refit by one"]()[0].set_params(estimator__C=2.0), (X, y), "settings"),
-        (CASES["refit false, several metrics"]()[0], (X, y), "search"),
-    ]:
-        with pytest.raises(ClusterError, match=f"another .*{part}") as refused:
+    for other, data, said in [
+        (CASES["multi-metric, refit by one"]()[0], (X, other_labels), "another data (data: y differs)"),
+        (CASES["multi-metric, refit by one"]()[0].set_params(cv=4), (X, y), "another settings (setting cv differs)"),
+        (CASES["multi-metric, refit by one"]()[0].set_params(estimator__C=2.0), (X, y),
+         "another settings (setting estimator differs)"),
+        (CASES["multi-metric, refit by one"]()[0].set_params(scoring=["accuracy", "f1_micro"]), (X, y),
+         "another settings (setting scoring differs)"),
+        (CASES["refit false, several metrics"]()[0], (X, y), "another settings (setting param_grid, refit, scoring "
+         "differs)"),
+        (CASES["randomized pipeline"]()[0], (X, y), "another search (sklearn.model_selection._search.GridSearchCV, "
+         "not sklearn.model_selection._search.RandomizedSearchCV)"),
+    ]:  # fmt: skip
+        with pytest.raises(ClusterError) as refused:
             fit_on_cluster(process_cluster, other, *data, saved_fits=tmp_path)
+        assert said in str(refused.value)
         assert "\n" not in str(refused.value)
         assert not hasattr(other, "cv_results_")
-    assert fit_files(tmp_path) == before
+    assert {path: path.read_bytes() for path in fit_files(tmp_path)} == before
     assert_clean(process_cluster)
 
 
@@ -129,15 +140,158 @@ def test_a_folder_that_is_not_one_of_saved_fits_is_refused(tmp_path):
         SavedFits(tmp_path).open_for(search, X, y, {})
 
 
-def test_an_unreadable_saved_fit_runs_again_and_no_partial_file_is_left(process_cluster, tmp_path):
+class RunsCode:
+    """What a planted pickle does when it is loaded: here, leave a file behind."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def plant_a_pickle(path: Path, marker: Path) -> None:
+    import pickle
+
+    path.write_bytes(pickle.dumps(("a key", RunsCode(marker))))
+
+
+def cut_short(path: Path, marker: Path) -> None:
+    path.write_bytes(path.read_bytes()[:10])  # as a disk that filled up would leave it
+
+
+def give_another_keys_name(path: Path, marker: Path) -> None:
+    import json
+
+    saved = json.loads(path.read_text())
+    path.with_name("0" * 32 + SUFFIX).write_text(json.dumps(saved))
+
+
+def hold_an_object(path: Path, marker: Path) -> None:
+    import json
+
+    saved = json.loads(path.read_text())
+    saved["result"] = {"object": "os.system"}
+    path.write_text(json.dumps(saved))
+
+
+@pytest.mark.parametrize("spoil", [plant_a_pickle, cut_short, give_another_keys_name, hold_an_object])
+def test_a_fit_file_that_is_not_one_of_ours_is_refused_in_one_line_and_loading_runs_nothing(
+    process_cluster, tmp_path, spoil
+):
     search, X, y, fit_params = CASES["groups"]()
-    fit_on_cluster(process_cluster, search, X, y, saved_fits=tmp_path, **fit_params)
-    files = fit_files(tmp_path)
-    files[0].write_bytes(files[0].read_bytes()[:10])  # as a disk that filled up would leave it
-    again = CountedSaves(tmp_path)
-    fit_on_cluster(process_cluster, CASES["groups"]()[0], X, y, saved_fits=again, **fit_params)
-    assert len(again.saves) == 1
-    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".saving-")]
+    folder = tmp_path / "fits"
+    fit_on_cluster(process_cluster, search, X, y, saved_fits=folder, **fit_params)
+    files = fit_files(folder)
+    marker = tmp_path / "code ran"
+    spoil(files[0], marker)
+    kept = {path: path.read_bytes() for path in fit_files(folder)}
+    again = CASES["groups"]()[0]
+    with pytest.raises(ClusterError, match=r"\.fit is not a fit this program saved \(.+\); move it out of") as refused:
+        fit_on_cluster(process_cluster, again, X, y, saved_fits=folder, **fit_params)
+    assert "\n" not in str(refused.value)
+    assert not marker.exists(), "loading saved fits ran no code"
+    assert not hasattr(again, "cv_results_")
+    assert {path: path.read_bytes() for path in fit_files(folder)} == kept, "nothing lost"
+
+
+def test_a_saved_fit_is_plain_json_of_scores_and_timings(process_cluster, tmp_path):
+    import json
+
+    search, X, y, _ = CASES["multi-metric, refit by one"]()
+    fit_on_cluster(process_cluster, search, X, y, saved_fits=tmp_path)
+    saved = json.loads(fit_files(tmp_path)[0].read_text())
+    assert set(saved) == {"format", "key", "result"}
+    result = saved["result"]["dict"]
+    assert set(result) == {"fit_error", "test_scores", "n_test_samples", "fit_time", "score_time"}
+    assert set(result["test_scores"]["dict"]) == {"accuracy", "f1_macro"}
+    assert result["fit_error"] is None and result["n_test_samples"] == 100
+
+
+@pytest.mark.parametrize(
+    ("spoil", "said"),
+    [
+        (lambda folder: (folder / IDENTITY).write_text("{not json"), "search.json cannot be read (Expecting"),
+        (lambda folder: (folder / IDENTITY).write_text("[1, 2]"), "search.json is not a record of saved fits"),
+        (lambda folder: folder.chmod(0o777), "is writable by other users (mode drwxrwxrwx); saved fits are only"),
+        (lambda folder: folder.parent.chmod(0o775), "is writable by other users (mode drwxrwxr-x)"),
+        (lambda folder: fit_files(folder)[0].chmod(0o666), ".fit is writable by other users (mode -rw-rw-rw-)"),
+        (lambda folder: os.chown(folder, 4242, -1), "belongs to another user (uid 4242)"),
+    ],
+    ids=["malformed search.json", "foreign search.json", "fits folder", "run folder", "fit file", "owner"],
+)
+def test_a_folder_others_can_change_or_a_broken_record_is_refused_in_one_line(process_cluster, tmp_path, spoil, said):
+    search, X, y, fit_params = CASES["groups"]()
+    folder = tmp_path / "run" / "fits"
+    fit_on_cluster(process_cluster, search, X, y, saved_fits=folder, **fit_params)
+    spoil(folder)
+    again = CASES["groups"]()[0]
+    with pytest.raises(ClusterError) as refused:
+        fit_on_cluster(process_cluster, again, X, y, saved_fits=folder, **fit_params)
+    assert said in str(refused.value) and "\n" not in str(refused.value)
+    assert not hasattr(again, "cv_results_")
+
+
+def test_saved_fits_are_made_private_whatever_the_umask(process_cluster, tmp_path):
+    search, X, y, fit_params = CASES["groups"]()
+    before = os.umask(0o002)  # a user-private-group system's umask: group-writable by default
+    try:
+        fit_on_cluster(process_cluster, search, X, y, saved_fits=tmp_path / "fits", **fit_params)
+    finally:
+        os.umask(before)
+    assert (tmp_path / "fits").stat().st_mode & 0o777 == 0o700
+    assert {path.stat().st_mode & 0o777 for path in (tmp_path / "fits").iterdir()} == {0o600}
+    fit_on_cluster(process_cluster, CASES["groups"]()[0], X, y, saved_fits=tmp_path / "fits", **fit_params)
+
+
+def test_a_fit_the_search_repeats_runs_again_as_in_scikit_learn(process_cluster, tmp_path):
+    """Successive halving with aggressive elimination fits its first rounds on the same rows:
+    the same fits come again, and plain scikit-learn runs them again (their timings too)."""
+    search, X, y, fit_params = CASES["closures, halving round repeated"]()
+    plain = CASES["closures, halving round repeated"]()[0].fit(X, y)
+    assert plain.n_resources_[0] == plain.n_resources_[1], "the case repeats a round on the same rows"
+    counted = CountedSaves(None)
+    fit_on_cluster(process_cluster, search, X, y, saved_fits=counted, **fit_params)
+    assert len(counted.saves) == sum(plain.n_candidates_) * 3
+    assert counted.reused == 0
+    assert_same_search(search, plain)
+
+
+def unchanged(X, unused=None):
+    return X
+
+
+class Redrawn:
+    """A setting that pickles differently each time (as an object holding a fresh random draw would)."""
+
+    drawn = 0
+
+    def __reduce__(self):
+        Redrawn.drawn += 1
+        return (Redrawn, (), {"draw": Redrawn.drawn})
+
+
+def test_a_setting_that_is_never_described_the_same_way_is_named_and_its_fits_run(process_cluster, tmp_path, capsys):
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+    from sklearn.svm import SVC
+
+    X, y = digits()
+
+    def search():
+        pipeline = make_pipeline(FunctionTransformer(unchanged, kw_args={"unused": Redrawn()}), SVC(gamma=0.001))
+        return GridSearchCV(pipeline, {"svc__C": [0.1, 1.0]}, cv=3)
+
+    first = CountedSaves(tmp_path)
+    fit_on_cluster(process_cluster, search(), X, y, saved_fits=first)
+    assert len(first.saves) == 6
+    assert ("warning: a resume of this search will run every fit again: its setting "
+            "estimator__functiontransformer__kw_args ({'unused': <tests.test_saved_fits.Redrawn object at") in capsys.readouterr().err  # fmt: skip
+    with pytest.raises(
+        ClusterError, match="its setting estimator__functiontransformer__kw_args is not described the same way twice"
+    ):
+        fit_on_cluster(process_cluster, search(), X, y, saved_fits=tmp_path)
 
 
 def test_a_disk_that_refuses_the_fits_warns_once_and_the_search_finishes(
@@ -217,11 +371,14 @@ class LoopbackCluster:
         )
         self.workers = self._start("distributed.cli.dask_worker", self.address, "--nworkers", "2", "--nthreads", "1")
 
-    def kill_scheduler(self) -> None:
-        """As a node that dies takes its scheduler: no goodbye. Its workers leave on their own."""
+    def kill_scheduler(self) -> float:
+        """As a node that dies takes its scheduler: no goodbye. Its workers leave on their own.
+        Returns when the scheduler was gone (time.monotonic)."""
         self.scheduler.send_signal(signal.SIGKILL)
         self.scheduler.wait()
+        gone = time.monotonic()
         self.workers.wait(timeout=120)
+        return gone
 
     def stop(self) -> None:
         for process in (self.workers, self.scheduler):
@@ -299,19 +456,22 @@ def test_a_scheduler_that_does_not_come_back_ends_the_search_in_one_line_and_kee
     def lose_the_scheduler() -> None:
         while sum(counted) < 6:
             time.sleep(0.02)
-        cluster.kill_scheduler()
-        lost_at.append(time.monotonic())
+        lost_at.append(cluster.kill_scheduler())
 
     cluster.start()
     try:
         with Client(cluster.address, timeout="60s") as client:
             client.wait_for_workers(2, timeout=120)
-            threading.Thread(target=lose_the_scheduler, daemon=True).start()
+            losing = threading.Thread(target=lose_the_scheduler, daemon=True)
+            losing.start()
             with pytest.raises(ClusterError, match="did not come back within 5 s") as ended:
                 fit_on_cluster(client, search, X, y, saved_fits=tmp_path / "fits", on_fits=counted.append,
                                wait_for_workers=5)  # fmt: skip
+            ended_at = time.monotonic()
+            # The search may end before the thread has seen the workers go (a loaded machine).
+            losing.join(timeout=180)
             # The wait, and not the client's 60 s connection timeout in a look at the lost scheduler.
-            assert time.monotonic() - lost_at[0] < 5 + 20
+            assert ended_at - lost_at[0] < 5 + 20
     finally:
         cluster.stop()
     assert "\n" not in str(ended.value)

@@ -168,6 +168,27 @@ def test_a_scikit_learn_search_keeps_a_worker_busy_while_its_data_goes_out(monke
         assert_clean(client)  # the held tasks gone too, not only ended
 
 
+def test_the_held_workers_tasks_leave_nothing_on_the_scheduler_even_once_finished(process_cluster, monkeypatch):
+    """A data send slower than the held tasks: they have finished, unreplaced, when it ends."""
+    from experiments import search
+    from experiments.cluster.polling import Poller
+
+    class Slow(Poller):
+        def __init__(self, look, interval, name):
+            super().__init__(look, 60.0, name)  # the held tasks are not replaced in the block
+
+    monkeypatch.setattr(search, "Poller", Slow)
+    monkeypatch.setattr(search, "HOLD_SECONDS", 0.05)
+    with search.worker_held(process_cluster, timeout=60):
+        deadline = time.monotonic() + 30
+        while not all(future.done() for future in process_cluster.futures.values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        held = list(process_cluster.futures)
+        assert held, "the tasks the block held"
+    assert_clean(process_cluster, within=10)
+
+
 @pytest.mark.parametrize("start", ["no worker", "its only worker leaving"])
 def test_a_scikit_learn_search_without_a_worker_for_it_asks_for_one_and_goes_on_when_it_joins(start):
     """A leaving worker is in the state the autoscaler's retirement puts a worker in: still listed, given no

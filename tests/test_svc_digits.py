@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -242,20 +243,53 @@ def test_ctrl_c_mid_search_then_resume_runs_only_the_unsaved_fits(local_run, tmp
     assert len(list((run / "fits").glob("*.fit"))) == 54
 
 
+def unfinished_copy(run: Path, tmp_path: Path) -> Path:
+    """The run as a search stopped mid-way would leave it: its fits, no summary."""
+    import shutil
+
+    copy = tmp_path / "results" / run.name
+    shutil.copytree(run, copy)
+    (copy / "summary.json").unlink()
+    return copy
+
+
 @pytest.mark.parametrize(
     ("resume", "extra", "expected"),
     [
-        ("{run}", ["--seed", "1"], "are of another data"),
-        ("{run}", ["--engine", "scikit-learn"], "are of another search"),
+        ("{run}", ["--seed", "1"], "are of another data (data: X, y differs)"),
+        ("{run}", ["--engine", "scikit-learn"], "are of another search (sklearn.model_selection._search.GridSearchCV, "
+         "not dask_ml.model_selection._search.GridSearchCV)"),
         ("no-such-run", [], "--resume: no-such-run is not a run with saved fits"),
     ],
-)
+)  # fmt: skip
 def test_a_resume_that_does_not_match_its_run_is_refused_before_the_cluster_starts(
     local_run, tmp_path, resume, extra, expected
 ):
-    run = run_experiment("--results", str(local_run[1].parent), "--resume", resume.format(run=local_run[1]), *extra,
-                         cwd=tmp_path)  # fmt: skip
+    copy = unfinished_copy(local_run[1], tmp_path)
+    run = run_experiment("--results", str(copy.parent), "--resume", resume.format(run=copy), *extra, cwd=tmp_path)
     assert_one_line_error(run, expected)
+    assert "Dask dashboard" not in run.stdout
+
+
+def test_a_resume_of_a_finished_run_says_so_and_keeps_its_summary(local_run, tmp_path):
+    summary = (local_run[1] / "summary.json").read_bytes()
+    run = run_experiment("--resume", str(local_run[1]), cwd=tmp_path)
+    assert_one_line_error(
+        run, f"--resume: {local_run[1]} has finished (its results are in {local_run[1]}/summary.json)"
+    )
+    assert (local_run[1] / "summary.json").read_bytes() == summary
+
+
+def test_a_resume_of_a_read_only_run_is_refused_before_the_cluster_starts(local_run, tmp_path):
+    """Read-only as a mount makes it (root, who runs the tests, ignores permission bits)."""
+    copy = unfinished_copy(local_run[1], tmp_path)
+    mounted = (
+        f"mount --bind {copy} {copy} && mount -o remount,bind,ro {copy} && "
+        f"exec {sys.executable} {SCRIPT} --resume {copy}"
+    )
+    run = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", mounted], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert_one_line_error(run, f"cannot write in {copy} (Read-only file system)")
     assert "Dask dashboard" not in run.stdout
 
 
