@@ -257,8 +257,8 @@ def unfinished_copy(run: Path, tmp_path: Path) -> Path:
     ("resume", "extra", "expected"),
     [
         ("{run}", ["--seed", "1"], "are of another data (data: X, y differs)"),
-        ("{run}", ["--engine", "scikit-learn"], "are of another search (sklearn.model_selection._search.GridSearchCV, "
-         "not dask_ml.model_selection._search.GridSearchCV)"),
+        ("{run}", ["--engine", "scikit-learn"], "are of another search (dask_ml.model_selection._search.GridSearchCV, "
+         "not sklearn.model_selection._search.GridSearchCV)"),
         ("no-such-run", [], "--resume: no-such-run is not a run with saved fits"),
     ],
 )  # fmt: skip
