@@ -20,7 +20,15 @@ from experiments.cluster.messages import ClusterError
 from experiments.saved_fits import IDENTITY, SUFFIX, SavedFits
 from experiments.search import fit_on_cluster
 
-from .search_cases import CASES, DASK_ML_CASES, assert_clean, assert_same_search, assert_same_splits, digits
+from .search_cases import (
+    CASES,
+    DASK_ML_CASES,
+    assert_clean,
+    assert_same_search,
+    assert_same_splits,
+    digits,
+    first_columns,
+)
 
 
 class CountedSaves(SavedFits):
@@ -392,6 +400,8 @@ class LoopbackCluster:
 def test_a_search_that_loses_its_scheduler_waits_for_the_next_and_loses_no_finished_fit(tmp_path, engine, capsys):
     from distributed import Client
     from sklearn.model_selection import GridSearchCV as Plain
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
     from sklearn.svm import SVC
 
     if engine == "dask-ml":
@@ -399,8 +409,13 @@ def test_a_search_that_loses_its_scheduler_waits_for_the_next_and_loses_no_finis
     else:
         from sklearn.model_selection import GridSearchCV
     X, y = digits(900)
-    grid = {"C": [1, 10, 100, 1000], "gamma": [1e-4, 1e-3, 1e-2, 1e-1, 1]}
-    search = GridSearchCV(SVC(), grid, cv=3)
+    if engine == "dask-ml":  # dask-ml cannot search over functions (its graph takes them for tasks)
+        estimator, grid = SVC(), {"C": [1, 10, 100, 1000], "gamma": [1e-4, 1e-3, 1e-2, 1e-1, 1]}
+    else:  # candidates that differ only by a closure: each fit found again as itself
+        estimator = make_pipeline(FunctionTransformer(), SVC())
+        grid = {"functiontransformer__func": [first_columns(16), first_columns(64)], "svc__C": [1, 10],
+                "svc__gamma": [1e-4, 1e-3, 1e-2, 1e-1, 1]}  # fmt: skip
+    search = GridSearchCV(estimator, grid, cv=3)
     saved = CountedSaves(tmp_path / "fits")
     counted, at_loss = [], {}
     cluster = LoopbackCluster(tmp_path)
@@ -426,7 +441,7 @@ def test_a_search_that_loses_its_scheduler_waits_for_the_next_and_loses_no_finis
 
     assert at_loss["saved"] >= 10, "what had finished before the loss was kept"
     assert len(saved.saves) == len(set(saved.saves)) == 60, "no kept fit ran again"
-    plain = Plain(SVC(), grid, cv=3).fit(X, y)
+    plain = Plain(estimator, grid, cv=3).fit(X, y)
     # dask-ml averages the split scores its own way (last-digit differences): its splits are compared.
     (assert_same_splits if engine == "dask-ml" else assert_same_search)(search, plain)
     assert search.best_params_ == plain.best_params_
