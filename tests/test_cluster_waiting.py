@@ -59,7 +59,14 @@ def test_too_few_workers_within_the_timeout(loopback, tmp_path):
     )
 
 
-def test_waiting_for_nodes_says_how_many_joined_and_the_time_left(monkeypatch, capsys):
+@pytest.fixture
+def clients_view(monkeypatch):
+    """The fakes below are a client's view of the scheduler (`scheduler_info`): what the
+    scheduler's plain-data `identity` gives a real client (tests/test_node_trust.py reads it)."""
+    monkeypatch.setattr(waiting, "scheduler_identity", lambda client: client.scheduler_info(n_workers=-1))
+
+
+def test_waiting_for_nodes_says_how_many_joined_and_the_time_left(monkeypatch, capsys, clients_view):
     """The client waiting for worker nodes says so at every interval (shortened here)."""
 
     class TwoNodes:
@@ -118,7 +125,7 @@ def test_waiting_is_visible_and_ctrl_c_ends_it_in_one_line(loopback, tmp_path):
     assert "Traceback" not in "".join(lines) + rest
 
 
-def test_the_node_meter_reports_changes_and_adds_up_node_seconds():
+def test_the_node_meter_reports_changes_and_adds_up_node_seconds(clients_view):
     class Cluster:  # a client's view: worker addresses, two per node
         def __init__(self) -> None:
             self.hosts = ["10.0.0.1"]
@@ -142,7 +149,7 @@ def test_the_node_meter_reports_changes_and_adds_up_node_seconds():
     assert meter.node_seconds == pytest.approx(expected, abs=0.25)
 
 
-def test_the_node_meter_waits_out_a_lost_scheduler_and_goes_on_looking():
+def test_the_node_meter_waits_out_a_lost_scheduler_and_goes_on_looking(clients_view):
     """While the search waits for its scheduler to come back, the meter skips its looks, and
     looks again once it is back."""
 

@@ -11,6 +11,8 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from distributed import Client
@@ -182,3 +184,158 @@ assert not os.path.exists({str(tmp_path / "loaded")!r})
 assert trust._reply_text_only({{"status": "OK", "result": 1}}) == {{"status": "OK", "result": 1}}
 print("ok")
 """)
+
+
+# --- what a worker's key sends, and what the scheduler hands on ---
+
+
+async def fake_worker(cluster, address: str, **extra):
+    """A connection registered as a worker at `address` (on the peer's own host), as a task
+    holding its worker's key could open one; its comm, or the error the registration raised."""
+    with cluster.client() as client:
+        (real,) = [info for info in client.scheduler_info(n_workers=-1)["workers"].values() if info["name"] != "fake"]
+        versions = client.get_versions()["scheduler"]
+    comm = await connect(cluster.address, **security(cluster, "worker").get_connection_args("client"))
+    await comm.write({
+        "op": "register-worker", "reply": False, "address": address, "status": "running", "nthreads": 1,
+        "name": "fake", "now": time.time(), "resources": {}, "memory_limit": 0, "local_directory": "/tmp",
+        "services": {}, "nanny": None, "pid": os.getpid(), "versions": versions, "metrics": real["metrics"],
+        "extra": extra, "stimulus_id": "fake-registration", "server_id": f"fake-{address}",
+    })  # fmt: skip
+    try:
+        reply = await asyncio.wait_for(comm.read(), 30)
+    except Exception as error:
+        comm.abort()
+        return error
+    assert reply["status"] == "OK", reply
+    return comm
+
+
+def worker_statuses(cluster) -> dict[str, str]:
+    with cluster.client() as client:
+        return {address: info["status"] for address, info in client.scheduler_info(n_workers=-1)["workers"].items()}
+
+
+def real_worker(cluster) -> str:
+    (address,) = [address for address in worker_statuses(cluster) if "127.0.0.2" in address]
+    return address
+
+
+async def settle() -> None:
+    await asyncio.sleep(1.0)  # the scheduler handles a stream's batch as it reads it
+
+
+def test_a_worker_key_cannot_leave_a_pickle_for_the_scheduler_to_hand_on(cluster, tmp_path):
+    """The scheduler keeps a pickle it does not load and hands it on: to the worker autoscaler's
+    and the laptop's `identity` calls, to every client. Refused; the plain control registers."""
+    from distributed.protocol.serialize import to_serialize
+
+    loaded = tmp_path / "loaded"
+    refused = asyncio.run(fake_worker(cluster, "tls://127.0.0.9:40001", note=to_serialize(MakesFolder(str(loaded)))))
+    assert isinstance(refused, OSError), refused
+    with cluster.client() as client:  # a Client loads what the scheduler hands on: nothing of it
+        assert "tls://127.0.0.9:40001" not in client.scheduler_info(n_workers=-1)["workers"]
+    assert not loaded.exists()
+    assert "a Serialized in 'register-worker' (extra)" in scheduler_log(cluster)
+
+    async def control() -> dict:
+        comm = await fake_worker(cluster, "tls://127.0.0.9:40002", note="plain text")
+        try:
+            with cluster.client() as client:
+                return client.scheduler_info(n_workers=-1)["workers"]["tls://127.0.0.9:40002"]
+        finally:
+            comm.abort()
+
+    assert asyncio.run(control())["name"] == "fake"
+
+
+def test_a_worker_stream_speaks_only_for_its_own_worker(cluster):
+    """distributed merges a stream message over the stream's worker: `worker` in it would act
+    on another. Refused; the same message about itself goes through (the control)."""
+    other = real_worker(cluster)
+
+    async def pause(fake: str, target: str) -> dict[str, str]:
+        comm = await fake_worker(cluster, fake)
+        try:
+            await comm.write([{"op": "worker-status-change", "status": "paused", "worker": target, "stimulus_id": "t"}])
+            await settle()
+            return worker_statuses(cluster)
+        finally:
+            comm.abort()
+
+    assert asyncio.run(pause("tls://127.0.0.9:40003", other))[other] == "running"
+    assert f"'worker-status-change' about {other} on the stream of tls://127.0.0.9:40003" in scheduler_log(cluster)
+    assert asyncio.run(pause("tls://127.0.0.9:40004", "tls://127.0.0.9:40004"))["tls://127.0.0.9:40004"] == "paused"
+
+
+@pytest.mark.parametrize("topic", ["print", "warn"])
+def test_a_worker_key_cannot_send_the_events_a_client_acts_on(cluster, topic):
+    """A Client prints `print` events on the terminal and unpickles `warn` ones."""
+    reply = asyncio.run(request(cluster, "worker", {"op": "log_event", "topic": topic, "msg": {"args": ("\x1b]0;x",)}}))
+    assert isinstance(reply, OSError), reply
+    assert f"an event on topic ['{topic}']" in scheduler_log(cluster)
+    reply = asyncio.run(request(cluster, "worker", {"op": "log_event", "topic": f"notes-{topic}", "msg": "kept"}))
+    assert not isinstance(reply, Exception), reply
+    with cluster.client() as client:  # the control: another topic is logged
+        assert [message for _, message in client.get_events(f"notes-{topic}")] == ["kept"]
+
+
+def test_a_tasks_print_event_is_dropped_and_its_other_events_arrive(cluster, capsys):
+    def print_and_note() -> int:  # made here: it travels by value, as a script's function does
+        from distributed import get_worker
+        from distributed import print as dask_print
+
+        dask_print("printed from a task")
+        get_worker().log_event("task-notes", "noted from a task")
+        return 1
+
+    with cluster.client() as client:
+        assert client.submit(print_and_note, pure=False).result(timeout=120) == 1
+        deadline = time.monotonic() + 30
+        while not client.get_events("task-notes") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [message for _, message in client.get_events("task-notes")] == ["noted from a task"]
+        assert not client.get_events("print")
+    assert "printed from a task" not in capsys.readouterr().out
+    assert "dropped an event on topic ['print']" in scheduler_log(cluster)
+
+
+def test_the_nodes_daemons_and_the_laptops_meter_unpickle_nothing_the_scheduler_hands_on(tmp_path):
+    """On a scheduler without the preload, a worker leaves a pickle in its `extra`: a Client's
+    `scheduler_info` loads it (the control); the autoscaler's rpc and the node meter do not."""
+    from distributed import Client, LocalCluster
+    from distributed.protocol.serialize import to_serialize
+
+    from dask_node import tls
+    from experiments.cluster.waiting import worker_nodes
+
+    loaded = tmp_path / "loaded"
+
+    async def leave_a_pickle(address: str, path: Path):
+        comm = await connect(address)
+        await comm.write({
+            "op": "register-worker", "reply": False, "address": "tcp://127.0.0.9:40005", "status": "running",
+            "nthreads": 1, "name": "fake", "now": time.time(), "resources": {}, "memory_limit": 0,
+            "local_directory": "/tmp", "services": {}, "nanny": None, "pid": os.getpid(), "versions": {},
+            "metrics": {}, "extra": {"note": to_serialize(MakesFolder(str(path)))}, "stimulus_id": "fake",
+            "server_id": "fake",
+        })  # fmt: skip
+        return comm
+
+    async def through_the_daemons_rpc(address: str):
+        async with tls.scheduler_rpc(address, None) as scheduler:
+            return await scheduler.identity(n_workers=-1)
+
+    with (
+        LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=None) as local,
+        Client(local) as client,
+    ):
+        comm = client.sync(leave_a_pickle, local.scheduler_address, loaded)
+        with pytest.raises(TypeError, match="only able to deserialize data with \\['msgpack'\\]"):
+            asyncio.run(through_the_daemons_rpc(local.scheduler_address))
+        with pytest.raises(TypeError, match="only able to deserialize data with \\['msgpack'\\]"):
+            worker_nodes(client)
+        assert not loaded.exists()
+        client.scheduler_info(n_workers=-1)
+        assert loaded.exists(), "the control: a Client loads what the scheduler hands on"
+        comm.abort()

@@ -43,11 +43,21 @@ def probe(address: str, security, timeout: float) -> None:
             time.sleep(1.0)
 
 
+def scheduler_identity(client) -> dict:
+    """The scheduler's `identity(n_workers=-1)`, read with msgpack only (not
+    `client.scheduler_info`): what the scheduler hands on from the workers (their `extra`,
+    `metrics`) is read as plain data, never unpickled on the laptop."""
+    from distributed.core import PooledRPCCall
+
+    scheduler = PooledRPCCall(client.scheduler.address, client.rpc, deserializers=["msgpack"])
+    return client.sync(scheduler.identity, n_workers=-1)
+
+
 def worker_nodes(client) -> int:
     """Worker nodes, not processes: a node may run several Dask workers."""
     from distributed.comm.addressing import get_address_host
 
-    return len({get_address_host(address) for address in client.scheduler_info(n_workers=-1)["workers"]})
+    return len({get_address_host(address) for address in scheduler_identity(client)["workers"]})
 
 
 HEARTBEAT_SECONDS = 10.0

@@ -80,10 +80,9 @@ def retire_local_workers(scheduler: str, security, host: str, timeout: float = 6
     import asyncio
 
     from distributed.comm.addressing import get_address_host
-    from distributed.core import rpc
 
     async def retire() -> list[str]:
-        async with rpc(scheduler, connection_args=security.get_connection_args("client"), timeout=timeout) as remote:
+        async with tls.scheduler_rpc(scheduler, security, timeout=timeout) as remote:
             identity = await remote.identity(n_workers=-1)
             workers = [w for w in identity["workers"] if get_address_host(w) == host]
             if workers:

@@ -30,3 +30,18 @@ def security(tls_dir: str, role: str):
 
     ca, cert, key = files(tls_dir, role)
     return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+
+
+# What the node's daemons read from the scheduler: plain data only. The scheduler hands on some
+# values workers sent (their `extra`, `metrics`) without reading them; read with Dask's default
+# deserializers, a pickle among them would run in the daemon, with the scheduler role's
+# credentials (dask_node/trust.py refuses such values too).
+PLAIN_ONLY = ["msgpack"]
+
+
+def scheduler_rpc(address: str, security, **options):
+    """An rpc to the scheduler, as the node's own client, that unpickles nothing it reads."""
+    from distributed.core import rpc
+
+    connection_args = security.get_connection_args("client") if security is not None else {}
+    return rpc(address, connection_args=connection_args, deserializers=PLAIN_ONLY, **options)

@@ -13,9 +13,16 @@ on every connection the scheduler process reads from, incoming or outgoing:
 - client or scheduler (the laptop, JupyterLab, the node's own tools): Dask as usual;
 - worker: only what a worker and its nanny send (`REQUESTS`, `STREAM`), only about workers on
   the host the connection comes from (a worker registers under its own address, retires only
-  itself), no pickled object in any message, and error replies reduced to their text. Tasks
-  cannot open a client (`get_client()` inside a task is refused), and P2P shuffles, whose
-  worker requests carry pickled specs, are refused: scikit-learn searches use neither;
+  itself), a stream's messages only about the worker that registered it, no pickled object
+  loaded from any message, and error replies reduced to their text. What a worker asks or
+  reports holds plain values only (msgpack's own): the scheduler keeps a pickle it does not
+  load (`Serialized`) as it is and hands it on, to the worker autoscaler and the laptop's node
+  meter (`identity`, `scheduler_info`) and to every client (events), which would load it. The
+  one exception is a failed task's exception and traceback (`task-erred`), which go only to the
+  client that submitted the task, as its results do. Events a Client acts on (`print`
+  writes to the terminal, `warn` unpickles) are dropped. Tasks cannot open a client
+  (`get_client()` inside a task is refused), and P2P shuffles, whose worker requests carry
+  pickled specs, are refused: scikit-learn searches use neither;
 - no role: the connection is closed.
 
 A refusal closes the connection and logs one line naming the peer and what it asked.
@@ -61,6 +68,12 @@ STREAM = frozenset({
     "close-stream",
 })  # fmt: skip
 
+# Where a worker's message may hold a pickle, kept unread: Dask's own worker sends a failed
+# task's exception and traceback so, for the client that submitted it.
+PICKLES_ALLOWED = frozenset({("task-erred", "exception"), ("task-erred", "traceback")})
+# Event topics every Client acts on (distributed's client.py `_handle_print`, `_handle_warn`).
+CLIENT_TOPICS = frozenset({"print", "warn"})
+
 # Set while the scheduler process reads from a worker: a pickled object in that message is refused.
 _reading_from_worker: contextvars.ContextVar[str | None] = contextvars.ContextVar("reading_from_worker", default=None)
 
@@ -82,13 +95,36 @@ def _host(address: str) -> str:
         return host
 
 
-def check_worker_message(message, peer: str) -> None:
-    """Refuse what a worker's certificate may not ask; `message` as Dask read it."""
+def _refuse_unless_plain(value, where: str) -> None:
+    """msgpack's own values only: a pickle kept unread (`Serialized`) or anything else is refused."""
+    if value is None or isinstance(value, str | bytes | int | float | bool):
+        return
+    if isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            _refuse_unless_plain(item, where)
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            _refuse_unless_plain(name, where)
+            _refuse_unless_plain(item, where)
+    else:
+        raise Refused(f"a {type(value).__name__} in {where}")
+
+
+def check_worker_message(message, peer: str, stream_of: str | None = None) -> None:
+    """Refuse what a worker's certificate may not ask; `message` as Dask read it. `stream_of`:
+    the worker that registered this connection as its stream, if it did."""
     for part in message if isinstance(message, list | tuple) else (message,):
         if not isinstance(part, dict) or "op" not in part:
             continue  # a reply, a handshake or a malformed request: Dask handles those itself
         op = part["op"]
+        for field, value in part.items():
+            if (op, field) not in PICKLES_ALLOWED:
+                _refuse_unless_plain(value, f"{op!r} ({field})")
         if op in STREAM:
+            # distributed merges the message over the stream's own worker: a `worker` in it
+            # would act on another worker.
+            if "worker" in part and part["worker"] != stream_of:
+                raise Refused(f"{op!r} about {part['worker']} on the stream of {stream_of}")
             continue
         if op not in REQUESTS:
             raise Refused(f"{op!r} is not something a worker asks")
@@ -120,6 +156,25 @@ def _reply_text_only(message):
     return message
 
 
+def _without_client_events(message, peer: str):
+    """A worker's stream batch without the events a Client acts on (a task's `distributed.print`,
+    say): dropped, and logged, rather than the worker's whole stream closed."""
+    if not isinstance(message, list | tuple):  # a batch reads as a tuple (msgpack, use_list=False)
+        return message
+    kept = []
+    for part in message:
+        if isinstance(part, dict) and part.get("op") == "log-event" and _topics(part) & CLIENT_TOPICS:
+            log.warning("dropped an event on topic %s from %s", sorted(_topics(part) & CLIENT_TOPICS), peer)
+            continue
+        kept.append(part)
+    return type(message)(kept)
+
+
+def _topics(part: dict) -> set[str]:
+    topic = part.get("topic")
+    return {str(name) for name in topic} if isinstance(topic, list | tuple) else {str(topic)}
+
+
 async def read(comm: TLS, deserializers=None):
     """TLS.read in the scheduler process: as Dask's, with the peer's role checked."""
     role = role_of(comm.extra_info.get("peercert"))
@@ -134,11 +189,16 @@ async def read(comm: TLS, deserializers=None):
             message = await TCP.read(comm, deserializers)
         finally:
             _reading_from_worker.reset(token)
-        check_worker_message(message, peer)
+        message = _without_client_events(message, peer)
+        check_worker_message(message, peer, getattr(comm, "trust_stream_of", None))
+        if isinstance(message, dict) and message.get("op") == "log_event" and _topics(message) & CLIENT_TOPICS:
+            raise Refused(f"an event on topic {sorted(_topics(message) & CLIENT_TOPICS)}")
     except Refused as refusal:
         log.warning("refused and disconnected %s (role %s): %s", peer, role, refusal)
         comm.abort()
         raise CommClosedError(f"refused by the scheduler: {refusal}") from None
+    if isinstance(message, dict) and message.get("op") == "register-worker":
+        comm.trust_stream_of = message.get("address")  # this connection becomes that worker's stream
     return _reply_text_only(message)
 
 

@@ -219,7 +219,6 @@ class Autoscaler:
 async def serve(args: argparse.Namespace) -> None:
     import boto3
     from botocore.config import Config
-    from distributed.core import rpc
 
     security = tls.security(args.tls_dir, "scheduler")
     # Short timeouts: a call that hangs would freeze every decision for botocore's default minute;
@@ -230,7 +229,7 @@ async def serve(args: argparse.Namespace) -> None:
         boto3.client("autoscaling", region_name=args.region, config=config),
         boto3.client("ec2", region_name=args.region, config=config),
     )
-    async with rpc(args.scheduler, connection_args=security.get_connection_args("client")) as scheduler:
+    async with tls.scheduler_rpc(args.scheduler, security) as scheduler:
         autoscaler = Autoscaler(
             group, DaskScheduler(scheduler), interval=args.interval, scale_down_after=args.scale_down_after
         )
