@@ -83,6 +83,22 @@ def test_only_a_regular_file_of_ours_is_ever_made_private(tmp_path):
     assert ours.stat().st_mode & 0o777 == 0o700
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [("# my notes\n", "not valid JSON"), ('["a", "list"]', "no stack named 'dask' (stacks found: none)"),
+     ('{"dask": "not outputs"}', "stack 'dask' must be an object of outputs")],
+    ids=["not JSON", "not stacks", "not outputs"],
+)  # fmt: skip
+def test_a_file_that_is_not_an_outputs_file_keeps_its_mode(tmp_path, text, said):
+    """Only a file found to be an outputs file is made private; the control is the test above."""
+    notes = tmp_path / "notes.md"
+    notes.write_text(text)
+    notes.chmod(0o644)
+    run = run_experiment("--stack", "dask", "--outputs", str(notes), cwd=tmp_path)
+    assert_one_line_error(run, said)
+    assert notes.stat().st_mode & 0o777 == 0o644
+
+
 def test_outputs_given_as_a_folder_is_one_line_and_changes_nothing(tmp_path):
     folder = tmp_path / "deploys"
     folder.mkdir()

@@ -94,15 +94,16 @@ def keep_private(path: Path) -> None:
 def read_outputs(path: Path, stack: str) -> dict:
     """The outputs of one stack, as written by `cdktf deploy --outputs-file`."""
     hint = DEPLOY_HINT.format(stack=stack)
-    # The state beside it holds every key of the cluster: it gets the same care.
-    for secret in (path, path.parent / f"terraform.{stack}.tfstate", path.parent / f"terraform.{stack}.tfstate.backup"):
-        keep_private(secret)
+    if path.exists() and not path.is_file():
+        raise ClusterError(f"{path}: not a file (an outputs file or a Terraform state is expected)")
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
         raise ClusterError(f"{path}: not found; deploy first with `{hint}`, or pass --outputs FILE") from None
     except json.JSONDecodeError as error:
         raise ClusterError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    if isinstance(document, dict) and document and all(isinstance(outputs, dict) for outputs in document.values()):
+        keep_private(path)  # an outputs file (stacks and their outputs): it holds their keys
     if not isinstance(document, dict) or stack not in document:
         found = ", ".join(sorted(document)) if isinstance(document, dict) and document else "none"
         raise ClusterError(f"{path}: no stack named {stack!r} (stacks found: {found})")
@@ -118,4 +119,7 @@ def read_outputs(path: Path, stack: str) -> dict:
     for key, (what, valid) in FIELDS.items():
         if key in outputs and not valid(outputs[key]):
             raise ClusterError(f"{path}: stack {stack!r}: output {key!r} must be {what}, got {shown(outputs[key])}")
+    # The state beside a valid outputs file holds every key of the cluster: the same care.
+    for state in (path.parent / f"terraform.{stack}.tfstate", path.parent / f"terraform.{stack}.tfstate.backup"):
+        keep_private(state)
     return outputs
