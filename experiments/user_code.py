@@ -21,7 +21,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from experiments.cluster.messages import ClusterError
+from experiments.cluster.messages import ClusterError, console
 
 # In the image already (image/Dockerfile), or the interpreter's own.
 SHIPPED_WITH_THE_IMAGE = {"experiments", "__main__", "builtins"}
@@ -63,6 +63,37 @@ def own_source(name: str) -> Path | None:
     return path.parent if path.name == "__init__.py" else path
 
 
+def package_files(name: str, folder: Path) -> list[Path]:
+    """The files of package `name` (at `folder`) to send, relative to it: the source of each of
+    its modules this process has imported (what unpickling the search imports there), and the
+    `__init__.py` of every package they are in. Nothing else: not the package's other files, no
+    hidden folder or virtual environment in it, and no file whose real path leaves it (a
+    `creds.py` that links to a credentials file)."""
+    root = folder.resolve()
+    # The package as its modules name their files (the project's path may hold a symlink).
+    seen = Path(os.path.abspath(sys.modules[name].__file__)).parent
+    chosen: set[Path] = set()
+    for module_name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if not (module_name == name or module_name.startswith(name + ".")) or not file or not file.endswith(".py"):
+            continue
+        path = Path(os.path.abspath(file))
+        if not path.is_relative_to(seen) or not path.resolve().is_relative_to(root):
+            continue
+        relative = path.relative_to(seen)
+        if any(part.startswith(".") for part in relative.parts) or _in_a_virtual_environment(root, relative):
+            continue
+        chosen.add(relative)
+        for parent in relative.parents:
+            if (root / parent / "__init__.py").is_file() and not (root / parent / "__init__.py").is_symlink():
+                chosen.add(parent / "__init__.py")
+    return sorted(chosen)
+
+
+def _in_a_virtual_environment(root: Path, relative: Path) -> bool:
+    return any((root / parent / "pyvenv.cfg").exists() for parent in relative.parents)
+
+
 def missing_on_the_cluster(names: list[str]) -> list[str]:
     """Run on a node: which of `names` it cannot import."""
     return [name for name in names if importlib.util.find_spec(name) is None]
@@ -79,20 +110,23 @@ def _missing(client, names: list[str]) -> dict[str, str]:
     return where
 
 
-def _upload(client, name: str, source: Path, *, scheduler: bool) -> None:
+def _upload(client, name: str, source: Path, *, scheduler: bool) -> list[str]:
     """The module's source to every worker, those that join later included, and to the scheduler
-    if asked. Named after the module, so that a newer upload replaces an older one."""
+    if asked. Named after the module, so that a newer upload replaces an older one. Returns the
+    files sent."""
     from distributed.diagnostics.plugin import SchedulerUploadFile, UploadFile
 
     with tempfile.TemporaryDirectory(prefix="dask-user-code-") as folder:
         if source.is_dir():  # a package: a zip of its source files, importable from sys.path
             upload = Path(folder) / f"{name}.zip"
+            sent = [str(Path(name) / relative) for relative in package_files(name, source)]
             with zipfile.ZipFile(upload, "w") as archive:
-                for path in sorted(source.rglob("*.py")):
-                    archive.write(path, Path(name) / path.relative_to(source))
+                for relative in package_files(name, source):
+                    archive.write(source / relative, Path(name) / relative)
         else:
             upload = Path(folder) / f"{name}.py"
             upload.write_bytes(source.read_bytes())
+            sent = [upload.name]
         # Loaded there at once (a zip is put on sys.path): a module that fails to import says so
         # now, and a newer upload replaces a module imported before.
         try:
@@ -103,6 +137,7 @@ def _upload(client, name: str, source: Path, *, scheduler: bool) -> None:
             raise ClusterError(
                 f"the nodes cannot import `{name}`, which the search uses: {type(error).__name__}: {error}"
             ) from None
+    return sent
 
 
 def ship(client, *objects) -> list[str]:
@@ -120,9 +155,13 @@ def ship(client, *objects) -> list[str]:
     if not (scheduler_elsewhere or workers_elsewhere):
         return []
     own = {name: source for name in needed if (source := own_source(name)) is not None}
-    if workers_elsewhere:
-        for name, source in own.items():
-            _upload(client, name, source, scheduler=scheduler_elsewhere)
+    if workers_elsewhere and own:
+        sent = [
+            file
+            for name, source in own.items()
+            for file in _upload(client, name, source, scheduler=scheduler_elsewhere)
+        ]
+        console(f"sent your own code to the cluster: {', '.join(sent)}")
     if missing := _missing(client, needed):
         name, where = next(iter(sorted(missing.items())))
         hint = (

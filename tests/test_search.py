@@ -407,6 +407,62 @@ def test_the_users_own_module_reaches_the_workers(process_cluster, users_own_mod
     assert_clean(process_cluster)
 
 
+@pytest.fixture
+def users_own_package(tmp_path, monkeypatch):
+    """A package of the user's, with what must never leave the laptop beside its modules: a
+    module the search does not import, a hidden folder, a virtual environment, a link to a
+    credentials file."""
+    import importlib
+    import sys
+    import uuid
+
+    name = f"mypkg_{uuid.uuid4().hex[:8]}"
+    package = tmp_path / "project" / name
+    for folder in (package / "models", package / ".hidden", package / "env" / "lib", package / ".venv"):
+        folder.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "models" / "__init__.py").write_text("")
+    (package / "models" / "tools.py").write_text(USER_MODULE)
+    (package / "unused.py").write_text("SECRET = 'not imported'\n")
+    (package / ".hidden" / "notes.py").write_text("")
+    (package / "env" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (package / "env" / "lib" / "site.py").write_text("")
+    (package / ".venv" / "pyvenv.cfg").write_text("")
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[default]\naws_secret_access_key = not-to-be-sent\n")
+    (package / "creds.py").symlink_to(credentials)
+    monkeypatch.syspath_prepend(str(tmp_path / "project"))
+    tools = importlib.import_module(f"{name}.models.tools")
+    yield tools
+    for module in [module for module in sys.modules if module.startswith(name)]:
+        sys.modules.pop(module)
+
+
+def test_a_package_of_the_users_sends_the_modules_the_search_uses_and_nothing_else(
+    process_cluster, users_own_package, capsys
+):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import SVC
+
+    from experiments.user_code import own_source, package_files
+
+    name = users_own_package.__name__.partition(".")[0]
+    assert package_files(name, own_source(name)) == [
+        Path("__init__.py"), Path("models/__init__.py"), Path("models/tools.py")
+    ]  # fmt: skip
+    search, X, y = digits_search("scikit-learn", candidates=2)
+    search.set_params(
+        estimator=make_pipeline(users_own_package.Doubler(), SVC(gamma=0.001)), param_grid={"svc__C": [1.0, 2.0]}
+    )
+    fit_on_cluster(process_cluster, search, X, y)
+    assert len(search.cv_results_["params"]) == 2, "the workers imported it from what was sent"
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sent your own code")]
+    assert said == [
+        f"sent your own code to the cluster: {name}/__init__.py, {name}/models/__init__.py, {name}/models/tools.py"
+    ]
+    assert_clean(process_cluster)
+
+
 def test_a_module_the_nodes_cannot_get_is_named_in_one_line_before_the_search(process_cluster, users_own_module,
                                                                               monkeypatch):  # fmt: skip
     """As an installed package of the laptop's that the image lacks: it cannot be sent."""
