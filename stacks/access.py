@@ -75,8 +75,10 @@ def scheduler_statements(
             "Effect": "Allow",
             "Action": "ec2:AttachNetworkInterface",
             "Resource": f"{ec2}:instance/*",
+            # The tag Auto Scaling itself puts on the group's instances: no principal can set or
+            # change an `aws:` tag, where any allowed ec2:CreateTags could forge DaskRole.
             "Condition": {
-                "StringEquals": {"aws:ResourceTag/DaskCluster": settings.name, "aws:ResourceTag/DaskRole": "scheduler"}
+                "StringEquals": {"aws:ResourceTag/aws:autoscaling:groupName": scheduler_group_name(settings)}
             },
         },
         {"Sid": "KeepClusterState", "Effect": "Allow", "Action": "ssm:PutParameter", "Resource": state_arn},

@@ -20,6 +20,8 @@ import pytest
 from moto.iam.access_control import IAMPolicy, PermissionResult
 from moto.iam.aws_managed_policies import aws_managed_policies_data
 
+from stacks.userdata import scheduler_group_name, worker_group_name
+
 ACCOUNT = "123456789012"
 INTERFACE = "eni-0123456789abcdef0"  # the scheduler's network interface, as AWS would name it
 MANAGED = json.loads(aws_managed_policies_data)
@@ -168,13 +170,17 @@ def test_only_a_scheduler_takes_the_schedulers_address_and_only_this_clusters(cl
         f"{ec2}:network-interface/eni-0fedcba987654321f",
     )
     instance = f"{ec2}:instance/i-0aaaabbbbccccdddd"
-    own_scheduler = {"DaskCluster": s.name, "DaskRole": "scheduler", "Name": f"dask-{s.name}-scheduler"}
+    group = scheduler_group_name(s)
+    own_scheduler = {"DaskCluster": s.name, "DaskRole": "scheduler", "aws:autoscaling:groupName": group}
     attach = "ec2:AttachNetworkInterface"
     assert allowed(scheduler, attach, interface, own_scheduler)
     assert allowed(scheduler, attach, instance, own_scheduler)
     assert not allowed(scheduler, attach, other_interface, own_scheduler), "another interface"
-    for tags in ({**own_scheduler, "DaskRole": "worker"}, {**own_scheduler, "DaskCluster": "other"},
-                 {"DaskRole": "scheduler"}, {}):  # fmt: skip
+    # Tags anyone allowed ec2:CreateTags can set are not enough; only Auto Scaling's own
+    # (an `aws:` tag, which no principal can set) of this cluster's scheduler group.
+    forged = {"DaskCluster": s.name, "DaskRole": "scheduler", "Name": f"dask-{s.name}-scheduler"}
+    for tags in (forged, {**own_scheduler, "aws:autoscaling:groupName": worker_group_name(s)},
+                 {**own_scheduler, "aws:autoscaling:groupName": "dask-other-scheduler"}, {}):  # fmt: skip
         assert not allowed(scheduler, attach, instance, tags), f"onto an instance tagged {tags}"
     for action in ("ec2:DetachNetworkInterface", "ec2:DeleteNetworkInterface", "ec2:ModifyNetworkInterfaceAttribute",
                    "ec2:AssociateAddress", "ec2:DisassociateAddress", "ec2:CreateNetworkInterface"):  # fmt: skip
