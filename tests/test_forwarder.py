@@ -78,7 +78,9 @@ def test_tunnel_command_prints_local_links_and_stops_on_ctrl_c(gateway_scheduler
     assert err.strip() == "closed", err
 
 
-def ask(port: int, path: str, host: str | None = None, cookie: str | None = None) -> tuple[int, dict, bytes]:
+def ask(
+    port: int, path: str, host: str | None = None, cookie: str | None = None, origin: str | None = None
+) -> tuple[int, dict, bytes]:
     """One request as anything on this machine could send it: status, headers, body."""
     import http.client
 
@@ -86,6 +88,8 @@ def ask(port: int, path: str, host: str | None = None, cookie: str | None = None
     headers = {"Cookie": cookie} if cookie else {}
     if host:
         headers["Host"] = host
+    if origin:
+        headers["Origin"] = origin
     connection.request("GET", path, headers=headers)
     response = connection.getresponse()
     answer = (response.status, dict(response.getheaders()), response.read())
@@ -111,3 +115,57 @@ def test_the_forwarder_serves_only_requests_for_its_address_that_carry_its_key(g
         assert headers["Set-Cookie"] == f"{cookie}; HttpOnly; SameSite=Strict; Path=/"
         status, _, page = ask(port, "/status", host=f"localhost:{port}", cookie=cookie)
         assert status == 200 and b"Bokeh" in page
+
+
+def test_a_page_of_another_local_port_cannot_use_the_cookie(gateway_scheduler):
+    """The browser sends the cookie to every port of 127.0.0.1: a request whose Origin is not
+    the forwarder's own is refused, the websocket's upgrade included; the control is its own."""
+    from tornado.httpclient import HTTPClientError, HTTPRequest
+    from tornado.ioloop import IOLoop
+    from tornado.websocket import websocket_connect
+
+    url = f"https://127.0.0.1:{gateway_scheduler.gateway_port}/status"
+    with local_link(url, *files(gateway_scheduler.tls_dir)) as link:
+        port, key = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/status\?dask_link=(.+)", link).groups()
+        port, cookie = int(port), f"dask_link_{port}={key}"
+        assert ask(port, "/status", cookie=cookie, origin="http://127.0.0.1:8888")[0] == 403
+        assert ask(port, "/status", cookie=cookie, origin="null")[0] == 403
+        assert ask(port, "/status", cookie=cookie, origin=f"http://127.0.0.1:{port}")[0] == 200
+
+        async def upgrade(origin: str) -> object:
+            request = HTTPRequest(f"ws://127.0.0.1:{port}/status/ws", headers={"Origin": origin, "Cookie": cookie})
+            try:
+                connection = await websocket_connect(request, subprotocols=["bokeh"])
+            except HTTPClientError as error:
+                return error.code
+            connection.close()
+            return "open"
+
+        assert IOLoop.current().run_sync(lambda: upgrade("http://127.0.0.1:8888"), timeout=60) == 403
+
+
+def test_idle_connections_are_closed_and_capped_so_no_local_user_holds_the_forwarder(gateway_scheduler, monkeypatch):
+    import socket
+    import time
+
+    from experiments.cluster import forwarder
+
+    monkeypatch.setattr(forwarder, "HEAD_SECONDS", 1.0)
+    monkeypatch.setattr(forwarder, "MAX_WAITING", 3)
+    url = f"https://127.0.0.1:{gateway_scheduler.gateway_port}/status"
+    with local_link(url, *files(gateway_scheduler.tls_dir)) as link:
+        port, key = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/status\?dask_link=(.+)", link).groups()
+        port = int(port)
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        time.sleep(0.3)  # the forwarder has taken them
+        with socket.create_connection(("127.0.0.1", port)) as beyond:
+            beyond.settimeout(30)
+            assert beyond.recv(1) == b"", "a connection beyond the cap is closed at once"
+        started = time.monotonic()
+        for connection in idle:
+            connection.settimeout(30)
+            assert connection.recv(1) == b"", "an idle connection is closed"
+            connection.close()
+        assert time.monotonic() - started < 25
+        # The control: once they are gone, the printed link is served.
+        assert ask(port, f"/status?dask_link={key}")[0] == 303

@@ -11,6 +11,13 @@ before anything is forwarded: its Host must be this forwarder's own address, and
 the link's key, as the `dask_link` parameter of the printed link (answered with a cookie for the
 browser's later requests, and a redirect to the same page without it) or as that cookie. A
 browser keeps a connection to one origin only, so its first request speaks for the rest.
+
+A browser sends the cookie to every port of 127.0.0.1, and a page served from another local
+port could open the dashboard's websocket with it: a request that carries an `Origin` (every
+websocket upgrade from a page, every cross-site request) must name this forwarder's own. A
+connection that has not sent its first request within HEAD_SECONDS is closed, and at most
+MAX_WAITING wait for theirs: no local user can hold connections open until a run ends for want
+of file descriptors.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 CHUNK = 64 * 1024
 LINK_KEY = "dask_link"  # the printed link's parameter; the cookie is named after it and the port
 MAX_HEAD = 64 * 1024  # a request head longer than this is refused
+HEAD_SECONDS = 10.0  # what a connection may take to send its first request's head
+MAX_WAITING = 64  # connections waiting for their first request, at most (a browser opens six or so)
 
 
 def client_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
@@ -79,6 +88,7 @@ class Forwarder:
         self._error: BaseException | None = None
         self.port = 0
         self.key = secrets.token_urlsafe(24)
+        self._waiting = 0  # connections that have not sent their first request yet (on the loop only)
 
     def _admit(self, head: bytes) -> bytes | None:
         """None to forward the request; else the forwarder's own answer to it."""
@@ -91,8 +101,11 @@ class Forwarder:
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers.setdefault(name.strip().lower(), value.strip())
-        if headers.get("host", "").lower() not in (f"127.0.0.1:{self.port}", f"localhost:{self.port}"):
+        own = (f"127.0.0.1:{self.port}", f"localhost:{self.port}")
+        if headers.get("host", "").lower() not in own:
             return _answer("421 Misdirected Request", body="not a request for this link\n")
+        if "origin" in headers and headers["origin"].lower() not in {f"http://{address}" for address in own}:
+            return _answer("403 Forbidden", body="a page of another origin may not use this link\n")
         cookie_name = f"{LINK_KEY}_{self.port}"
         path, _, query = target.partition("?")
         given = dict(parse_qsl(query, keep_blank_values=True)).get(LINK_KEY)
@@ -109,11 +122,17 @@ class Forwarder:
         return _answer("403 Forbidden", body="open the link this machine printed (it carries the link's key)\n")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+        if self._waiting >= MAX_WAITING:
             writer.close()
             return
+        self._waiting += 1
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_SECONDS)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError, TimeoutError):
+            writer.close()
+            return
+        finally:
+            self._waiting -= 1
         if (answer := self._admit(head)) is not None:
             with contextlib.suppress(OSError):
                 writer.write(answer)
