@@ -204,6 +204,7 @@ def test_a_search_with_the_users_own_module_runs_on_nodes_without_it(cluster, tm
     ))  # fmt: skip
     remote = summary(tmp_path / "remote")
     assert remote["where"]["kind"] == "remote", output
+    assert "sent your own code to the cluster: mytools.py\n" in output, "what was sent, in one line"
     assert remote["best_params"] == summary(tmp_path / "local")["best_params"]
     assert remote["best_cv_score"] == summary(tmp_path / "local")["best_cv_score"]
     assert scheduler.process.poll() is None
