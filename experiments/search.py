@@ -260,11 +260,15 @@ def dask_ml_scheduler(client, saved: SavedFits) -> Callable:
         scheduler = client.scheduler_info().get("id")
         sent = client.get(graph, wanted, sync=False, allow_other_workers=True, **options)
         futures = dict(zip(wanted, sent, strict=True))
-        completed = as_completed([futures[key] for key in todo], with_results=True)
+        # Results are gathered here, not by as_completed (with_results): its tracking task, failing
+        # on a lost connection, kept a future in its traceback until Python's cycle collector ran,
+        # and that future's task on the new scheduler.
+        completed = as_completed([futures[key] for key in todo])
         while not completed.is_empty():
             batch = completed.next_batch(block=False)
-            for future, value in batch:
-                if future.status == "finished":  # not cancelled (a lost scheduler): gather raises for those
+            # Not cancelled (a lost scheduler) nor failed: the last gather raises for those.
+            if finished := [future for future in batch if future.status == "finished"]:
+                for future, value in zip(finished, client.gather(finished), strict=True):
                     saved.save(str(future.key), value)
             if not batch:
                 _check_same_scheduler(client, scheduler)

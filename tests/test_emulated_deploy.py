@@ -314,7 +314,8 @@ def assert_taken_over(
     # The same two worker nodes, rejoined; nothing was replaced or scaled.
     assert live_workers(cluster) == workers
     for worker in workers.values():
-        assert worker.log().count("worker up: rejoined the new scheduler") >= 1, worker.log()
+        # A search of seconds may end on the first node back, before the other has rejoined.
+        worker.wait_until(lambda w=worker: "worker up: rejoined the new scheduler" in w.log(), 120, "a rejoin")
     assert cluster.desired_capacity() == 2
     assert cluster.group(cluster.scheduler_group_name)["DesiredCapacity"] == 1
     cluster.check_group()
