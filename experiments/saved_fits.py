@@ -244,12 +244,12 @@ class SavedFits:
         recorded_path = folder / IDENTITY
         if not recorded_path.is_file() and folder.exists() and any(folder.iterdir()):
             raise ClusterError(f"{folder} holds files but no {IDENTITY}: not a folder of saved fits")
+        # The run folder too, before anything is made in it: who can write it can put another
+        # fits/ in its place; a sticky folder (/tmp) lets nobody else rename or remove what is in it.
+        if folder.parent.is_dir() and not folder.parent.stat().st_mode & stat.S_ISVTX:
+            _refuse_if_others_can_write(folder.parent)
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         files = sorted(folder.glob(f"*{SUFFIX}"))
-        # The run folder too: who can write it can put another fits/ in its place; a sticky
-        # folder (/tmp) lets nobody else rename or remove what is in it.
-        if not folder.parent.stat().st_mode & stat.S_ISVTX:
-            _refuse_if_others_can_write(folder.parent)
         for path in (folder, *([recorded_path] if recorded_path.is_file() else []), *files):
             _refuse_if_others_can_write(path)
         check_writable(folder)
@@ -360,7 +360,8 @@ def _load(path: Path) -> tuple[str, object]:
         if path.name != file_name(saved["key"]):
             raise NotPlain("its name is not its key's")
         return saved["key"], from_plain(saved.get("result", {}))
-    except (OSError, UnicodeDecodeError, ValueError) as error:  # json's errors and NotPlain are ValueErrors
+    # json's errors and NotPlain are ValueErrors; numpy refuses an unknown dtype with a TypeError.
+    except (OSError, ValueError, TypeError) as error:
         raise ClusterError(f"{path} is not a fit this program saved ({_one_line(error)}); move it out of "
                            f"{path.parent} to resume, or start a new run") from None  # fmt: skip
 

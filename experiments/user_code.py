@@ -119,10 +119,11 @@ def _upload(client, name: str, source: Path, *, scheduler: bool) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="dask-user-code-") as folder:
         if source.is_dir():  # a package: a zip of its source files, importable from sys.path
             upload = Path(folder) / f"{name}.zip"
-            sent = [str(Path(name) / relative) for relative in package_files(name, source)]
+            files = package_files(name, source)
             with zipfile.ZipFile(upload, "w") as archive:
-                for relative in package_files(name, source):
+                for relative in files:
                     archive.write(source / relative, Path(name) / relative)
+            sent = [str(Path(name) / relative) for relative in files]
         else:
             upload = Path(folder) / f"{name}.py"
             upload.write_bytes(source.read_bytes())

@@ -152,12 +152,14 @@ def test_idle_connections_are_closed_and_capped_so_no_local_user_holds_the_forwa
 
     monkeypatch.setattr(forwarder, "HEAD_SECONDS", 1.0)
     monkeypatch.setattr(forwarder, "MAX_WAITING", 3)
-    url = f"https://127.0.0.1:{gateway_scheduler.gateway_port}/status"
-    with local_link(url, *files(gateway_scheduler.tls_dir)) as link:
-        port, key = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/status\?dask_link=(.+)", link).groups()
-        port = int(port)
+    context = forwarder.client_context(*files(gateway_scheduler.tls_dir))
+    with forwarder.Forwarder("127.0.0.1", gateway_scheduler.gateway_port, context) as local:
+        port, key = local.port, local.key
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
-        time.sleep(0.3)  # the forwarder has taken them
+        deadline = time.monotonic() + 30
+        while local.waiting < 3:  # the forwarder has taken them
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         with socket.create_connection(("127.0.0.1", port)) as beyond:
             beyond.settimeout(30)
             assert beyond.recv(1) == b"", "a connection beyond the cap is closed at once"

@@ -221,8 +221,11 @@ def real_worker(cluster) -> str:
     return address
 
 
-async def settle() -> None:
-    await asyncio.sleep(1.0)  # the scheduler handles a stream's batch as it reads it
+async def until(condition, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not within {timeout:g} s"
+        await asyncio.sleep(0.1)
 
 
 def test_a_worker_key_cannot_leave_a_pickle_for_the_scheduler_to_hand_on(cluster, tmp_path):
@@ -254,18 +257,23 @@ def test_a_worker_stream_speaks_only_for_its_own_worker(cluster):
     on another. Refused; the same message about itself goes through (the control)."""
     other = real_worker(cluster)
 
-    async def pause(fake: str, target: str) -> dict[str, str]:
+    async def pause(fake: str, target: str, handled) -> dict[str, str]:
         comm = await fake_worker(cluster, fake)
         try:
             await comm.write([{"op": "worker-status-change", "status": "paused", "worker": target, "stimulus_id": "t"}])
-            await settle()
+            await until(handled, "the scheduler's answer to the stream message")
             return worker_statuses(cluster)
         finally:
             comm.abort()
 
-    assert asyncio.run(pause("tls://127.0.0.9:40003", other))[other] == "running"
-    assert f"'worker-status-change' about {other} on the stream of tls://127.0.0.9:40003" in scheduler_log(cluster)
-    assert asyncio.run(pause("tls://127.0.0.9:40004", "tls://127.0.0.9:40004"))["tls://127.0.0.9:40004"] == "paused"
+    refusal = f"'worker-status-change' about {other} on the stream of tls://127.0.0.9:40003"
+    assert (
+        asyncio.run(pause("tls://127.0.0.9:40003", other, lambda: refusal in scheduler_log(cluster)))[other]
+        == "running"
+    )
+    itself = "tls://127.0.0.9:40004"
+    paused = asyncio.run(pause(itself, itself, lambda: worker_statuses(cluster).get(itself) == "paused"))
+    assert paused[itself] == "paused"
 
 
 @pytest.mark.parametrize("topic", ["print", "warn"])

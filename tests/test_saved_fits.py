@@ -183,7 +183,15 @@ def hold_an_object(path: Path, marker: Path) -> None:
     path.write_text(json.dumps(saved))
 
 
-@pytest.mark.parametrize("spoil", [plant_a_pickle, cut_short, give_another_keys_name, hold_an_object])
+def name_no_dtype(path: Path, marker: Path) -> None:
+    import json
+
+    saved = json.loads(path.read_text())
+    saved["result"] = {"numpy": "not-a-dtype", "value": 1.0}
+    path.write_text(json.dumps(saved))
+
+
+@pytest.mark.parametrize("spoil", [plant_a_pickle, cut_short, give_another_keys_name, hold_an_object, name_no_dtype])
 def test_a_fit_file_that_is_not_one_of_ours_is_refused_in_one_line_and_loading_runs_nothing(
     process_cluster, tmp_path, spoil
 ):

@@ -88,7 +88,7 @@ class Forwarder:
         self._error: BaseException | None = None
         self.port = 0
         self.key = secrets.token_urlsafe(24)
-        self._waiting = 0  # connections that have not sent their first request yet (on the loop only)
+        self.waiting = 0  # connections that have not sent their first request yet (changed on the loop only)
 
     def _admit(self, head: bytes) -> bytes | None:
         """None to forward the request; else the forwarder's own answer to it."""
@@ -122,17 +122,17 @@ class Forwarder:
         return _answer("403 Forbidden", body="open the link this machine printed (it carries the link's key)\n")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._waiting >= MAX_WAITING:
+        if self.waiting >= MAX_WAITING:
             writer.close()
             return
-        self._waiting += 1
+        self.waiting += 1
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_SECONDS)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError, TimeoutError):
             writer.close()
             return
         finally:
-            self._waiting -= 1
+            self.waiting -= 1
         if (answer := self._admit(head)) is not None:
             with contextlib.suppress(OSError):
                 writer.write(answer)
