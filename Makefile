@@ -46,7 +46,7 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Stamps: a changed requirements file reinstalls; an unchanged one costs nothing.
-$(VENV)/.dev-installed: requirements-dev.txt requirements.txt image/requirements.txt | $(VENV)/bin/python
+$(VENV)/.dev-installed: requirements-dev.txt requirements.txt requirements-laptop.txt image/requirements.txt pyproject.toml | $(VENV)/bin/python
 	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
 	touch $@
 

@@ -8,14 +8,9 @@ Make the problem big enough and it needs a cluster:
 """
 
 import argparse
-import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python experiments/pipeline_search.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from experiments import experiment, report
-from experiments.cluster import cli
+from spotsearch import experiment, report
+from spotsearch.cluster import cli
 
 # Memory on this machine, by arithmetic before anything is made: the data as float64 about four
 # times over (made, split, and scaled and projected in a fit), and each candidate's parameters and

@@ -6,14 +6,8 @@ search is dask-ml's GridSearchCV (`--engine scikit-learn` runs scikit-learn's ow
 joblib's Dask backend instead: same candidates, same scores).
 """
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python experiments/svc_digits.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from experiments import experiment, report
-from experiments.cluster import cli
+from spotsearch import experiment, report
+from spotsearch.cluster import cli
 
 PARAM_GRID = {"C": [1e-4, 1, 1e4], "gamma": [1e-3, 1, 1e3], "class_weight": [None, "balanced"]}
 CV_FOLDS = 3

@@ -5,7 +5,7 @@
 
 prints http://127.0.0.1 links that stay open until Ctrl-C. The scheduler node serves both only
 to clients with this cluster's certificate (its gateway); the links reach it with the client
-certificate from the outputs file (experiments/cluster/forwarder.py).
+certificate from the outputs file (experiments/spotsearch/cluster/forwarder.py).
 """
 
 from __future__ import annotations
@@ -16,13 +16,10 @@ import sys
 import threading
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python experiments/tunnel.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from experiments.cluster import cli
-from experiments.cluster.forwarder import local_link
-from experiments.cluster.outputs import DEFAULT_OUTPUTS, read_outputs
-from experiments.cluster.tls_files import private_tls_files
+from spotsearch.cluster import cli
+from spotsearch.cluster.forwarder import local_link
+from spotsearch.cluster.outputs import DEFAULT_OUTPUTS, read_outputs
+from spotsearch.cluster.tls_files import private_tls_files
 
 
 def main() -> int:

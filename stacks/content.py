@@ -1,5 +1,5 @@
-"""The content hash that tags the computation image. Pure Python: experiments use it too, to
-tell whether a cluster runs this checkout's code, without loading cdktf."""
+"""The content hash that tags the computation image. Pure Python: the laptop's library uses it
+too, to tell whether a cluster runs this checkout's node image, without loading cdktf."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Everything the Dockerfile copies or reads: the tag changes exactly when one of these does.
-IMAGE_INPUTS = ("image", ".dockerignore", "experiments")
+IMAGE_INPUTS = ("image", ".dockerignore")
 
 
 def image_content_hash(root: Path = PROJECT_ROOT) -> str:

@@ -154,7 +154,7 @@ class DaskClusterStack(TerraformStack):
             "min_workers": (bounds.minimum.as_number, "Fewest worker nodes"),
             "max_workers": (bounds.maximum.as_number, "Most worker nodes"),
             "region": (settings.region, "AWS region"),
-            # What experiments need to price a run (experiments/cost.py).
+            # What experiments need to price a run (experiments/spotsearch/cost.py).
             "worker_instance_types": (instance_types.list_value, "Instance types the workers may run on"),
             "scheduler_instance_types": (
                 list(settings.scheduler_instance_types),

@@ -154,8 +154,8 @@ class LoopbackCluster:
         """A Client over mutual TLS with the client certificate, as an experiment connects."""
         from distributed import Client
 
-        from experiments.cluster.tls_files import security_for
-        from experiments.cluster.waiting import wait_for_nodes as wait
+        from spotsearch.cluster.tls_files import security_for
+        from spotsearch.cluster.waiting import wait_for_nodes as wait
 
         tls = [str(self.tls_dir / name) for name in ("ca.pem", "client.pem", "client.key")]
         client = Client(self.address, security=security_for(*tls), timeout="120s")

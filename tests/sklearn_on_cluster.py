@@ -106,9 +106,9 @@ class OnCluster:
             raise pytest.UsageError(f"SKLEARN_SEARCH_MODE: {MODE!r} is not cluster or n_jobs=2")
 
     def _on_cluster(self, search, X, y, params):
-        from experiments.search import fit_on_cluster
+        from spotsearch.search import fit_on_cluster
 
-        return fit_on_cluster(self.client, search, X, y, wait_for_workers=120, **params)
+        return fit_on_cluster(search, X, y, wait_for_workers=120, **params, client=self.client)
 
     @staticmethod
     def _with_two_jobs(search, X, y, params):

@@ -1,4 +1,4 @@
-"""An experiment's command line (experiments/cluster/cli.py): exit status, the collector at startup,
+"""An experiment's command line (experiments/spotsearch/cluster/cli.py): exit status, the collector at startup,
 and what a user can get wrong, in one line with exit status 2 and no traceback."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cluster import cli
-from experiments.cluster.connect import connect
-from experiments.cluster.messages import ClusterError
+from spotsearch.cluster import cli
+from spotsearch.cluster.connect import connect
+from spotsearch.cluster.messages import ClusterError
 
 from .experiment_runs import (
     ROOT,

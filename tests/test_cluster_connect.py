@@ -1,10 +1,10 @@
-"""Connecting (experiments/cluster/connect.py): a local cluster on loopback only, the collector."""
+"""Connecting (experiments/spotsearch/cluster/connect.py): a local cluster on loopback only, the collector."""
 
 from __future__ import annotations
 
 import gc
 
-from experiments.cluster.connect import connect
+from spotsearch.cluster.connect import connect
 
 
 def test_local_cluster_listens_on_loopback_only():

@@ -1,4 +1,4 @@
-"""The stack's outputs file (experiments/cluster/outputs.py): read, checked, kept private."""
+"""The stack's outputs file (experiments/spotsearch/cluster/outputs.py): read, checked, kept private."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from .experiment_runs import (
 )
 
 
-def test_no_outputs_file(tmp_path):
+def test_no_outputs_file_says_where_it_looked_and_that_a_deployed_stack_needs_no_redeploy(tmp_path):
     run = run_experiment("--stack", "dask", cwd=tmp_path)
     assert_one_line_error(
-        run, "outputs.json: not found; deploy first with `cdktf deploy dask --outputs-file outputs.json"
+        run,
+        f"outputs.json: not found (looked for {tmp_path / 'outputs.json'}); if stack 'dask' is deployed, pass "
+        "--outputs with the file `cdktf deploy` wrote (outputs.json in the project's folder), else deploy it: "
+        "`cdktf deploy dask --outputs-file outputs.json",
     )
 
 
@@ -61,8 +64,8 @@ def test_only_a_regular_file_of_ours_is_ever_made_private(tmp_path):
     """Checked before anything changes: a folder, or a file of another user's, keeps its mode."""
     import os
 
-    from experiments.cluster.messages import ClusterError
-    from experiments.cluster.outputs import keep_private
+    from spotsearch.cluster.messages import ClusterError
+    from spotsearch.cluster.outputs import keep_private
 
     folder = tmp_path / "project"
     folder.mkdir(mode=0o755)

@@ -1,4 +1,4 @@
-"""The client's TLS material (experiments/cluster/tls_files.py): private files, checked one flag at a time."""
+"""The client's TLS material (experiments/spotsearch/cluster/tls_files.py): private files, checked one flag at a time."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cluster.messages import ClusterError
-from experiments.cluster.tls_files import check_tls_files, private_tls_files
+from spotsearch.cluster.messages import ClusterError
+from spotsearch.cluster.tls_files import check_tls_files, private_tls_files
 
 from .experiment_runs import (
     assert_one_line_error,

@@ -1,4 +1,4 @@
-"""The client's packages against the cluster's, and stale node code (experiments/cluster/versions.py)."""
+"""The client's packages against the cluster's, and stale node code (experiments/spotsearch/cluster/versions.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from experiments.cluster.messages import ClusterError
-from experiments.cluster.versions import check_versions, version_mismatches
+from spotsearch.cluster.messages import ClusterError
+from spotsearch.cluster.versions import check_versions, version_mismatches
 
 from .experiment_runs import (
     run_experiment,
@@ -71,5 +71,8 @@ def test_stale_image_is_reported(loopback, tmp_path):
     run = run_experiment(
         "--stack", "loopback", "--outputs", str(outputs), "--workers", "5", "--timeout", "1", cwd=tmp_path
     )
-    assert "warning: the nodes run image 0000000000000000, built from other code than this checkout" in run.stderr
+    assert (
+        "warning: the nodes run image 0000000000000000, built from other node code (image/) than this checkout's"
+        in run.stderr
+    )
     assert "run `cdktf deploy` to ship your changes" in run.stderr

@@ -1,4 +1,4 @@
-"""Reaching the scheduler and waiting for nodes (experiments/cluster/waiting.py): visible, bounded,
+"""Reaching the scheduler and waiting for nodes (experiments/spotsearch/cluster/waiting.py): visible, bounded,
 stopped by Ctrl-C; the node meter."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from experiments.cluster import waiting
-from experiments.cluster.messages import ClusterError
-from experiments.cluster.waiting import NodeMeter, wait_for_nodes
+from spotsearch.cluster import waiting
+from spotsearch.cluster.messages import ClusterError
+from spotsearch.cluster.waiting import NodeMeter, wait_for_nodes
 
 from . import loopback_cluster
 from .experiment_runs import (

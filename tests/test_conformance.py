@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse
 from sklearn.base import clone
 
-from experiments.search import fit_on_cluster
+from spotsearch.search import fit_on_cluster
 
 from .search_cases import CASES, DASK_ML_CASES, assert_clean, assert_same_search, assert_same_splits
 
@@ -21,7 +21,7 @@ from .search_cases import CASES, DASK_ML_CASES, assert_clean, assert_same_search
 def test_scikit_learn_search_matches_plain_scikit_learn(process_cluster, case):
     search, X, y, fit_params = CASES[case]()
     plain = clone(search).fit(X, y, **fit_params)
-    fitted = fit_on_cluster(process_cluster, clone(search), X, y, **fit_params)
+    fitted = fit_on_cluster(clone(search), X, y, **fit_params, client=process_cluster)
     assert_same_search(fitted, plain)
     assert_clean(process_cluster)
 
@@ -32,7 +32,7 @@ def test_dask_ml_search_matches_itself_run_plainly_and_scikit_learns_splits(proc
     weighs unequal splits in its means its own way)."""
     search, scikit_learn_search, X, y, fit_params = DASK_ML_CASES[case]()
     plain = clone(search).set_params(scheduler="sync").fit(X, y, **fit_params)
-    fitted = fit_on_cluster(process_cluster, search, X, y, **fit_params)
+    fitted = fit_on_cluster(search, X, y, **fit_params, client=process_cluster)
     assert_same_search(fitted, plain)
     assert_same_splits(fitted, scikit_learn_search.fit(X, y, **fit_params))
     assert fitted.scheduler is None, "the user's setting is back"

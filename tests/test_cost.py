@@ -6,7 +6,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from experiments import cost
+from spotsearch import cost
 
 
 @mock_aws
@@ -54,7 +54,7 @@ def test_estimate_says_what_it_leaves_out():
 
 
 def test_missing_credentials_do_not_fail_the_run(monkeypatch, tmp_path):
-    from experiments.cluster.connect import Where
+    from spotsearch.cluster.connect import Where
 
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.saved_fits import SUFFIX
+from spotsearch.saved_fits import SUFFIX
 
 from .conftest import EMULATED_REPLACEMENT_WAIT_SECONDS, ROOT
 from .emulated.harness import SCHEDULER_ADDRESS, EmulatedDeploy, Node
@@ -162,8 +162,9 @@ import argparse
 import sys
 
 sys.path.insert(0, sys.argv.pop(1))  # the project's checkout
-from experiments import experiment, report
-from experiments.cluster import cli
+from spotsearch import experiment, report
+
+from spotsearch.cluster import cli
 
 
 def main():

@@ -1,4 +1,4 @@
-"""The experiment runner (experiments/experiment.py) reports any search it can fit: several
+"""The experiment runner (experiments/spotsearch/experiment.py) reports any search it can fit: several
 metrics, a refit callable or none, regressors, density estimators, fit parameters; and writes
 the finished search's results before anything that could fail after it."""
 
@@ -49,5 +49,5 @@ def test_any_search_is_reported(tmp_path, case, expected, printed):
 
 def test_a_failing_plot_keeps_the_finished_search(tmp_path):
     run, summary, rows = run_case("multi-metric, refit by one", tmp_path, "--plot-fails")
-    assert "warning: the plot was not drawn (RuntimeError: a plot that fails)" in run.stdout
+    assert "warning: the plot was not drawn (FileNotFoundError: " in run.stdout
     assert summary["best_params"] and len(rows) == 3 and "test_accuracy" in summary

@@ -1,4 +1,4 @@
-"""The laptop's side of the dashboard (experiments/cluster/forwarder.py, experiments/tunnel.py):
+"""The laptop's side of the dashboard (experiments/spotsearch/cluster/forwarder.py, experiments/tunnel.py):
 the client's certificate, through the local forwarder, gets the dashboard page and its websocket."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import subprocess
 import sys
 import urllib.request
 
-from experiments.cluster.forwarder import local_link
+from spotsearch.cluster.forwarder import local_link
 
 from . import loopback_cluster
 
@@ -148,7 +148,7 @@ def test_idle_connections_are_closed_and_capped_so_no_local_user_holds_the_forwa
     import socket
     import time
 
-    from experiments.cluster import forwarder
+    from spotsearch.cluster import forwarder
 
     monkeypatch.setattr(forwarder, "HEAD_SECONDS", 1.0)
     monkeypatch.setattr(forwarder, "MAX_WAITING", 3)

@@ -116,4 +116,24 @@ def test_runs_as_the_non_root_user_the_nodes_expect_with_an_init():
     assert ("ENTRYPOINT", '["tini", "--"]') in steps
     assert any(name == "RUN" and re.search(r"tini=\S+", args) for name, args in steps), "pin tini's version"
     env = " ".join(args for name, args in steps if name == "ENV").split()
-    assert "PYTHONPATH=/opt/dask" in env, "the project's code must be importable on the nodes"
+    assert "PYTHONPATH=/opt/dask" in env, "the node daemons must be importable on the nodes"
+
+
+def test_the_image_holds_the_node_code_alone_and_a_laptop_edit_keeps_its_tag(tmp_path):
+    """The laptop's library (experiments/) is neither copied nor hashed: its node code travels
+    with each search (tests/test_plain_dask_cluster.py). An edit under image/ changes the tag."""
+    import shutil
+
+    from stacks.content import image_content_hash
+
+    sources = [args.split()[0] for name, args in instructions() if name == "COPY"]
+    assert not [source for source in sources if source.startswith("experiments")], sources
+    for top in (*IMAGE_INPUTS, "experiments"):
+        copy = shutil.copytree if (ROOT / top).is_dir() else shutil.copyfile
+        copy(ROOT / top, tmp_path / top)
+    before = image_content_hash(tmp_path)
+    (tmp_path / "experiments" / "svc_digits.py").write_text("# a laptop edit\n")
+    (tmp_path / "experiments" / "spotsearch" / "on_nodes.py").write_text("# node code travels with the search\n")
+    assert image_content_hash(tmp_path) == before
+    (tmp_path / "image" / "dask_node" / "trust.py").write_text("# a node edit\n")
+    assert image_content_hash(tmp_path) != before

@@ -1,4 +1,4 @@
-"""How scikit-learn's fits go to the cluster (experiments/joblib_backend.py): what they share
+"""How scikit-learn's fits go to the cluster (experiments/spotsearch/joblib_backend.py): what they share
 travels once, each fit as a few bytes the scheduler does not unpickle."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments import joblib_backend
-from experiments.search import fit_on_cluster
+from spotsearch import joblib_backend, on_nodes
+from spotsearch.search import fit_on_cluster
 
 from .search_cases import assert_clean
 
@@ -34,7 +34,7 @@ def sent(monkeypatch):
         return scatter(self, data, *args, **kwargs)
 
     def map_and_record(self, func, payloads, shared, **kwargs):
-        if func is joblib_backend.run_fits:
+        if func is on_nodes.run_fits:
             record["payloads"] += [len(payload) for payload in payloads]
             record["names"] += [sorted(names) for names in shared]
         return map_(self, func, payloads, shared, **kwargs)
@@ -59,7 +59,7 @@ def test_what_every_fit_shares_travels_once_and_each_fit_as_a_few_bytes(sent):
         LocalCluster(n_workers=2, threads_per_worker=2, processes=False, dashboard_address=":0") as local,
         Client(local) as client,
     ):
-        fit_on_cluster(client, search, X, y)
+        fit_on_cluster(search, X, y, client=client)
         assert_clean(client)
     fits = 60 * 3
     assert len(sent["payloads"]) == fits, "each fit a task of its own (joblib's batches of one, here)"
@@ -110,7 +110,7 @@ def test_a_value_of_the_script_travels_by_value_and_the_rest_by_reference():
     shared = np.arange(300)
     refs = {id(shared): ("data-x", id(shared))}
     payload = joblib_backend.pickled([value, shared, shared], refs)
-    loaded = joblib_backend.CallsLoader(io.BytesIO(payload), {"data-x": shared}).load()
+    loaded = on_nodes.CallsLoader(io.BytesIO(payload), {"data-x": shared}).load()
     assert type(loaded[0]).__name__ == "OfTheScript"
     assert loaded[1] is shared and loaded[2] is shared, "data is the worker's copy, not a new one"
     assert len(payload) < len(pickle.dumps(shared)), "the array is not in the payload"
@@ -130,9 +130,9 @@ def test_each_object_a_shared_value_stood_for_is_a_copy_of_its_own():
 
     first, second = SVC(), SVC()
     blob = pickle.dumps(first)
-    name = joblib_backend.BLOB + "svc"
+    name = on_nodes.BLOB + "svc"
     refs = {id(first): (name, id(first)), id(second): (name, id(second))}
     payload = joblib_backend.pickled([first, second, first], refs)
-    a, b, c = joblib_backend.CallsLoader(io.BytesIO(payload), {name: blob}).load()
+    a, b, c = on_nodes.CallsLoader(io.BytesIO(payload), {name: blob}).load()
     assert a is not b and a is c
     assert isinstance(b, SVC) and b.get_params() == SVC().get_params()

@@ -47,7 +47,7 @@ def test_node_code_does_not_import_the_laptops():
 
 def test_no_import_circle():
     graph = import_graph()
-    assert graph["experiments.cluster.connect"], "the graph must see the project's imports"
+    assert graph["spotsearch.cluster.connect"], "the graph must see the project's imports"
 
     def visit(name: str, path: tuple[str, ...]) -> None:
         assert name not in path, "import circle: " + " -> ".join((*path[path.index(name) :], name))

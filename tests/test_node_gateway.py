@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from experiments.cluster.forwarder import client_context
+from spotsearch.cluster.forwarder import client_context
 
 from . import loopback_cluster
 

@@ -128,7 +128,7 @@ def test_a_worker_key_asks_only_what_workers_ask_about_its_own_host(cluster, mes
 
 
 def test_the_gateway_serves_only_the_client_certificate(cluster):
-    from experiments.cluster.forwarder import client_context
+    from spotsearch.cluster.forwarder import client_context
 
     from .test_node_gateway import files, http_get, refused
 
@@ -315,7 +315,7 @@ def test_the_nodes_daemons_and_the_laptops_meter_unpickle_nothing_the_scheduler_
     from distributed.protocol.serialize import to_serialize
 
     from dask_node import tls
-    from experiments.cluster.waiting import worker_nodes
+    from spotsearch.cluster.waiting import worker_nodes
 
     loaded = tmp_path / "loaded"
 

@@ -1,4 +1,4 @@
-"""What a run leaves behind (experiments/report.py): plots drawn in a light helper, the CV table."""
+"""What a run leaves behind (experiments/spotsearch/report.py): plots drawn in a light helper, the CV table."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 def test_plotting_helper_loads_neither_scikit_learn_nor_dask(tmp_path):
     """It loads matplotlib on the core the main process's startup leaves free; loading those
     as well would take that core back."""
-    from experiments import report
+    from spotsearch import report
 
     candidates = [
         {"C": c, "gamma": g, "class_weight": w} for c in (1, 10) for g in (0.1, 1) for w in (None, "balanced")
@@ -31,7 +31,7 @@ def test_plotting_helper_loads_neither_scikit_learn_nor_dask(tmp_path):
 
 
 def test_heatmap_marks_every_best_cell(tmp_path):
-    from experiments.report import write_heatmap
+    from spotsearch.report import write_heatmap
 
     candidates = [{"C": c, "gamma": g, "w": w} for w in (None, "balanced") for c in (1, 10) for g in (0.1, 1)]
     scores = [0.5, 0.9, 0.7, 0.9, 0.2, 0.3, 0.4, 0.6]
@@ -46,7 +46,7 @@ def test_cv_table_leaves_a_parameter_a_candidate_lacks_empty(tmp_path):
     from sklearn.model_selection import GridSearchCV
     from sklearn.svm import SVC
 
-    from experiments.report import write_cv_table
+    from spotsearch.report import write_cv_table
 
     X, y = load_iris(return_X_y=True)
     search = GridSearchCV(SVC(), [{"kernel": ["linear"]}, {"kernel": ["rbf"], "gamma": [0.1]}], cv=3).fit(X, y)
@@ -61,7 +61,7 @@ def test_a_result_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     """Stopped at the rename (as by Ctrl-C or a full disk): no file, no half file, no temporary left."""
     import os
 
-    from experiments import report
+    from spotsearch import report
 
     def stopped(*args):
         raise KeyboardInterrupt

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.cluster.messages import ClusterError
-from experiments.saved_fits import IDENTITY, SUFFIX, SavedFits
-from experiments.search import fit_on_cluster
+from spotsearch.cluster.messages import ClusterError
+from spotsearch.saved_fits import IDENTITY, SUFFIX, SavedFits
+from spotsearch.search import fit_on_cluster
 
 from .search_cases import (
     CASES,
@@ -78,7 +78,7 @@ def fit_files(folder: Path) -> list[Path]:
 def test_a_resumed_search_runs_only_the_unsaved_fits_and_ends_as_an_uninterrupted_one(process_cluster, tmp_path, case):
     search, X, y, fit_params = RESUMABLE[case]()
     whole = CountedSaves(tmp_path)
-    fit_on_cluster(process_cluster, search, X, y, saved_fits=whole, **fit_params)
+    fit_on_cluster(search, X, y, saved_fits=whole, **fit_params, client=process_cluster)
     files = fit_files(tmp_path)
     assert len(files) == len(whole.saves) == len(set(whole.saves)) > 0, "each fit saved once, as one file"
 
@@ -87,7 +87,9 @@ def test_a_resumed_search_runs_only_the_unsaved_fits_and_ends_as_an_uninterrupte
     resumed_search, X, y, fit_params = RESUMABLE[case]()
     counted = []
     resumed = CountedSaves(tmp_path)
-    fit_on_cluster(process_cluster, resumed_search, X, y, saved_fits=resumed, on_fits=counted.append, **fit_params)
+    fit_on_cluster(
+        resumed_search, X, y, saved_fits=resumed, on_fits=counted.append, **fit_params, client=process_cluster
+    )
 
     assert len(resumed.saves) == len(files[::2]), "only the fits not saved ran"
     assert resumed.reused == len(files) - len(files[::2])
@@ -102,7 +104,7 @@ def test_a_search_on_other_data_or_with_other_settings_is_refused_before_any_wor
     process_cluster, tmp_path
 ):
     search, X, y, _ = CASES["multi-metric, refit by one"]()
-    fit_on_cluster(process_cluster, search, X, y, saved_fits=tmp_path)
+    fit_on_cluster(search, X, y, saved_fits=tmp_path, client=process_cluster)
     before = {path: path.read_bytes() for path in fit_files(tmp_path)}
     other_labels = y.copy()
     other_labels[0] = (other_labels[0] + 1) % 10
@@ -119,7 +121,7 @@ def test_a_search_on_other_data_or_with_other_settings_is_refused_before_any_wor
          "not sklearn.model_selection._search.RandomizedSearchCV)"),
     ]:  # fmt: skip
         with pytest.raises(ClusterError) as refused:
-            fit_on_cluster(process_cluster, other, *data, saved_fits=tmp_path)
+            fit_on_cluster(other, *data, saved_fits=tmp_path, client=process_cluster)
         assert said in str(refused.value)
         assert "\n" not in str(refused.value)
         assert not hasattr(other, "cv_results_")
@@ -136,9 +138,9 @@ def test_a_search_whose_splits_change_on_every_run_is_not_resumed(process_cluste
     def shuffled():
         return GridSearchCV(SVC(gamma=0.001), {"C": [0.1, 1.0]}, cv=KFold(3, shuffle=True))
 
-    fit_on_cluster(process_cluster, shuffled(), X, y, saved_fits=tmp_path)
+    fit_on_cluster(shuffled(), X, y, saved_fits=tmp_path, client=process_cluster)
     with pytest.raises(ClusterError, match="cv shuffles with random_state=None"):
-        fit_on_cluster(process_cluster, shuffled(), X, y, saved_fits=tmp_path)
+        fit_on_cluster(shuffled(), X, y, saved_fits=tmp_path, client=process_cluster)
 
 
 def test_a_folder_that_is_not_one_of_saved_fits_is_refused(tmp_path):
@@ -197,14 +199,14 @@ def test_a_fit_file_that_is_not_one_of_ours_is_refused_in_one_line_and_loading_r
 ):
     search, X, y, fit_params = CASES["groups"]()
     folder = tmp_path / "fits"
-    fit_on_cluster(process_cluster, search, X, y, saved_fits=folder, **fit_params)
+    fit_on_cluster(search, X, y, saved_fits=folder, **fit_params, client=process_cluster)
     files = fit_files(folder)
     marker = tmp_path / "code ran"
     spoil(files[0], marker)
     kept = {path: path.read_bytes() for path in fit_files(folder)}
     again = CASES["groups"]()[0]
     with pytest.raises(ClusterError, match=r"\.fit is not a fit this program saved \(.+\); move it out of") as refused:
-        fit_on_cluster(process_cluster, again, X, y, saved_fits=folder, **fit_params)
+        fit_on_cluster(again, X, y, saved_fits=folder, **fit_params, client=process_cluster)
     assert "\n" not in str(refused.value)
     assert not marker.exists(), "loading saved fits ran no code"
     assert not hasattr(again, "cv_results_")
@@ -215,7 +217,7 @@ def test_a_saved_fit_is_plain_json_of_scores_and_timings(process_cluster, tmp_pa
     import json
 
     search, X, y, _ = CASES["multi-metric, refit by one"]()
-    fit_on_cluster(process_cluster, search, X, y, saved_fits=tmp_path)
+    fit_on_cluster(search, X, y, saved_fits=tmp_path, client=process_cluster)
     saved = json.loads(fit_files(tmp_path)[0].read_text())
     assert set(saved) == {"format", "key", "result"}
     result = saved["result"]["dict"]
@@ -239,11 +241,11 @@ def test_a_saved_fit_is_plain_json_of_scores_and_timings(process_cluster, tmp_pa
 def test_a_folder_others_can_change_or_a_broken_record_is_refused_in_one_line(process_cluster, tmp_path, spoil, said):
     search, X, y, fit_params = CASES["groups"]()
     folder = tmp_path / "run" / "fits"
-    fit_on_cluster(process_cluster, search, X, y, saved_fits=folder, **fit_params)
+    fit_on_cluster(search, X, y, saved_fits=folder, **fit_params, client=process_cluster)
     spoil(folder)
     again = CASES["groups"]()[0]
     with pytest.raises(ClusterError) as refused:
-        fit_on_cluster(process_cluster, again, X, y, saved_fits=folder, **fit_params)
+        fit_on_cluster(again, X, y, saved_fits=folder, **fit_params, client=process_cluster)
     assert said in str(refused.value) and "\n" not in str(refused.value)
     assert not hasattr(again, "cv_results_")
 
@@ -252,12 +254,12 @@ def test_saved_fits_are_made_private_whatever_the_umask(process_cluster, tmp_pat
     search, X, y, fit_params = CASES["groups"]()
     before = os.umask(0o002)  # a user-private-group system's umask: group-writable by default
     try:
-        fit_on_cluster(process_cluster, search, X, y, saved_fits=tmp_path / "fits", **fit_params)
+        fit_on_cluster(search, X, y, saved_fits=tmp_path / "fits", **fit_params, client=process_cluster)
     finally:
         os.umask(before)
     assert (tmp_path / "fits").stat().st_mode & 0o777 == 0o700
     assert {path.stat().st_mode & 0o777 for path in (tmp_path / "fits").iterdir()} == {0o600}
-    fit_on_cluster(process_cluster, CASES["groups"]()[0], X, y, saved_fits=tmp_path / "fits", **fit_params)
+    fit_on_cluster(CASES["groups"]()[0], X, y, saved_fits=tmp_path / "fits", **fit_params, client=process_cluster)
 
 
 def test_a_fit_the_search_repeats_runs_again_as_in_scikit_learn(process_cluster, tmp_path):
@@ -267,7 +269,7 @@ def test_a_fit_the_search_repeats_runs_again_as_in_scikit_learn(process_cluster,
     plain = CASES["closures, halving round repeated"]()[0].fit(X, y)
     assert plain.n_resources_[0] == plain.n_resources_[1], "the case repeats a round on the same rows"
     counted = CountedSaves(None)
-    fit_on_cluster(process_cluster, search, X, y, saved_fits=counted, **fit_params)
+    fit_on_cluster(search, X, y, saved_fits=counted, **fit_params, client=process_cluster)
     assert len(counted.saves) == sum(plain.n_candidates_) * 3
     assert counted.reused == 0
     assert_same_search(search, plain)
@@ -300,20 +302,20 @@ def test_a_setting_that_is_never_described_the_same_way_is_named_and_its_fits_ru
         return GridSearchCV(pipeline, {"svc__C": [0.1, 1.0]}, cv=3)
 
     first = CountedSaves(tmp_path)
-    fit_on_cluster(process_cluster, search(), X, y, saved_fits=first)
+    fit_on_cluster(search(), X, y, saved_fits=first, client=process_cluster)
     assert len(first.saves) == 6
     assert ("warning: a resume of this search will run every fit again: its setting "
             "estimator__functiontransformer__kw_args ({'unused': <tests.test_saved_fits.Redrawn object at") in capsys.readouterr().err  # fmt: skip
     with pytest.raises(
         ClusterError, match="its setting estimator__functiontransformer__kw_args is not described the same way twice"
     ):
-        fit_on_cluster(process_cluster, search(), X, y, saved_fits=tmp_path)
+        fit_on_cluster(search(), X, y, saved_fits=tmp_path, client=process_cluster)
 
 
 def test_a_disk_that_refuses_the_fits_warns_once_and_the_search_finishes(
     process_cluster, tmp_path, monkeypatch, capsys
 ):
-    from experiments import saved_fits
+    from spotsearch import saved_fits
 
     def full_disk(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -321,7 +323,7 @@ def test_a_disk_that_refuses_the_fits_warns_once_and_the_search_finishes(
     search, X, y, fit_params = CASES["groups"]()
     store = SavedFits(tmp_path).open_for(search, X, y, fit_params)
     monkeypatch.setattr(saved_fits, "write_atomically", full_disk)
-    fit_on_cluster(process_cluster, search, X, y, saved_fits=store, **fit_params)
+    fit_on_cluster(search, X, y, saved_fits=store, **fit_params, client=process_cluster)
     assert len(search.cv_results_["params"]) == 2
     warnings = [line for line in capsys.readouterr().err.splitlines() if "no longer saved" in line]
     assert warnings == [
@@ -349,7 +351,7 @@ def test_a_fit_that_raises_an_os_error_is_the_searchs_error_not_a_lost_scheduler
     search = GridSearchCV(pipeline, {"svc__C": [0.1, 1.0]}, cv=3, error_score="raise")
     started = time.monotonic()
     with pytest.raises(FileNotFoundError, match="no such file"):
-        fit_on_cluster(process_cluster, search, X, y)
+        fit_on_cluster(search, X, y, client=process_cluster)
     assert time.monotonic() - started < 60
     assert "lost the connection" not in capsys.readouterr().err
     assert_clean(process_cluster)
@@ -442,7 +444,7 @@ def test_a_search_that_loses_its_scheduler_waits_for_the_next_and_loses_no_finis
         with Client(cluster.address, timeout="60s") as client:
             client.wait_for_workers(2, timeout=120)
             threading.Thread(target=lose_the_scheduler_mid_search, daemon=True).start()
-            fit_on_cluster(client, search, X, y, saved_fits=saved, on_fits=counted.append, wait_for_workers=180)
+            fit_on_cluster(search, X, y, saved_fits=saved, on_fits=counted.append, wait_for_workers=180, client=client)
             assert_clean(client)
     finally:
         cluster.stop()
@@ -465,7 +467,7 @@ def test_a_scheduler_that_does_not_come_back_ends_the_search_in_one_line_and_kee
     from sklearn.model_selection import GridSearchCV
     from sklearn.svm import SVC
 
-    from experiments.cluster import waiting
+    from spotsearch.cluster import waiting
 
     monkeypatch.setattr(waiting, "HEARTBEAT_SECONDS", 1.0)
 
@@ -488,8 +490,8 @@ def test_a_scheduler_that_does_not_come_back_ends_the_search_in_one_line_and_kee
             losing = threading.Thread(target=lose_the_scheduler, daemon=True)
             losing.start()
             with pytest.raises(ClusterError, match="did not come back within 5 s") as ended:
-                fit_on_cluster(client, search, X, y, saved_fits=tmp_path / "fits", on_fits=counted.append,
-                               wait_for_workers=5)  # fmt: skip
+                fit_on_cluster(search, X, y, saved_fits=tmp_path / "fits", on_fits=counted.append,
+                               wait_for_workers=5, client=client)  # fmt: skip
             ended_at = time.monotonic()
             # The search may end before the thread has seen the workers go (a loaded machine).
             losing.join(timeout=180)

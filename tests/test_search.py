@@ -1,4 +1,4 @@
-"""Any search on the cluster (experiments/search.py): a lost worker node, a cluster without workers,
+"""Any search on the cluster (experiments/spotsearch/search.py): a lost worker node, a cluster without workers,
 how scikit-learn's fits are submitted and sent."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.cluster.messages import ClusterError
-from experiments.cluster.waiting import worker_nodes
-from experiments.search import JOBLIB_BATCH, fit_on_cluster
+from spotsearch.cluster.messages import ClusterError
+from spotsearch.cluster.waiting import worker_nodes
+from spotsearch.search import JOBLIB_BATCH, fit_on_cluster
 
 from . import loopback_cluster
 from .experiment_runs import USER_MODULE, tiny_svc_search
@@ -33,7 +33,7 @@ def test_search_survives_a_lost_worker_node(tmp_path, engine):
     cluster = loopback_cluster.start(tmp_path)
     try:
         with cluster.client(wait_for_nodes=2) as client:
-            undisturbed = fit_on_cluster(client, grid_search(engine), X_train, y_train)
+            undisturbed = fit_on_cluster(grid_search(engine), X_train, y_train, client=client)
             done = []
             killed = threading.Event()
 
@@ -43,7 +43,7 @@ def test_search_survives_a_lost_worker_node(tmp_path, engine):
                     cluster.kill("worker-127.0.0.3")
                     killed.set()
 
-            disturbed = fit_on_cluster(client, grid_search(engine), X_train, y_train, on_fits=progress)
+            disturbed = fit_on_cluster(grid_search(engine), X_train, y_train, on_fits=progress, client=client)
             assert killed.is_set() and sum(done) == 54, "every fit counted once, retried ones included"
             # The scheduler's view settles asynchronously (slowly on a loaded machine).
             deadline = time.monotonic() + 120
@@ -64,7 +64,7 @@ def test_a_scikit_learn_search_on_a_cluster_without_workers_waits_then_says_so()
     with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty, Client(empty) as client:
         started = time.monotonic()
         with pytest.raises(ClusterError) as error:
-            fit_on_cluster(client, search, X, y, wait_for_workers=1)
+            fit_on_cluster(search, X, y, wait_for_workers=1, client=client)
         assert 1 <= time.monotonic() - started < 10
     assert str(error.value) == (
         "no worker node joined within 1 s; check the worker group in the AWS console, or pass --timeout"
@@ -76,7 +76,7 @@ def test_scikit_learn_searches_submit_every_fit_of_a_round_at_once_and_get_their
     afterwards the search has the user's own settings again."""
     from distributed import Client, LocalCluster
 
-    from experiments.joblib_backend import ClusterBackend
+    from spotsearch.joblib_backend import ClusterBackend
 
     search, X, y = tiny_svc_search()
     while_submitting = []
@@ -91,7 +91,7 @@ def test_scikit_learn_searches_submit_every_fit_of_a_round_at_once_and_get_their
         LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as local,
         Client(local) as client,
     ):
-        fit_on_cluster(client, search, X, y)
+        fit_on_cluster(search, X, y, client=client)
     assert while_submitting and set(while_submitting) == {("all", -1)}
     assert (search.pre_dispatch, search.n_jobs) == ("2*n_jobs", None)
     assert len(search.cv_results_["params"]) == 2
@@ -105,7 +105,7 @@ def test_scikit_learn_fits_travel_as_plain_pickles_and_the_callers_warning_filte
     import cloudpickle
     from distributed import Client, LocalCluster
 
-    from experiments import joblib_backend
+    from spotsearch import joblib_backend
 
     by_value = []
     pickle_by_value = cloudpickle.dumps
@@ -122,7 +122,7 @@ def test_scikit_learn_fits_travel_as_plain_pickles_and_the_callers_warning_filte
         warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")  # as Python starts
         warnings.filterwarnings("ignore", message="a user's own filter")
         filters = list(warnings.filters)
-        fit_on_cluster(client, search, X, y)
+        fit_on_cluster(search, X, y, client=client)
         assert [type(x).__name__ for x in by_value] == []
         assert warnings.filters == filters
     assert len(search.cv_results_["params"]) == 2
@@ -158,7 +158,7 @@ def test_a_scikit_learn_search_keeps_a_worker_busy_while_its_data_goes_out(monke
             return scatter(*args, **kwargs)
 
         monkeypatch.setattr(client, "scatter", scatter_and_look)
-        fit_on_cluster(client, search, X, y)
+        fit_on_cluster(search, X, y, client=client)
         monkeypatch.undo()
         assert len(busy_while_scattering) == 1 and busy_while_scattering[0] >= 1
         deadline = time.monotonic() + 10
@@ -170,8 +170,8 @@ def test_a_scikit_learn_search_keeps_a_worker_busy_while_its_data_goes_out(monke
 
 def test_the_held_workers_tasks_leave_nothing_on_the_scheduler_even_once_finished(process_cluster, monkeypatch):
     """A data send slower than the held tasks: they have finished, unreplaced, when it ends."""
-    from experiments import search
-    from experiments.cluster.polling import Poller
+    from spotsearch import search
+    from spotsearch.cluster.polling import Poller
 
     class Slow(Poller):
         def __init__(self, look, interval, name):
@@ -209,7 +209,7 @@ def test_a_scikit_learn_search_without_a_worker_for_it_asks_for_one_and_goes_on_
                 ]
             )
         outcome = []
-        searching = threading.Thread(target=lambda: outcome.append(fit_on_cluster(client, search, X, y)))
+        searching = threading.Thread(target=lambda: outcome.append(fit_on_cluster(search, X, y, client=client)))
         searching.start()
         if leaving:
             time.sleep(1)
@@ -252,7 +252,7 @@ def test_a_search_whose_fits_cannot_be_sent_fails_at_once_in_one_line():
     from distributed import Client, LocalCluster
     from sklearn.model_selection import KFold
 
-    from experiments.joblib_backend import FitNotSendable
+    from spotsearch.joblib_backend import FitNotSendable
 
     search, X, y = digits_search("scikit-learn")
     search.set_params(cv=KFold(3).split(X))
@@ -262,7 +262,7 @@ def test_a_search_whose_fits_cannot_be_sent_fails_at_once_in_one_line():
     ):
         started = time.monotonic()
         with pytest.raises(FitNotSendable) as error:
-            fit_on_cluster(client, search, X, y)
+            fit_on_cluster(search, X, y, client=client)
         assert time.monotonic() - started < 60, "it fails, it does not wait"
         deadline = time.monotonic() + 30
         while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
@@ -279,7 +279,7 @@ def test_a_search_that_raises_leaves_nothing_on_the_cluster(process_cluster, eng
     search, X, y = digits_search(engine, candidates=12, error_score="raise")
     search.set_params(param_grid={"C": [*search.param_grid["C"], -1.0]})  # SVC refuses C < 0
     with pytest.raises(ValueError, match="C"):
-        fit_on_cluster(process_cluster, search, X, y)
+        fit_on_cluster(search, X, y, client=process_cluster)
     assert_clean(process_cluster)
 
 
@@ -302,7 +302,7 @@ def test_ctrl_c_mid_search_leaves_nothing_running_and_the_next_search_starts_cle
     def interrupted() -> bool:
         # As a user's script ends (or a notebook cell moves on): the exception and its frames go.
         try:
-            fit_on_cluster(process_cluster, search, X, y, on_fits=interrupt_after_a_few)
+            fit_on_cluster(search, X, y, on_fits=interrupt_after_a_few, client=process_cluster)
         except KeyboardInterrupt:
             return True
         return False
@@ -311,7 +311,7 @@ def test_ctrl_c_mid_search_leaves_nothing_running_and_the_next_search_starts_cle
     assert sum(done) < 120, "interrupted mid-search"
     assert_clean(process_cluster)
     small, X, y = digits_search(engine, candidates=2)
-    fit_on_cluster(process_cluster, small, X, y)
+    fit_on_cluster(small, X, y, client=process_cluster)
     assert len(small.cv_results_["params"]) == 2
     assert_clean(process_cluster)
 
@@ -326,7 +326,7 @@ def test_a_cluster_with_one_thread_runs_the_fits_there():
         LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as local,
         Client(local) as client,
     ):
-        fit_on_cluster(client, search, X, y, on_fits=counted.append)
+        fit_on_cluster(search, X, y, on_fits=counted.append, client=client)
     assert sum(counted) == 4, "every fit ran as a task of the cluster"
 
 
@@ -340,7 +340,7 @@ def test_an_estimators_own_joblib_use_stays_inside_its_fit(process_cluster):
     X, y = np.random.default_rng(0).normal(size=(120, 4)), np.arange(120) % 2
     search = GridSearchCV(RandomForestClassifier(n_estimators=6, random_state=0), {"max_depth": [2, 4]}, cv=2)
     with get_task_stream(client=process_cluster) as stream:
-        fit_on_cluster(process_cluster, search, X, y)
+        fit_on_cluster(search, X, y, client=process_cluster)
     names = {str(record["key"]) for record in stream.data}
     fits = {name for name in names if JOBLIB_BATCH.search(name)}
     assert fits and not [name for name in names - fits if "build_trees" in name or "batch_of" in name], names
@@ -354,7 +354,7 @@ def test_a_fitted_search_is_an_ordinary_fitted_estimator(process_cluster, engine
 
     search, X, y = digits_search(engine, candidates=2)
     before = search.get_params()
-    fit_on_cluster(process_cluster, search, X, y)
+    fit_on_cluster(search, X, y, client=process_cluster)
     assert search.get_params().keys() == before.keys()
     assert all(search.get_params()[k] is before[k] or search.get_params()[k] == before[k] for k in before)
     restored = pickle.loads(pickle.dumps(search))  # noqa: S301 (our own object)
@@ -370,7 +370,7 @@ def test_dask_mls_incremental_searches_are_refused_before_any_work(process_clust
 
     search = getattr(dask_ml.model_selection, name)(SGDClassifier(), {"alpha": [1e-4, 1e-3]})
     with pytest.raises(ClusterError) as error:
-        fit_on_cluster(process_cluster, search, np.zeros((10, 2)), np.arange(10) % 2)
+        fit_on_cluster(search, np.zeros((10, 2)), np.arange(10) % 2, client=process_cluster)
     assert str(error.value).startswith(f"dask-ml's {name} does not run with this project's dask and distributed")
     assert "HalvingRandomSearchCV" in str(error.value)
     assert_clean(process_cluster)
@@ -401,7 +401,7 @@ def test_the_users_own_module_reaches_the_workers(process_cluster, users_own_mod
     )
     name = users_own_module.__name__
     assert not any(process_cluster.run(lambda: name in __import__("sys").modules).values())
-    fit_on_cluster(process_cluster, search, X, y)
+    fit_on_cluster(search, X, y, client=process_cluster)
     assert len(search.cv_results_["params"]) == 2
     assert all(process_cluster.run(lambda: name in __import__("sys").modules).values()), "it ran there"
     assert_clean(process_cluster)
@@ -444,7 +444,7 @@ def test_a_package_of_the_users_sends_the_modules_the_search_uses_and_nothing_el
     from sklearn.pipeline import make_pipeline
     from sklearn.svm import SVC
 
-    from experiments.user_code import own_source, package_files
+    from spotsearch.user_code import own_source, package_files
 
     name = users_own_package.__name__.partition(".")[0]
     assert package_files(name, own_source(name)) == [
@@ -454,7 +454,7 @@ def test_a_package_of_the_users_sends_the_modules_the_search_uses_and_nothing_el
     search.set_params(
         estimator=make_pipeline(users_own_package.Doubler(), SVC(gamma=0.001)), param_grid={"svc__C": [1.0, 2.0]}
     )
-    fit_on_cluster(process_cluster, search, X, y)
+    fit_on_cluster(search, X, y, client=process_cluster)
     assert len(search.cv_results_["params"]) == 2, "the workers imported it from what was sent"
     said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sent your own code")]
     assert said == [
@@ -469,13 +469,13 @@ def test_a_module_the_nodes_cannot_get_is_named_in_one_line_before_the_search(pr
     from sklearn.pipeline import make_pipeline
     from sklearn.svm import SVC
 
-    from experiments import user_code
+    from spotsearch import user_code
 
     monkeypatch.setattr(user_code, "own_source", lambda name: None)
     search, X, y = digits_search("scikit-learn", candidates=2)
     search.set_params(estimator=make_pipeline(users_own_module.Doubler(), SVC()), param_grid={"svc__C": [1.0]})
     with pytest.raises(ClusterError) as error:
-        fit_on_cluster(process_cluster, search, X, y)
+        fit_on_cluster(search, X, y, client=process_cluster)
     name = users_own_module.__name__
     assert str(error.value).startswith(f"the nodes cannot import `{name}` (worker tcp://")
     assert str(error.value).endswith("add its package to image/requirements.txt (and requirements.txt) and redeploy")
@@ -487,7 +487,7 @@ def test_the_progress_total_never_touches_the_users_cv():
     from sklearn.model_selection import GridSearchCV, GroupKFold, HalvingGridSearchCV, KFold, LeaveOneGroupOut
     from sklearn.svm import SVC
 
-    from experiments.search import expected_fits
+    from spotsearch.search import expected_fits
 
     X, y = np.zeros((30, 2)), np.arange(30) % 2
     grid = {"C": [1, 2, 3]}
@@ -510,8 +510,8 @@ def test_dask_mls_fits_are_not_waited_for_once_the_client_has_another_scheduler(
     from distributed import Client, LocalCluster
     from distributed.comm import CommClosedError
 
-    from experiments.saved_fits import SavedFits
-    from experiments.search import dask_ml_scheduler
+    from spotsearch.saved_fits import SavedFits
+    from spotsearch.search import dask_ml_scheduler
 
     released = tmp_path / "released"
     graph = {("svc-fit-score-abc", 0, 0): (_until_exists, str(released))}

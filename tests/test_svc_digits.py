@@ -1,5 +1,5 @@
 """The tutorial's search, end to end (experiments/svc_digits.py through the runner,
-experiments/experiment.py): a local run, remote runs on a loopback cluster, the files it writes."""
+experiments/spotsearch/experiment.py): a local run, remote runs on a loopback cluster, the files it writes."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def main() -> int:
     from sklearn.datasets import load_digits
 
     from experiments.benchmarks.local import machine
-    from experiments.search import fit_on_cluster
+    from spotsearch.search import fit_on_cluster
 
     X, y = load_digits(return_X_y=True)
     times: dict[str, list[float]] = {"scikit-learn n_jobs=-1": [], "fit_on_cluster, local cluster": []}
@@ -47,7 +47,7 @@ def main() -> int:
             plain = search().set_params(n_jobs=-1).fit(X, y)
             times["scikit-learn n_jobs=-1"].append(time.perf_counter() - started)
             started = time.perf_counter()
-            mine = fit_on_cluster(client, search(), X, y)
+            mine = fit_on_cluster(search(), X, y, client=client)
             times["fit_on_cluster, local cluster"].append(time.perf_counter() - started)
             assert mine.best_params_ == plain.best_params_
     print(f"{machine()}; {args.runs} interleaved rounds\n")

@@ -44,7 +44,8 @@ print(classification_report(y_test, search.best_estimator_.predict(X_test), digi
 NOT_KEPT = """
 import runpy, sys
 sys.path.insert(0, {root!r})
-from experiments import saved_fits
+from spotsearch import saved_fits
+
 saved_fits.SavedFits.save = lambda self, key, value: None
 sys.argv = [{script!r}, "--engine", {engine!r}]
 runpy.run_path({script!r}, run_name="__main__")

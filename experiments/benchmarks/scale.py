@@ -73,14 +73,14 @@ def search_for(engine: str, estimator, grid: dict, cv: int):
 
 
 def timed_search(client, engine: str, estimator, grid: dict, X, y, cv: int = 3) -> float:
-    from experiments.search import fit_on_cluster
+    from spotsearch.search import fit_on_cluster
 
     search = search_for(engine, estimator, grid, cv)
     started = time.perf_counter()
     if engine == ENGINES[0]:
         search.fit(X, y)  # scikit-learn alone, with its own worker processes
     else:
-        fit_on_cluster(client, search, X, y)
+        fit_on_cluster(search, X, y, client=client)
     return time.perf_counter() - started
 
 
@@ -198,7 +198,7 @@ def fit_timeline(client, engine: str, estimator, grid: dict, X, y, cv: int) -> t
     until the last fit ended (fit-seconds over slot-seconds, as a fraction of the slots)."""
     from distributed import get_task_stream
 
-    from experiments.search import DASK_ML_FIT, JOBLIB_BATCH
+    from spotsearch.search import DASK_ML_FIT, JOBLIB_BATCH
 
     slots = sum(client.nthreads().values())
     with get_task_stream(client) as stream:

@@ -6,7 +6,7 @@ and JupyterLab listen on loopback, and this gateway serves them to the allowed n
 TLS that requires the client's certificate: signed by the cluster's CA, with the role "client"
 (dask_node.tls.role_of). It passes bytes both ways without reading them, so the dashboard's and
 Jupyter's websockets work unchanged. The laptop's side is the forwarder
-(experiments/cluster/forwarder.py).
+(experiments/spotsearch/cluster/forwarder.py).
 
     python -m dask_node.gateway --tls-dir /etc/dask/tls :8787=127.0.0.1:8788 [:8888=127.0.0.1:8889]
 """

@@ -53,6 +53,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import urllib.request
@@ -149,7 +150,7 @@ def image_spec(uri: str, root: Path, project: Path = ROOT, venv: Path = Path(sys
                     destination.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(project / source, destination)
     assert user is not None, "the Dockerfile must name a USER"
-    # As the Dockerfile's `useradd` and `ln -s` do.
+    # As the Dockerfile's `useradd` does.
     (root / "etc").mkdir(exist_ok=True)
     for name, line in (("passwd", f"dask:x:{user}:{user}::{workdir}:/usr/sbin/nologin"), ("group", f"dask:x:{user}:")):
         (root / "etc" / name).write_text(Path(f"/etc/{name}").read_text() + line + "\n")
@@ -161,8 +162,9 @@ def image_spec(uri: str, root: Path, project: Path = ROOT, venv: Path = Path(sys
     # This venv too: another venv's .pth file may point into it (tests/test_emulated_private_clone.py).
     host_paths = list(dict.fromkeys([str(venv), sys.prefix, str(Path(sys.base_prefix).resolve())]))
     return {"uri": uri, "root": str(root), "uid": user, "env": env, "workdir": workdir, "home": workdir,
-            "home_links": {"experiments": "/opt/dask/experiments"}, "cmd": cmd, "node_only": ["/etc/dask"],
-            "host_paths": host_paths}  # fmt: skip
+            "cmd": cmd, "node_only": ["/etc/dask"], "host_paths": host_paths,
+            # The image has no spotsearch: the venv's editable install of it is not read there.
+            "hidden_files": [str(path) for path in Path(sysconfig.get_paths()["purelib"]).glob("__editable__*spotsearch*")]}  # fmt: skip
 
 
 def remove_stale_namespaces() -> None:

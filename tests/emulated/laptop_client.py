@@ -5,7 +5,7 @@ adaptive cluster in the states its tests need. Each command answers one JSON lin
 
 Commands:
     search N SECONDS  a GridSearchCV of N candidates x 3 splits whose fits take SECONDS each,
-                      through experiments.search.fit_on_cluster; answers its best candidate,
+                      through spotsearch.search.fit_on_cluster; answers its best candidate,
                       or "interrupted" after a SIGINT (the client stays connected)
     spin N SECONDS    submit N tasks that each sleep SECONDS, spread by Dask; answers at once
     settle            wait for the spinning tasks to finish
@@ -53,19 +53,19 @@ def sleeping_search(client, candidates: int, seconds: float) -> int:
     from sklearn.model_selection import GridSearchCV
 
     from experiments.benchmarks.scale import SleepClassifier
-    from experiments.search import fit_on_cluster
+    from spotsearch.search import fit_on_cluster
 
     X, y = np.arange(60.0).reshape(30, 2), np.arange(30) % 2
     search = GridSearchCV(SleepClassifier(delay=seconds), {"candidate": list(range(candidates))}, cv=3)
-    fit_on_cluster(client, search, X, y)
+    fit_on_cluster(search, X, y, client=client)
     return int(search.best_params_["candidate"])
 
 
 def main(outputs_path: str, stack: str) -> int:
     from distributed import Client
 
-    from experiments.cluster.outputs import read_outputs
-    from experiments.cluster.tls_files import private_tls_files, security_for
+    from spotsearch.cluster.outputs import read_outputs
+    from spotsearch.cluster.tls_files import private_tls_files, security_for
 
     outputs = read_outputs(Path(outputs_path), stack)
     held, kept, spinning = {}, None, []

@@ -355,6 +355,8 @@ def enter(node: Node, name: str) -> int:
     for hidden in image["node_only"]:  # node folders the image does not have
         if Path(hidden).is_dir():
             mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", hidden)
+    for hidden in image["hidden_files"]:  # laptop files the image does not have
+        mount("--bind", "/dev/null", hidden)
     mount("--bind", image["root"] + "/opt", "/opt")
     mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/home")
     for path in ("/etc/passwd", "/etc/group"):
@@ -362,8 +364,6 @@ def enter(node: Node, name: str) -> int:
     home = Path(image["home"])
     home.mkdir(parents=True)
     os.chown(home, image["uid"], image["uid"])
-    for link, target in image["home_links"].items():
-        (home / link).symlink_to(target)
     opened: list[Path] = []
     for closed, _, _ in sorted(reachable, key=lambda r: len(r[0].parts)):
         if not any(closed == o or o in closed.parents for o in opened):  # not inside one opened already

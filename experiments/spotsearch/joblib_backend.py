@@ -26,7 +26,7 @@ and what would lose or leak a search:
 - a cluster with one thread still runs the fits there, one at a time: joblib would take one
   job for "run in this process";
 - every finished fit is kept in the search's SavedFits as it arrives, and a fit an earlier
-  attempt saved is not sent again (experiments/saved_fits.py): a search run again after a
+  attempt saved is not sent again (experiments/spotsearch/saved_fits.py): a search run again after a
   lost scheduler, or resumed, runs only what it had not finished.
 """
 
@@ -44,12 +44,15 @@ from uuid import uuid4
 import cloudpickle
 from distributed import as_completed
 from distributed.client import CancelledError
-from joblib._dask import Batch, DaskDistributedBackend
-from joblib._utils import _TracebackCapturingWrapper
-from joblib.parallel import ParallelBackendBase, parallel_config
+from joblib._dask import DaskDistributedBackend
+from joblib.parallel import ParallelBackendBase
 
-from experiments.cluster.messages import ClusterError, WithoutMessage
-from experiments.saved_fits import FitKeys, SavedFits
+from spotsearch import node_code
+from spotsearch.cluster.messages import ClusterError, WithoutMessage
+from spotsearch.saved_fits import FitKeys, SavedFits
+
+# What the workers run of a fit: this checkout's node code, by its hashed name (node_code.py).
+BLOB, FitBatch, run_fits = (getattr(node_code.module(), name) for name in ("BLOB", "FitBatch", "run_fits"))
 
 
 class FitNotSendable(ClusterError, pickle.PicklingError):
@@ -67,17 +70,8 @@ def _first_cause(error: BaseException) -> BaseException:
 PICKLE_LOG = logging.getLogger("distributed.protocol.pickle")
 
 
-class FitBatch(Batch):
-    """joblib's batch of fits (same task names), with nested joblib calls kept on the worker."""
-
-    def __call__(self, tasks=None):
-        with parallel_config(backend="threading"):  # n_jobs=None: one at a time, as in scikit-learn
-            return [func(*args, **kwargs) for func, args, kwargs in tasks]
-
-
 SHARED_FROM_BYTES = 1024  # a value of the calls this large, pickled, travels once, not with each fit
 SMALL_TYPES = {type(None), bool, int, float, str}  # never shared: not worth a look
-BLOB = "pickled-"  # the shared names of values that travel pickled (the others are data)
 
 
 class _LeavesOut:
@@ -124,22 +118,6 @@ def pickled(value, refs: dict[int, tuple[str, int]] | None = None) -> bytes:
     raise FitNotSendable(f"a fit of this search cannot be sent to the cluster: {cause}")
 
 
-class CallsLoader(pickle.Unpickler):
-    """Loads what `pickled` wrote, on the worker, taking the references from `shared`."""
-
-    def __init__(self, file, shared: dict) -> None:
-        super().__init__(file)
-        self.shared, self.loaded = shared, {}
-
-    def persistent_load(self, ref):
-        name, _ = ref
-        if ref not in self.loaded:
-            value = self.shared[name]
-            # A fresh copy for each object it stood for: a fit changes its estimator.
-            self.loaded[ref] = pickle.loads(value) if name.startswith(BLOB) else value  # noqa: S301 (ours)
-        return self.loaded[ref]
-
-
 def without_idle_callback_context(call: tuple) -> tuple:
     """`call`, with a callback context (scikit-learn's experimental callbacks) that no callback
     uses replaced by None. Each fit's context links to the search's whole tree of contexts, so
@@ -170,12 +148,6 @@ def with_parameters(result, call: tuple):
     if isinstance(result, dict) and kwargs.get("return_parameters"):
         return {**result, "parameters": kwargs.get("parameters")}
     return result
-
-
-def run_fits(payload: bytes, shared: dict):
-    """One batch's calls, on a worker; `shared` holds the values its calls share, by name."""
-    calls = CallsLoader(io.BytesIO(payload), shared).load()
-    return _TracebackCapturingWrapper(FitBatch(calls))(tasks=calls)
 
 
 class ClusterBackend(DaskDistributedBackend):

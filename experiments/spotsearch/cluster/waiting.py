@@ -7,12 +7,19 @@ import ssl
 import time
 from collections.abc import Callable
 
-from experiments.cluster.messages import ClusterError, console
-from experiments.cluster.polling import Poller
+from spotsearch.cluster.messages import ClusterError, console
+from spotsearch.cluster.polling import Poller
+
+# A scheduler that is not up yet is normal for minutes (a cluster booting); one that ended (idle,
+# or at its lifetime cap) never comes back: both look the same from here, so the user hears it now.
+ENDED_HINT_SECONDS = 5.0
 
 
-def probe(address: str, security, timeout: float) -> None:
-    """Tell an unreachable scheduler from a TLS rejection before Dask retries either for long."""
+def probe(address: str, security, timeout: float, *, stack: str | None = None) -> None:
+    """Tell an unreachable scheduler from a TLS rejection before Dask retries either for long.
+
+    A TLS 1.3 server checks the client's certificate after the handshake: the probe reads the
+    scheduler's first message (a Dask server speaks first), where a rejection shows."""
     from distributed.comm.addressing import parse_address, parse_host_port
 
     scheme, location = parse_address(address)
@@ -23,17 +30,33 @@ def probe(address: str, security, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     console(f"connecting to {address} (for up to {timeout:g} s)")
     waiting = Heartbeat(f"waiting for the scheduler at {address}", deadline)
+    hint_at = time.monotonic() + ENDED_HINT_SECONDS
     while True:
+        handshake_done = False
         try:
             with socket.create_connection((host, port), timeout=min(10.0, timeout)) as raw:
                 with context.wrap_socket(raw, server_hostname=host) as tls:
-                    tls.recv(0)  # TLS 1.3 servers reject a client certificate after the handshake
+                    handshake_done = True
+                    if not tls.recv(1):
+                        raise ConnectionResetError("closed by the scheduler")
                 return
         except ssl.SSLError as error:
             raise ClusterError(
                 f"{address}: TLS rejected ({error.reason or error}); use the certificates of this cluster's deployment"
             ) from None
-        except OSError:
+        except OSError as error:
+            if handshake_done:  # the scheduler let TLS through, then cut the connection: our certificate
+                raise ClusterError(
+                    f"{address}: TLS rejected (the scheduler closed the connection: {error}); use the certificates "
+                    "of this cluster's deployment"
+                ) from None
+            if hint_at is not None and time.monotonic() >= hint_at:
+                hint_at = None
+                redeploy = f"`cdktf deploy {stack}`" if stack else "`cdktf deploy`"
+                console(
+                    f"  no answer from {address} yet: a cluster that is starting takes a few minutes; one that was "
+                    f"idle for its idle timeout or reached its lifetime cap has ended, and {redeploy} starts it again"
+                )
             if time.monotonic() >= deadline:
                 raise ClusterError(
                     f"{address}: scheduler not reachable within {timeout:g} s; is the cluster up, "

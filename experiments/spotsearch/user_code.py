@@ -2,16 +2,19 @@
 
 A search whose pipeline uses a transformer from the user's own module (`mytools.py` beside the
 script, or a package `src/`) is pickled by reference to that module: the scheduler and every
-worker must import it, and the image holds only its pinned packages and this project. Before
+worker must import it, and the image holds only its pinned packages and the node daemons. Before
 the search, `ship` finds the modules the search refers to, sends the user's own (source files
 on this machine, not installed packages) to the scheduler and every worker, present and future
 (Dask's upload plugins), and names in one line any module the nodes still cannot import.
+
+This project's own node code (experiments/spotsearch/on_nodes.py, under its hashed name: see
+node_code.py) travels the same way, before each search: no image holds it, so a laptop edit
+never makes a cluster stale, and any Dask cluster with the pinned packages runs a search.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import os
 import pickle
@@ -21,10 +24,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from experiments.cluster.messages import ClusterError, console
+from spotsearch import node_code
+from spotsearch.cluster.messages import ClusterError, console
 
-# In the image already (image/Dockerfile), or the interpreter's own.
-SHIPPED_WITH_THE_IMAGE = {"experiments", "__main__", "builtins"}
+# The interpreter's own, or this package's (whose node code `ship` sends itself).
+NOT_SENT = {"__main__", "builtins", "spotsearch", node_code.NAME}
 
 
 def referenced_modules(*objects) -> set[str]:
@@ -54,7 +58,7 @@ def own_source(name: str) -> Path | None:
     this machine that is neither part of Python nor an installed package."""
     module = sys.modules.get(name)
     file = getattr(module, "__file__", None)
-    if name in SHIPPED_WITH_THE_IMAGE or not file or not file.endswith(".py"):
+    if name in NOT_SENT or not file or not file.endswith(".py"):
         return None
     installed = {Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")}
     path = Path(file).resolve()
@@ -94,13 +98,9 @@ def _in_a_virtual_environment(root: Path, relative: Path) -> bool:
     return any((root / parent / "pyvenv.cfg").exists() for parent in relative.parents)
 
 
-def missing_on_the_cluster(names: list[str]) -> list[str]:
-    """Run on a node: which of `names` it cannot import."""
-    return [name for name in names if importlib.util.find_spec(name) is None]
-
-
 def _missing(client, names: list[str]) -> dict[str, str]:
     """Module name -> where it is missing (the scheduler, or a worker's address)."""
+    missing_on_the_cluster = node_code.module().missing_on_the_cluster
     where: dict[str, str] = {}
     for name in client.run_on_scheduler(missing_on_the_cluster, names):
         where.setdefault(name, "the scheduler")
@@ -110,16 +110,15 @@ def _missing(client, names: list[str]) -> dict[str, str]:
     return where
 
 
-def _upload(client, name: str, source: Path, *, scheduler: bool) -> list[str]:
-    """The module's source to every worker, those that join later included, and to the scheduler
-    if asked. Named after the module, so that a newer upload replaces an older one. Returns the
-    files sent."""
+def _upload(client, name: str, source: Path, files: list[Path] | None, *, scheduler: bool) -> list[str]:
+    """Module `name` to every worker, those that join later included, and to the scheduler if
+    asked: the file `source`, or the `files` (relative to it) of the package folder `source`.
+    Named after the module, so that a newer upload replaces an older one. Returns the files sent."""
     from distributed.diagnostics.plugin import SchedulerUploadFile, UploadFile
 
     with tempfile.TemporaryDirectory(prefix="dask-user-code-") as folder:
-        if source.is_dir():  # a package: a zip of its source files, importable from sys.path
+        if files is not None:  # a package: a zip of its source files, importable from sys.path
             upload = Path(folder) / f"{name}.zip"
-            files = package_files(name, source)
             with zipfile.ZipFile(upload, "w") as archive:
                 for relative in files:
                     archive.write(source / relative, Path(name) / relative)
@@ -144,9 +143,7 @@ def _upload(client, name: str, source: Path, *, scheduler: bool) -> list[str]:
 def ship(client, *objects) -> list[str]:
     """Send the user's own modules that `objects` need to the cluster; returns their names.
     ClusterError naming a module the nodes cannot import, before any work is sent."""
-    needed = sorted(referenced_modules(*objects) - SHIPPED_WITH_THE_IMAGE)
-    if not needed:
-        return []
+    needed = sorted(referenced_modules(*objects) - NOT_SENT)
     # A scheduler or workers in this process (the local default) import what this process
     # imports; loading an upload there would reload the user's module under their objects.
     here = os.getpid()
@@ -155,13 +152,20 @@ def ship(client, *objects) -> list[str]:
     workers_elsewhere = any(pid != here for pid in workers.values()) if workers else scheduler_elsewhere
     if not (scheduler_elsewhere or workers_elsewhere):
         return []
+    if workers_elsewhere:
+        _upload(client, node_code.NAME, node_code.SOURCE, None, scheduler=scheduler_elsewhere)
+    if not needed:
+        return []
     own = {name: source for name in needed if (source := own_source(name)) is not None}
     if workers_elsewhere and own:
         sent = [
             file
             for name, source in own.items()
-            for file in _upload(client, name, source, scheduler=scheduler_elsewhere)
-        ]
+            for file in _upload(
+                client, name, source, package_files(name, source) if source.is_dir() else None,
+                scheduler=scheduler_elsewhere,
+            )
+        ]  # fmt: skip
         console(f"sent your own code to the cluster: {', '.join(sent)}")
     if missing := _missing(client, needed):
         name, where = next(iter(sorted(missing.items())))

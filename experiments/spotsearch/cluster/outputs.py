@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from experiments.cluster.messages import ClusterError, console, shown
+from spotsearch.cluster.messages import ClusterError, console, shown
 
 DEFAULT_OUTPUTS = Path("outputs.json")
 DEPLOY_HINT = "cdktf deploy {stack} --outputs-file outputs.json --outputs-file-include-sensitive-outputs"
@@ -99,7 +99,10 @@ def read_outputs(path: Path, stack: str) -> dict:
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ClusterError(f"{path}: not found; deploy first with `{hint}`, or pass --outputs FILE") from None
+        raise ClusterError(
+            f"{path}: not found (looked for {path.absolute()}); if stack {stack!r} is deployed, pass --outputs with "
+            f"the file `cdktf deploy` wrote (outputs.json in the project's folder), else deploy it: `{hint}`"
+        ) from None
     except json.JSONDecodeError as error:
         raise ClusterError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
     if isinstance(document, dict) and document and all(isinstance(outputs, dict) for outputs in document.values()):

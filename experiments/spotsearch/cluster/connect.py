@@ -1,4 +1,8 @@
-"""A connected Dask Client: a local cluster by default, or a deployed one over mutual TLS."""
+"""The cluster a search runs on: a local one by default, a deployed stack's, or any Dask scheduler.
+
+`Cluster` is the face users see (an object `distributed.Client` accepts, as dask's own clusters);
+`connect` is what it runs: a connected Client and where it runs.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,15 @@ import gc
 import logging
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.cluster.messages import WithoutMessage, console
-from experiments.cluster.outputs import COST_OUTPUTS, DEFAULT_OUTPUTS, read_outputs
-from experiments.cluster.tls_files import private_tls_files, security_for
-from experiments.cluster.versions import check_versions, stale_code_warning
-from experiments.cluster.waiting import probe, wait_for_nodes, worker_nodes
+from spotsearch.cluster.messages import WithoutMessage, console
+from spotsearch.cluster.outputs import COST_OUTPUTS, DEFAULT_OUTPUTS, read_outputs
+from spotsearch.cluster.tls_files import private_tls_files, security_for
+from spotsearch.cluster.versions import check_versions, stale_code_warning
+from spotsearch.cluster.waiting import probe, wait_for_nodes, worker_nodes
 
 DEFAULT_TIMEOUT = 600.0
 
@@ -33,6 +38,103 @@ class Where:
     cost_basis: dict | None = None
     # An adaptive stack's bounds (min, max): worker nodes come and go with the work.
     adaptive: tuple[int, int] | None = None
+
+
+class Cluster:
+    """A Dask cluster to fit searches on, connected and checked: this machine's (the default), a
+    deployed stack's, or any Dask scheduler's. `distributed.Client(cluster)` connects to it, with
+    its TLS settings, and `client.dashboard_link` is a link that works in this machine's browser.
+
+    Parameters
+    ----------
+    stack : the name of a deployed stack (`cdktf deploy`), read from `outputs`.
+    scheduler : the tls:// address of any Dask scheduler, with `tls_ca`, `tls_cert` and
+        `tls_key` (or Dask's own TLS configuration).
+    outputs : the outputs file `cdktf deploy --outputs-file` wrote (default: outputs.json in
+        the current folder).
+    workers : the worker nodes to wait for (default: the stack's minimum).
+    timeout : seconds to wait for the scheduler and the worker nodes.
+
+    Neither `stack` nor `scheduler`: a local cluster, on loopback only. The connection is made,
+    and the cluster checked (reachable, TLS accepted, the same package versions), when the object
+    is made; `close()`, or the end of a `with` block, ends what it opened (never the deployed
+    cluster itself, which ends itself when idle).
+
+    Example
+    -------
+    >>> from distributed import Client
+    >>> from spotsearch import Cluster
+    >>> with Cluster() as cluster, Client(cluster) as client:  # Cluster(stack="dask"): a deployed one
+    ...     client.dashboard_link.startswith("http://127.0.0.1:")
+    True
+    """
+
+    def __init__(
+        self,
+        *,
+        stack: str | None = None,
+        scheduler: str | None = None,
+        outputs: str | os.PathLike = DEFAULT_OUTPUTS,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        workers: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        from distributed.core import Status
+
+        self._opened = ExitStack()
+        with self._opened:
+            connection = connect(
+                stack=stack, scheduler=scheduler, outputs=Path(outputs), tls_ca=tls_ca, tls_cert=tls_cert,
+                tls_key=tls_key, workers=workers, timeout=timeout,
+            )  # fmt: skip
+            self._client, self.where = self._opened.enter_context(connection)
+            self._opened = self._opened.pop_all()
+        self.status = Status.running
+
+    @property
+    def scheduler_address(self) -> str:
+        return self.where.scheduler
+
+    @property
+    def security(self):
+        """The TLS settings of the connection (None for the local cluster)."""
+        return self._client.security if self.where.kind == "remote" else None
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return self.where.dashboard
+
+    def get_client(self):
+        """A Client of this cluster (the one it checked the cluster with)."""
+        return self._client
+
+    def close(self) -> None:
+        from distributed.core import Status
+
+        if self.status == Status.running:
+            self.status = Status.closing
+            try:
+                self._opened.close()
+            finally:
+                self.status = Status.closed
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __await__(self):  # Client awaits a cluster to start it: this one started when it was made
+        async def started() -> Cluster:
+            return self
+
+        return started().__await__()
+
+    def __repr__(self) -> str:
+        what = f"stack {self.where.stack!r}" if self.where.stack else self.where.kind
+        return f"<Cluster: {what}, scheduler {self.scheduler_address}, dashboard {self.dashboard_link}>"
 
 
 @contextlib.contextmanager
@@ -134,9 +236,9 @@ def _remote(
 ) -> Iterator[tuple[object, Where]]:
     from distributed import Client
 
-    from experiments.cluster.forwarder import local_link
+    from spotsearch.cluster.forwarder import local_link
 
-    probe(address, security, timeout)
+    probe(address, security, timeout, stack=stack)
     with Client(address, security=security, timeout=f"{max(timeout, 10):g}s") as client:
         if adaptive:
             console(

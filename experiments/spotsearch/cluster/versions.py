@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from experiments.cluster.messages import ClusterError
+from spotsearch.cluster.messages import ClusterError
 
 # What must be identical on the client and every node, or pickled work breaks in odd ways.
 MATCHED_PACKAGES = ("python", "dask", "distributed", "sklearn", "numpy", "cloudpickle")
@@ -40,15 +40,17 @@ def check_versions(client) -> None:
 
 
 def stale_code_warning(image_uri: str) -> str | None:
-    """A warning when the nodes run another version of experiments/ than this checkout."""
+    """A warning when the nodes run another node image (image/: the daemons and the pinned
+    packages) than this checkout builds. The laptop's library is not in the image: its node code
+    travels with each search, so an edit to it never makes a cluster stale."""
     try:
         from stacks.content import image_content_hash
-    except ImportError:  # experiments copied without the stacks package
+    except ImportError:  # spotsearch installed without this checkout's stacks package
         return None
     deployed, local = image_uri.rpartition(":")[2].removesuffix("-lab"), image_content_hash()
     if deployed == local:
         return None
     return (
-        f"warning: the nodes run image {deployed}, built from other code than this checkout ({local}); "
-        "functions from experiments/ run as deployed - run `cdktf deploy` to ship your changes"
+        f"warning: the nodes run image {deployed}, built from other node code (image/) than this checkout's "
+        f"({local}); the search runs, with the nodes' daemons as deployed - run `cdktf deploy` to ship your changes"
     )

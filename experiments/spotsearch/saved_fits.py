@@ -31,7 +31,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from experiments.cluster.messages import ClusterError, console
+from spotsearch.cluster.messages import ClusterError, console
 
 IDENTITY = "search.json"
 SUFFIX = ".fit"

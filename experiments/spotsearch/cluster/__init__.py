@@ -2,7 +2,7 @@
 
 In a notebook or a script of your own::
 
-    from experiments.cluster.connect import connect
+    from spotsearch.cluster.connect import connect
 
     with connect(stack="dask") as (client, where):  # or connect() for a local cluster
         ...

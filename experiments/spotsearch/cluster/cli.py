@@ -23,9 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from experiments.cluster.connect import DEFAULT_TIMEOUT, connect
-from experiments.cluster.messages import ClusterError, Stopped, shown
-from experiments.cluster.outputs import DEFAULT_OUTPUTS, is_scheduler_address
+from spotsearch.cluster.connect import DEFAULT_TIMEOUT, connect
+from spotsearch.cluster.messages import ClusterError, Stopped, shown
+from spotsearch.cluster.outputs import DEFAULT_OUTPUTS, is_scheduler_address
 
 # Longer than anyone waits for a node, short enough for every timer below it (Dask's, asyncio's).
 MAX_SECONDS = 7 * 24 * 3600

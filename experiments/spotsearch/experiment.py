@@ -15,11 +15,11 @@ from concurrent.futures import Future
 from contextlib import ExitStack
 from pathlib import Path
 
-from experiments import cost, report
-from experiments.cluster import cli
-from experiments.cluster.messages import ClusterError, console
-from experiments.cluster.waiting import NodeMeter
-from experiments.saved_fits import IDENTITY, SavedFits, check_writable
+from spotsearch import cost, report
+from spotsearch.cluster import cli
+from spotsearch.cluster.messages import ClusterError, Stopped, console
+from spotsearch.cluster.waiting import NodeMeter
+from spotsearch.saved_fits import IDENTITY, SavedFits, check_writable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,11 +74,11 @@ def run_search(
     from distributed import performance_report
     from tqdm import tqdm
 
-    from experiments.search import expected_fits, fit_on_cluster
+    from spotsearch.search import expected_fits, fit_on_cluster
 
     X_train, X_test, y_train, y_test = data
     fit_params = fit_params or {}
-    started = time.perf_counter()
+    started, record = time.perf_counter(), report.run_record(time.time())
     with ExitStack() as running:
         running.enter_context(plotter)  # first: whatever ends the run shuts its process down
         resumed = resumed_run(args)
@@ -89,6 +89,9 @@ def run_search(
         connected = time.perf_counter()
         print(f"Dask dashboard: {where.dashboard}", flush=True)
         run = resumed or report.new_run_folder(args.results, experiment, where)
+        # The run is on record from now on, and says how it ended if it ends early.
+        report.write_summary(run / report.SUMMARY, experiment=experiment, status="running", **record)
+        running.push(lambda kind, error, _: kind is not None and _ended_early(run, error) and False)
         if resumed is None:
             saved = SavedFits(run / report.SAVED_FITS).open_for(search, X_train, y_train, fit_params)
         # Inline: the report embeds Bokeh, so it opens offline and years from now.
@@ -103,7 +106,7 @@ def run_search(
             ):
                 try:
                     fit_on_cluster(
-                        client, search, X_train, y_train, on_fits=bar.update, wait_for_workers=args.timeout,
+                        search, X_train, y_train, client=client, on_fits=bar.update, wait_for_workers=args.timeout,
                         saved_fits=saved, **fit_params,
                     )  # fmt: skip
                 except (KeyboardInterrupt, ClusterError):
@@ -119,6 +122,7 @@ def run_search(
             if resumed is not None:
                 summary["resumed"] = {"fits_reused": saved.reused}
             fields = report.summary_fields(search, where, timings, worker_nodes=node_use, **summary)
+            fields = {"experiment": experiment, "status": "running", **record, **fields}
             report.write_summary(run / report.SUMMARY, **fields)
             figure = plot(run, search) if plot and report.score_column(search) else None  # drawn while Dask writes
         tested, test_report = report.held_out(search, X_test, y_test)
@@ -141,5 +145,15 @@ def run_search(
         fields["cost"] = estimate
         print(cost.summary_line(estimate))
     report.write_summary(run / report.SUMMARY, **fields)
+    report.mark_ended(run, "finished")
     print(f"Results in {run}")
     return 0
+
+
+def _ended_early(run: Path, error: BaseException) -> bool:
+    """Mark the run as failed (with the error's line) or interrupted (Ctrl-C, SIGTERM)."""
+    if isinstance(error, (KeyboardInterrupt, Stopped)):
+        report.mark_ended(run, "interrupted")
+    else:
+        report.mark_ended(run, "failed", error=f"{type(error).__name__}: {error}")
+    return True

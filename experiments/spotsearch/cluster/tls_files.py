@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from experiments.cluster.messages import ClusterError
+from spotsearch.cluster.messages import ClusterError
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gc
 import io
@@ -10,6 +11,7 @@ import multiprocessing
 import platform
 import re
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -17,16 +19,16 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from experiments.cluster.connect import Where
-from experiments.cluster.forwarder import without_key
-from experiments.saved_fits import write_atomically
+from spotsearch.cluster.connect import Where
+from spotsearch.cluster.forwarder import without_key
+from spotsearch.saved_fits import write_atomically
 
 CV_TABLE = "cv_results.csv"
 HEATMAP = "heatmap.png"
 CANDIDATES_PLOT = "candidates.png"
 DASK_REPORT = "dask-report.html"
 SUMMARY = "summary.json"
-SAVED_FITS = "fits"  # every finished fit, one file each (experiments/saved_fits.py)
+SAVED_FITS = "fits"  # every finished fit, one file each (experiments/spotsearch/saved_fits.py)
 
 
 def new_run_folder(results: Path, experiment: str, where: Where) -> Path:
@@ -145,6 +147,8 @@ def held_out(search, X_test, y_test) -> tuple[dict, str]:
     (a density estimator, say) its own score; a search without a refit (refit=False) none."""
     from sklearn.base import is_classifier, is_regressor
 
+    if X_test is None:
+        return {}, "No held-out data was given: the best model was not evaluated on unseen data."
     if not hasattr(search, "best_estimator_"):
         return {}, "No refitted model (refit=False): nothing to evaluate on the held-out data."
     model = search.best_estimator_
@@ -255,8 +259,8 @@ class Plotter:
 
     Loading Dask and scikit-learn keeps one core busy while the other idles: the helper loads
     matplotlib there, and later draws while the main process writes Dask's report. It is
-    handed plain lists, so it never loads scikit-learn; a script that starts it should import
-    scikit-learn inside main, not at the top, since the helper re-imports the script's top.
+    handed plain lists and draws with this module's functions, so it never loads scikit-learn
+    nor the script: a script with top-level code and no `if __name__ == "__main__":` runs once.
     """
 
     def __init__(self) -> None:
@@ -264,7 +268,8 @@ class Plotter:
         self._pool = ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_load_matplotlib
         )
-        self._pool.submit(int)  # the pool starts its process on the first task: start it now
+        with _main_script_hidden():
+            self._pool.submit(int)  # the pool starts its process on the first task: start it now
 
     def heatmap(self, path: Path, cv_results: dict, *, column: str = "mean_test_score", **options) -> Future:
         means = [float(score) for score in cv_results[column]]
@@ -285,8 +290,54 @@ class Plotter:
         self._pool.shutdown(wait=True, cancel_futures=exc_info[0] is not None)
 
 
+@contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """While a spawned process starts: multiprocessing runs the parent's main script again in
+    the child (as `__mp_main__`) when `__main__` names its file or module, and a script whose
+    top-level code is its search would run it twice. Nothing the helper runs is in the script."""
+    main = sys.modules["__main__"]
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
 def write_summary(path: Path, **fields) -> None:
     write_atomically(path, (json.dumps(fields, indent=2, default=_jsonable) + "\n").encode())
+
+
+VERSIONS_OF = ("spotsearch", "scikit-learn", "dask", "distributed", "dask-ml", "numpy", "joblib", "cloudpickle")
+
+
+def run_record(started: float) -> dict:
+    """What finds a run again: its command line, when it started (`started`, epoch seconds), and
+    the versions that ran it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in VERSIONS_OF:
+        with contextlib.suppress(PackageNotFoundError):
+            versions[name] = version(name)
+    return {"command": list(sys.argv), "started_at": _utc(started), "versions": versions}
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def mark_ended(run: Path, status: str, **fields) -> None:
+    """Record in the run's summary how it ended ("finished", "failed" or "interrupted"), keeping
+    what it already holds."""
+    try:
+        summary = json.loads((run / SUMMARY).read_text())
+    except (OSError, ValueError):
+        summary = {}
+    summary = summary if isinstance(summary, dict) else {}
+    write_summary(run / SUMMARY, **{**summary, "status": status, "ended_at": _utc(time.time()), **fields})
 
 
 def summary_fields(search, where: Where, timings: dict[str, float], **extra) -> dict:

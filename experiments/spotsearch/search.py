@@ -18,10 +18,10 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 
-from experiments.cluster.messages import ClusterError, console
-from experiments.cluster.polling import Poller
-from experiments.cluster.waiting import Heartbeat
-from experiments.saved_fits import SavedFits
+from spotsearch.cluster.messages import ClusterError, console
+from spotsearch.cluster.polling import Poller
+from spotsearch.cluster.waiting import Heartbeat
+from spotsearch.saved_fits import SavedFits
 
 # Keys of the tasks that fit and score one candidate on one split: joblib's batches (named
 # after the function and the number of calls in them) and dask-ml's fit-and-score tasks.
@@ -324,25 +324,61 @@ def reconnected(client, timeout: float) -> None:
 
 
 def fit_on_cluster(
-    client, search, X, y=None, *, on_fits: Callable[[int], object] | None = None,
+    search, X, y=None, *, client=None, on_fits: Callable[[int], object] | None = None, progress: bool | None = None,
     wait_for_workers: float = 600.0, saved_fits: str | os.PathLike | SavedFits | None = None, **fit_params,
 ):  # fmt: skip
-    """Fit `search` (a scikit-learn or dask-ml search object) with the cluster's workers.
+    """Fit `search` (a scikit-learn or dask-ml search object) with a Dask cluster's workers, and
+    return it, fitted, as `search.fit(X, y, **fit_params)` would.
 
-    Every finished fit is kept as it arrives: in `saved_fits`, a folder (or a SavedFits), if
-    given, else in memory. A folder that already holds fits of this search on this data resumes
-    it: only the other fits run, and the results are those of an uninterrupted run. If the client
-    loses its scheduler mid-search, the search waits (up to `wait_for_workers` seconds) for one at
-    the same address, sends its data again and goes on with the fits not yet finished.
+    Parameters
+    ----------
+    search : a search object: scikit-learn's GridSearchCV, RandomizedSearchCV, the halving
+        searches, or dask-ml's GridSearchCV and RandomizedSearchCV, of any estimator or pipeline.
+    X, y : the training data (y may be None, for a density estimator, say).
+    client : the `distributed.Client` to run on; by default the current one (the last made).
+    on_fits : called with the number of fits that just finished, as they finish.
+    progress : a progress bar of the fits (a widget in a notebook); by default, shown unless
+        `on_fits` is given.
+    wait_for_workers : seconds to wait for a first worker, and for a lost scheduler to come back.
+    saved_fits : a folder (or a SavedFits) that keeps every finished fit; a folder that already
+        holds fits of this search on this data resumes it: only the other fits run.
+    **fit_params : passed to `search.fit` (groups, sample_weight, routed metadata).
 
-    The user's own modules the search uses are sent to the nodes first (experiments/user_code.py);
-    a module the nodes still cannot import is named in one line (ClusterError), before any work.
-    If the search raises (its own error, Ctrl-C), what it submitted is cancelled and its data
-    released before the exception reaches the caller. On a cluster with no worker yet (adaptive,
-    from none), scikit-learn's searches wait up to `wait_for_workers` seconds for the first (see
+    Example
+    -------
+    >>> from distributed import Client
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.model_selection import GridSearchCV
+    >>> from sklearn.svm import SVC
+    >>> from spotsearch import Cluster, fit_on_cluster
+    >>> X, y = load_digits(return_X_y=True)
+    >>> with Cluster() as cluster, Client(cluster):  # Cluster(stack="dask"): the deployed one
+    ...     search = fit_on_cluster(GridSearchCV(SVC(), {"C": [1, 10]}), X, y, progress=False)
+    >>> sorted(search.best_params_)
+    ['C']
+
+    Every finished fit is kept as it arrives, in `saved_fits` if given, else in memory. If the
+    client loses its scheduler mid-search, the search waits (up to `wait_for_workers` seconds)
+    for one at the same address, sends its data again and goes on with the fits not yet
+    finished. The user's own modules the search uses, and this project's node code
+    (experiments/spotsearch/on_nodes.py), are sent to the nodes first (user_code.ship); a module
+    the nodes still cannot import is named in one line (ClusterError), before any work. If the
+    search raises (its own error, Ctrl-C), what it submitted is cancelled and its data released
+    before the exception reaches the caller. On a cluster with no worker yet (adaptive, from
+    none), scikit-learn's searches wait up to `wait_for_workers` seconds for the first (see
     `worker_held`); dask-ml's graph waits in the scheduler's queue (its tasks are what asks for
     nodes). The search's parameters are left as they were.
     """
+    if client is None:
+        client = current_client()
+    if progress is None:
+        progress = on_fits is None
+    if progress:
+        with progress_bar(expected_fits(search, X, y, fit_params), on_fits) as counted:
+            return fit_on_cluster(
+                search, X, y, client=client, on_fits=counted, progress=False, wait_for_workers=wait_for_workers,
+                saved_fits=saved_fits, **fit_params,
+            )  # fmt: skip
     refuse_unsupported(search)
     saved = saved_fits if isinstance(saved_fits, SavedFits) else SavedFits(saved_fits)
     saved.open_for(search, X, y, fit_params)
@@ -364,8 +400,36 @@ def fit_on_cluster(
                 counting.restart()
 
 
+def current_client():
+    """The current Dask client (the last made); ClusterError when there is none."""
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        raise ClusterError(
+            "fit_on_cluster: no Dask client - make one first (`Client(Cluster())`, or `Client(Cluster(stack=NAME))` "
+            "for a deployed stack), or pass client="
+        ) from None
+
+
+@contextmanager
+def progress_bar(total: int | None, also: Callable[[int], object] | None) -> Iterator[Callable[[int], object]]:
+    """A bar of the fits (tqdm's widget in a notebook, text in a terminal), and what counts on it."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc="fits", unit="fit") as bar:
+
+        def counted(fits: int) -> None:
+            bar.update(fits)
+            if also is not None:
+                also(fits)
+
+        yield counted
+
+
 def _fit_once(client, search, X, y, saved: SavedFits, wait_for_workers: float, fit_params: dict):
-    from experiments.user_code import ship
+    from spotsearch.user_code import ship
 
     ship(client, search, fit_params)
     with cancelled_on_failure(client):
@@ -376,10 +440,10 @@ def _fit_once(client, search, X, y, saved: SavedFits, wait_for_workers: float, f
 
 
 def _fit_with_joblib(client, search, X, y, saved: SavedFits, wait_for_workers: float, fit_params: dict):
-    """scikit-learn's search through the project's joblib backend (experiments/joblib_backend.py)."""
+    """scikit-learn's search through the project's joblib backend (experiments/spotsearch/joblib_backend.py)."""
     from joblib import parallel_config
 
-    from experiments.joblib_backend import ClusterBackend
+    from spotsearch.joblib_backend import ClusterBackend
 
     backend = None
     # n_jobs=-1: as many fits at once as the cluster has threads (the search's own joblib calls
