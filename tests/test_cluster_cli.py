@@ -83,6 +83,7 @@ BAD_COMMAND_LINES = [
     (["--scheduler", "tcp://203.0.113.7:8786"], None, "got 'tcp://203.0.113.7:8786'"),
     (["--scheduler", "tls://203.0.113.7:99999"], None, "got 'tls://203.0.113.7:99999'"),
     (["--scheduler", "tls://" + "a" * 1000], None, "(1008 chars)"),
+    (["--results", ""], None, "argument --results: must name a folder, got ''"),
     (["--results", "{dir}/file"], None, "argument --results: '{dir}/file': {dir}/file is not a folder"),
     (["--results", "{dir}/file/runs"], None, "{dir}/file is not a folder"),
     (["--engine", "spark"], None, "argument --engine: invalid choice: 'spark'"),

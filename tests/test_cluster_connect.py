@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
 from spotsearch.cluster.connect import connect
 
@@ -40,3 +41,54 @@ def test_the_local_workers_heartbeat_at_close_is_not_reported_and_other_warnings
     said = [record.getMessage() for record in caplog.records if record.name == "distributed.worker"]
     assert said.count("Failed to communicate with scheduler during heartbeat.") == 1
     assert "Worker is at 85% memory usage." in said
+
+
+def test_a_local_cluster_is_what_dask_clusters_are_to_a_client():
+    """`Client(Cluster())` as with dask's own clusters: its address, its link; closing the
+    client leaves the cluster, closing the cluster ends it."""
+    from distributed import Client
+
+    from spotsearch import Cluster
+
+    with Cluster() as cluster:
+        with Client(cluster) as client:
+            assert client.submit(sum, [1, 2]).result() == 3
+            assert client.dashboard_link == cluster.dashboard_link
+            assert client.dashboard_link.startswith("http://127.0.0.1:")
+            assert cluster.security is None
+        assert cluster.get_client().submit(sum, [3, 4]).result() == 7, "the client's close left the cluster"
+        assert repr(cluster).startswith("<Cluster: local, scheduler ")
+    assert cluster.status.name == "closed"
+    assert cluster.get_client().status == "closed"
+
+
+def test_a_deployed_cluster_gives_a_client_its_tls_and_the_forwarded_dashboard(loopback, tmp_path):
+    from distributed import Client
+
+    from spotsearch import Cluster
+
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    with Cluster(stack="loopback", outputs=outputs, timeout=60) as cluster, Client(cluster) as client:
+        assert client.scheduler.address == loopback.address
+        assert client.security is cluster.security and client.security.require_encryption
+        assert client.dashboard_link == cluster.dashboard_link
+        assert client.dashboard_link.startswith("http://127.0.0.1:"), "the local forwarder, not the node's gateway"
+        assert client.submit(sum, [1, 2]).result() == 3
+        assert cluster.where.stack == "loopback" and cluster.where.worker_nodes == 2
+    key = cluster.security.tls_client_key
+    assert key and not Path(key).exists(), "the private TLS files written for the connection are gone with it"
+
+
+def test_a_cluster_that_cannot_be_reached_leaves_nothing_open(tmp_path):
+    import threading
+
+    from spotsearch import Cluster, ClusterError
+
+    threads = set(threading.enumerate())
+    try:
+        Cluster(stack="dask", outputs=tmp_path / "outputs.json")
+    except ClusterError as error:
+        assert str(error).startswith(f"{tmp_path / 'outputs.json'}: not found (looked for ")
+    else:
+        raise AssertionError("a missing outputs file must be refused")
+    assert set(threading.enumerate()) <= threads

@@ -35,6 +35,35 @@ def test_scheduler_unreachable_within_the_timeout(loopback, tmp_path):
     )
 
 
+def test_a_scheduler_that_does_not_answer_gets_the_ended_cluster_hint_within_seconds(loopback, tmp_path):
+    """A cluster that ended idle looks like one still booting: the user hears both, early."""
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    document = json.loads(outputs.read_text())
+    address = f"tls://127.0.0.1:{loopback_cluster.free_port()}"
+    document["loopback"]["scheduler_address"] = address
+    outputs.write_text(json.dumps(document))
+    search = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--stack", "loopback", "--outputs", str(outputs), "--timeout", "600"],
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        while not any("no answer from" in line for line in lines):
+            line = search.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        hint = next(line for line in lines if "no answer from" in line).strip()
+        assert hint == (
+            f"no answer from {address} yet: a cluster that is starting takes a few minutes; one that was idle "
+            "for its idle timeout or reached its lifetime cap has ended, and `cdktf deploy loopback` starts it again"
+        )
+        assert search.poll() is None, "it still waits, up to its timeout"
+    finally:
+        search.terminate()  # as a user's SIGTERM: the script ends what it started (its plotting helper)
+        search.communicate(timeout=60)
+    assert search.returncode == 128 + 15
+
+
 def test_tls_rejected(loopback, tmp_path):
     strangers = loopback_cluster.make_tls(tmp_path / "other-ca")
     outputs = loopback.outputs_file(tmp_path / "outputs.json")
@@ -47,6 +76,18 @@ def test_tls_rejected(loopback, tmp_path):
     outputs.write_text(json.dumps(document))
     run = run_experiment("--stack", "loopback", "--outputs", str(outputs), "--timeout", "10", cwd=tmp_path)
     assert_one_line_error(run, f"{loopback.address}: TLS rejected (")
+
+
+def test_a_client_certificate_from_another_ca_is_one_line(loopback, tmp_path):
+    """The cluster's CA, a stranger's certificate: TLS 1.3 refuses it after the handshake."""
+    strangers = loopback_cluster.make_tls(tmp_path / "other-ca")
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    document = json.loads(outputs.read_text())
+    document["loopback"].update(tls_client_cert_pem=strangers["client.pem"], tls_client_key_pem=strangers["client.key"])
+    outputs.write_text(json.dumps(document))
+    run = run_experiment("--stack", "loopback", "--outputs", str(outputs), "--timeout", "10", cwd=tmp_path)
+    assert_one_line_error(run, f"{loopback.address}: TLS rejected (")
+    assert "use the certificates of this cluster's deployment" in run.stderr
 
 
 def test_too_few_workers_within_the_timeout(loopback, tmp_path):

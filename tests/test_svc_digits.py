@@ -229,7 +229,9 @@ def test_ctrl_c_mid_search_then_resume_runs_only_the_unsaved_fits(local_run, tmp
     saved = len(list((run / "fits").glob("*.fit")))
     assert 5 <= saved < 54, "interrupted mid-search"
     assert f"{saved} finished fits are saved; to run only the others: --resume {run.relative_to(tmp_path)}" in stderr
-    assert not (run / "summary.json").exists()
+    stopped = json.loads((run / "summary.json").read_text())
+    assert stopped["status"] == "interrupted" and "best_params" not in stopped, "marked, and not taken for a result"
+    assert stopped["command"] == [str(SCRIPT), "--results", "results"] and stopped["ended_at"] >= stopped["started_at"]
 
     resumed = run_experiment("--results", "results", "--resume", run.name, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
@@ -237,6 +239,7 @@ def test_ctrl_c_mid_search_then_resume_runs_only_the_unsaved_fits(local_run, tmp
     assert "54/54" in resumed.stderr, "the progress counts the saved fits too"
     assert only_run_folder(tmp_path / "results") == run, "the run is finished in its own folder"
     summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["command"][-2:] == ["--resume", run.name]
     assert summary["resumed"] == {"fits_reused": saved}
     assert summary["best_params"] == {"C": 1, "class_weight": None, "gamma": 0.001}
     assert cv_scores(run) == pytest.approx(cv_scores(local_run[1]), abs=1e-12)

@@ -74,6 +74,8 @@ def scheduler_address(text: str) -> str:
 
 def writable_folder(text: str) -> Path:
     """A folder that exists or can be made: checked now, not after the search."""
+    if not text.strip():  # Path("") is the current folder: not what an empty value means
+        raise argparse.ArgumentTypeError(f"must name a folder, got {shown(text)}")
     path = Path(text)
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     if not existing.is_dir():
