@@ -1,6 +1,8 @@
 # The project's commands. The environment its tools need is set here, not in your shell:
 #   make test    install what the tests need (.venv, .venv-checkov, .venv-awscli, .venv/node),
 #                then run ruff and the whole test suite (CI runs exactly this; see .ci/run)
+#   make test-fast  the everyday subset, in a few minutes: ruff and the tests not marked slow
+#                (no emulated deploy, no real clusters of processes, no scanners)
 #   make test-busy  `make test` while busy processes keep the cores loaded (BUSY=2 of them):
 #                no test may depend on how fast the machine is
 #   make cdktf   only the pinned cdktf CLI, as .venv/bin/cdktf (for deploying)
@@ -21,7 +23,7 @@ CDKTF_CLI := cdktf-cli@0.21.0
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 
-.PHONY: test test-busy cdktf
+.PHONY: test test-fast test-busy cdktf
 
 test: $(VENV)/.dev-installed .venv-checkov/.installed .venv-awscli/.installed $(VENV)/bin/cdktf
 	export PATH="$(BIN):$$PATH"
@@ -30,6 +32,12 @@ test: $(VENV)/.dev-installed .venv-checkov/.installed .venv-awscli/.installed $(
 	# Two test processes, a whole file each: most tests wait on subprocesses, and a file's
 	# tests (the emulated deploy's, in order) share its fixtures.
 	python -m pytest -q -n 2 --dist loadfile
+
+test-fast: $(VENV)/.dev-installed $(VENV)/bin/cdktf
+	export PATH="$(BIN):$$PATH"
+	ruff check .
+	ruff format --check .
+	python -m pytest -q -n 2 -m "not slow"
 
 BUSY ?= 2
 test-busy:

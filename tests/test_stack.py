@@ -103,6 +103,16 @@ def test_ami_is_looked_up_at_deploy_time(synthesized):
     assert not re.search(r'"ami-[0-9a-f]+"', json.dumps(doc)), "hard-coded AMI id"
 
 
+def test_the_metadata_service_answers_the_hosts_network_only(synthesized):
+    """IMDSv2 only, with a hop limit of 1: a container on Docker's bridge (JupyterLab) never gets
+    a token back, so it cannot borrow the node's role (userdata/scheduler.sh.tftpl)."""
+    for doc in synthesized.values():
+        for template in everything(doc, "aws_launch_template"):
+            assert template["metadata_options"] == {
+                "http_endpoint": "enabled", "http_tokens": "required", "http_put_response_hop_limit": 1
+            }  # fmt: skip
+
+
 def ingress(doc: dict) -> list[dict]:
     return everything(doc, "aws_vpc_security_group_ingress_rule")
 

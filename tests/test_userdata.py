@@ -351,5 +351,11 @@ def test_jupyter_starts_with_its_token_from_ssm_only_where_asked(rendered):
     if started:
         assert "--name '/dask-custom/scheduler/jupyter.token'" in script and "--with-decryption" in script
         assert "--env-file /etc/dask/jupyter/env" in script and "install -d -m 0700 /etc/dask/jupyter" in script
-        assert "jupyter lab --ip=127.0.0.1 --port=8889 --no-browser" in script, "loopback only: the gateway serves it"
-        assert "DASK_SCHEDULER_ADDRESS='tls://127.0.0.1:8786'" in script
+        jupyter = script[script.index("start_jupyter() {") :]
+        jupyter = jupyter[: jupyter.index("\n}\n")]
+        # Off the host's network: no metadata service (IMDSv2 with hop limit 1, and a DROP rule).
+        assert "--network bridge" in jupyter and "--network host" not in jupyter
+        assert "iptables -I DOCKER-USER -d 169.254.169.254 -j DROP" in jupyter
+        assert "-p 127.0.0.1:8889:8889" in jupyter, "published on loopback only: the gateway serves it"
+        assert "jupyter lab --ip=0.0.0.0 --port=8889 --no-browser" in jupyter, "inside its own network namespace"
+        assert f"DASK_SCHEDULER_ADDRESS='tls://{SCHEDULER_IP}:8786'" in jupyter, "the scheduler's private address"

@@ -45,12 +45,13 @@ def run(search, X, y=None, *, test: tuple | None = None, name: str | None = None
 
     Example
     -------
-    >>> import spotsearch
+    >>> import spotsearch, tempfile
     >>> from sklearn.datasets import load_digits
     >>> from sklearn.model_selection import GridSearchCV
     >>> from sklearn.svm import SVC
     >>> X, y = load_digits(return_X_y=True)
-    >>> search = spotsearch.run(GridSearchCV(SVC(), {"C": [1, 10]}), X, y, argv=["--results", "/tmp/runs"])
+    >>> runs = tempfile.mkdtemp()  # where the run folders go (default: results/)
+    >>> search = spotsearch.run(GridSearchCV(SVC(), {"C": [1, 10]}), X, y, argv=["--results", runs])
     ... # doctest: +ELLIPSIS
     Dask dashboard: http://127.0.0.1:...
     >>> search.best_params_["C"] in (1, 10)
