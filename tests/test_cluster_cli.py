@@ -83,6 +83,8 @@ BAD_COMMAND_LINES = [
     (["--scheduler", "tcp://203.0.113.7:8786"], None, "got 'tcp://203.0.113.7:8786'"),
     (["--scheduler", "tls://203.0.113.7:99999"], None, "got 'tls://203.0.113.7:99999'"),
     (["--scheduler", "tls://" + "a" * 1000], None, "(1008 chars)"),
+    (["--processes", "0"], None, "argument --processes: must be a whole number from 1 to 256, got '0'"),
+    (["--processes", "2", "--stack", "dask"], {"dask": OUTPUTS}, "processes (--processes): only for the local cluster"),
     (["--results", ""], None, "argument --results: must name a folder, got ''"),
     (["--results", "{dir}/file"], None, "argument --results: '{dir}/file': {dir}/file is not a folder"),
     (["--results", "{dir}/file/runs"], None, "{dir}/file is not a folder"),

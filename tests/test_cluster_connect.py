@@ -92,3 +92,24 @@ def test_a_cluster_that_cannot_be_reached_leaves_nothing_open(tmp_path):
     else:
         raise AssertionError("a missing outputs file must be refused")
     assert set(threading.enumerate()) <= threads
+
+
+def test_local_worker_processes_listen_on_loopback_only_and_are_gone_after():
+    import psutil
+    from distributed import Client
+
+    from spotsearch import Cluster
+
+    with Cluster(processes=2) as cluster, Client(cluster) as client:
+        pids = set(client.run(__import__("os").getpid).values())
+        assert len(pids) == 2 and __import__("os").getpid() not in pids, "two worker processes of their own"
+        assert set(client.run(lambda dask_worker: dask_worker.state.nthreads).values()) == {1}
+        listening = [
+            connection.laddr
+            for pid in pids
+            for connection in psutil.Process(pid).net_connections(kind="inet")
+            if connection.status == psutil.CONN_LISTEN
+        ]
+        assert listening and all(address.ip == "127.0.0.1" for address in listening), listening
+        assert cluster.where.threads == 2
+    assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]

@@ -38,8 +38,10 @@ def run_script(folder: Path, *args: str) -> subprocess.CompletedProcess:
                           timeout=300)  # fmt: skip
 
 
-def test_a_script_with_top_level_code_runs_once_and_returns_the_fitted_search(tmp_path):
-    run = run_script(tmp_path)
+@pytest.mark.parametrize("flags", [[], ["--processes", "2"]], ids=["threads", "worker processes"])
+def test_a_script_with_top_level_code_runs_once_and_returns_the_fitted_search(tmp_path, flags):
+    """Also with worker processes, which multiprocessing would start by running the script again."""
+    run = run_script(tmp_path, *flags)
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("top-level code ran") == 1, "the plotting helper must not run the script again"
     assert "Traceback" not in run.stderr
@@ -52,7 +54,7 @@ def test_a_script_with_top_level_code_runs_once_and_returns_the_fitted_search(tm
     }
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["experiment"] == "my_search"
-    assert summary["command"] == [str(tmp_path / "my_search.py")] and summary["tried"] == "two Cs"
+    assert summary["command"] == [str(tmp_path / "my_search.py"), *flags] and summary["tried"] == "two Cs"
     assert summary["versions"]["scikit-learn"] and summary["versions"]["spotsearch"]
     assert summary["started_at"] <= summary["ended_at"] and summary["test_accuracy"] > 0.9
 

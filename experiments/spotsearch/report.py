@@ -22,6 +22,7 @@ from pathlib import Path
 from spotsearch.cluster.connect import Where
 from spotsearch.cluster.forwarder import without_key
 from spotsearch.saved_fits import write_atomically
+from spotsearch.spawn import main_script_hidden
 
 CV_TABLE = "cv_results.csv"
 HEATMAP = "heatmap.png"
@@ -268,7 +269,7 @@ class Plotter:
         self._pool = ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_load_matplotlib
         )
-        with _main_script_hidden():
+        with main_script_hidden():
             self._pool.submit(int)  # the pool starts its process on the first task: start it now
 
     def heatmap(self, path: Path, cv_results: dict, *, column: str = "mean_test_score", **options) -> Future:
@@ -288,22 +289,6 @@ class Plotter:
 
     def __exit__(self, *exc_info) -> None:
         self._pool.shutdown(wait=True, cancel_futures=exc_info[0] is not None)
-
-
-@contextmanager
-def _main_script_hidden() -> Iterator[None]:
-    """While a spawned process starts: multiprocessing runs the parent's main script again in
-    the child (as `__mp_main__`) when `__main__` names its file or module, and a script whose
-    top-level code is its search would run it twice. Nothing the helper runs is in the script."""
-    main = sys.modules["__main__"]
-    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
-    main.__dict__.pop("__file__", None)
-    main.__spec__ = None
-    try:
-        yield
-    finally:
-        main.__dict__.pop("__spec__", None)
-        main.__dict__.update(saved)
 
 
 def write_summary(path: Path, **fields) -> None:

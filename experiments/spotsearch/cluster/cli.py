@@ -105,6 +105,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", metavar="N", type=whole_number(0), help="worker nodes to wait for (default: the stack's minimum)"
     )
     group.add_argument(
+        "--processes", metavar="N", type=whole_number(1, 256),
+        help="the local cluster as N worker processes of one thread, for fits that hold Python's GIL "
+        "(text pipelines, your own transformers); default: a thread per core in this process",
+    )  # fmt: skip
+    group.add_argument(
         "--timeout",
         metavar="SECONDS",
         type=seconds,
@@ -124,6 +129,7 @@ def connect_from_args(args: argparse.Namespace):
         tls_key=args.tls_key,
         workers=args.workers,
         timeout=args.timeout,
+        processes=args.processes,
     )
 
 

@@ -15,11 +15,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from spotsearch.cluster.messages import WithoutMessage, console
+from spotsearch.cluster.messages import ClusterError, WithoutMessage, console
 from spotsearch.cluster.outputs import COST_OUTPUTS, DEFAULT_OUTPUTS, read_outputs
 from spotsearch.cluster.tls_files import private_tls_files, security_for
 from spotsearch.cluster.versions import check_versions, stale_code_warning
 from spotsearch.cluster.waiting import probe, wait_for_nodes, worker_nodes
+from spotsearch.spawn import main_script_hidden
 
 DEFAULT_TIMEOUT = 600.0
 
@@ -54,6 +55,9 @@ class Cluster:
         the current folder).
     workers : the worker nodes to wait for (default: the stack's minimum).
     timeout : seconds to wait for the scheduler and the worker nodes.
+    processes : for the local cluster, this many worker processes of one thread each, rather
+        than threads in this process (the default): faster for fits that hold Python's GIL (text
+        pipelines, transformers of your own), slower to start (see docs/speed.md).
 
     Neither `stack` nor `scheduler`: a local cluster, on loopback only. The connection is made,
     and the cluster checked (reachable, TLS accepted, the same package versions), when the object
@@ -80,6 +84,7 @@ class Cluster:
         tls_key: str | None = None,
         workers: int | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        processes: int | None = None,
     ) -> None:
         from distributed.core import Status
 
@@ -87,7 +92,7 @@ class Cluster:
         with self._opened:
             connection = connect(
                 stack=stack, scheduler=scheduler, outputs=Path(outputs), tls_ca=tls_ca, tls_cert=tls_cert,
-                tls_key=tls_key, workers=workers, timeout=timeout,
+                tls_key=tls_key, workers=workers, timeout=timeout, processes=processes,
             )  # fmt: skip
             self._client, self.where = self._opened.enter_context(connection)
             self._opened = self._opened.pop_all()
@@ -148,16 +153,22 @@ def connect(
     tls_key: str | None = None,
     workers: int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    processes: int | None = None,
 ) -> Iterator[tuple[object, Where]]:
     """A connected Client and where it runs.
 
-    - neither `stack` nor `scheduler`: a local cluster on loopback;
+    - neither `stack` nor `scheduler`: a local cluster on loopback (threads in this process, or
+      `processes` worker processes of one thread);
     - `stack`: the deployed stack of that name, from the `outputs` file; waits up to `timeout`
       seconds for the scheduler and for `workers` worker nodes (default: the stack's minimum);
     - `scheduler`: a tls:// address, with the TLS files (or Dask's own TLS configuration).
     """
+    if processes is not None and (stack is not None or scheduler is not None):
+        raise ClusterError(
+            "processes (--processes): only for the local cluster; a deployed one has worker_processes in cdktf.json"
+        )
     if stack is None and scheduler is None:
-        yield from _local()
+        yield from _local(processes)
     elif stack is not None:
         found = read_outputs(outputs, stack)
         # `workers` is the minimum the cluster keeps; an adaptive cluster adds nodes as work asks.
@@ -183,30 +194,30 @@ def connect(
         yield from _remote(scheduler, security, expected=workers or 1, timeout=timeout)
 
 
-def _local() -> Iterator[tuple[object, Where]]:
+def _local(processes: int | None = None) -> Iterator[tuple[object, Where]]:
     from distributed import Client, LocalCluster
 
-    # One process with a thread per core: scikit-learn's compiled estimators release the GIL,
-    # so threads run fits in parallel without starting and feeding worker processes.
+    # By default one process with a thread per core: scikit-learn's compiled estimators release
+    # the GIL, so threads run fits in parallel without starting and feeding worker processes.
+    # Fits that hold the GIL (tokenizing text, Python code of the user's) run one at a time
+    # there: `processes` runs them in worker processes of one thread each.
     # Every listening socket stays on loopback: nobody else on the network reaches a laptop's
     # cluster, which would run any code sent to it.
-    threads = os.cpu_count() or 1
+    threads = processes or os.cpu_count() or 1
     loopback = "127.0.0.1:0"
-    with (
-        _quiet_heartbeat_at_close(),
-        LocalCluster(
-            processes=False,
-            n_workers=1,
-            threads_per_worker=threads,
-            dashboard_address=loopback,
-            worker_dashboard_address=loopback,
-        ) as local,
-        Client(local) as client,
-    ):
-        # Dask's own link names the machine's address, not the loopback one it listens on.
-        dashboard = f"http://127.0.0.1:{client.scheduler_info()['services']['dashboard']}/status"
-        startup_over()
-        yield client, Where("local", local.scheduler_address, dashboard, 1, threads)
+    layout = (
+        {"processes": True, "n_workers": processes, "threads_per_worker": 1, "host": "127.0.0.1"}
+        if processes
+        else {"processes": False, "n_workers": 1, "threads_per_worker": threads}
+    )
+    with _quiet_heartbeat_at_close():
+        with main_script_hidden():  # while worker processes start: they must not run the script again
+            local = LocalCluster(dashboard_address=loopback, worker_dashboard_address=loopback, **layout)
+        with local, Client(local) as client:
+            # Dask's own link names the machine's address, not the loopback one it listens on.
+            dashboard = f"http://127.0.0.1:{client.scheduler_info()['services']['dashboard']}/status"
+            startup_over()
+            yield client, Where("local", local.scheduler_address, dashboard, 1, threads)
 
 
 @contextlib.contextmanager
