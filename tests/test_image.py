@@ -88,9 +88,11 @@ def test_client_requirements_include_the_image_pins_and_never_override_them():
     assert "-r image/requirements.txt" in client.splitlines()
     overridden = pins(ROOT / "requirements.txt").keys() & pins(PINS).keys()
     assert not overridden, f"pinned twice: {overridden}"
-    for line in client.splitlines():
-        if line and not line.startswith(("#", "-r")):
-            assert "==" in line, f"unpinned requirement: {line}"
+    assert "-r requirements-laptop.txt" in client.splitlines() and "-e ." in client.splitlines()
+    for path in (ROOT / "requirements.txt", ROOT / "requirements-laptop.txt"):
+        for line in path.read_text().splitlines():
+            if line and not line.startswith(("#", "-r")) and line != "-e .":  # -e .: this project
+                assert "==" in line, f"unpinned requirement in {path.name}: {line}"
 
 
 def test_every_copied_file_is_hashed_into_the_tag_and_allowed_by_dockerignore():

@@ -34,7 +34,7 @@ def sent(monkeypatch):
         return scatter(self, data, *args, **kwargs)
 
     def map_and_record(self, func, payloads, shared, **kwargs):
-        if func is on_nodes.run_fits:
+        if func is joblib_backend.run_fits:
             record["payloads"] += [len(payload) for payload in payloads]
             record["names"] += [sorted(names) for names in shared]
         return map_(self, func, payloads, shared, **kwargs)

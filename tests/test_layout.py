@@ -9,7 +9,13 @@ from pathlib import Path
 from .conftest import ROOT
 
 # Where each top-level package lives, and so what a dotted name refers to.
-PACKAGES = {"experiments": ROOT / "experiments", "stacks": ROOT / "stacks", "dask_node": ROOT / "image" / "dask_node"}
+# The library first: its folder is inside the scripts'.
+PACKAGES = {
+    "spotsearch": ROOT / "experiments" / "spotsearch",
+    "experiments": ROOT / "experiments",
+    "stacks": ROOT / "stacks",
+    "dask_node": ROOT / "image" / "dask_node",
+}
 
 
 def module_name(path: Path) -> str:
@@ -43,6 +49,13 @@ def test_node_code_does_not_import_the_laptops():
     for name, imported in graph.items():
         if name.startswith("dask_node"):
             assert not {i for i in imported if not i.startswith("dask_node")}, name
+
+
+def test_the_node_code_imports_nothing_of_the_project():
+    """on_nodes.py runs on nodes that have none of it (tests/test_plain_dask_cluster.py)."""
+    graph = import_graph()
+    assert graph["spotsearch.on_nodes"] == set()
+    assert graph["spotsearch.joblib_backend"], "the control: the graph sees the library's imports"
 
 
 def test_no_import_circle():

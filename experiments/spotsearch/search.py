@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 import traceback
 import warnings
@@ -337,8 +338,8 @@ def fit_on_cluster(
     X, y : the training data (y may be None, for a density estimator, say).
     client : the `distributed.Client` to run on; by default the current one (the last made).
     on_fits : called with the number of fits that just finished, as they finish.
-    progress : a progress bar of the fits (a widget in a notebook); by default, shown unless
-        `on_fits` is given.
+    progress : a progress bar of the fits (a widget in a notebook); by default, shown in a
+        notebook or a terminal unless `on_fits` is given.
     wait_for_workers : seconds to wait for a first worker, and for a lost scheduler to come back.
     saved_fits : a folder (or a SavedFits) that keeps every finished fit; a folder that already
         holds fits of this search on this data resumes it: only the other fits run.
@@ -372,7 +373,7 @@ def fit_on_cluster(
     if client is None:
         client = current_client()
     if progress is None:
-        progress = on_fits is None
+        progress = on_fits is None and ("ipykernel" in sys.modules or sys.stderr.isatty())
     if progress:
         with progress_bar(expected_fits(search, X, y, fit_params), on_fits) as counted:
             return fit_on_cluster(

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 from spotsearch.cluster.messages import ClusterError
+
+# The project folder this library was installed from (editable): its stacks/ tag the node image.
+CHECKOUT = Path(__file__).resolve().parents[3]
 
 # What must be identical on the client and every node, or pickled work breaks in odd ways.
 MATCHED_PACKAGES = ("python", "dask", "distributed", "sklearn", "numpy", "cloudpickle")
@@ -43,11 +49,13 @@ def stale_code_warning(image_uri: str) -> str | None:
     """A warning when the nodes run another node image (image/: the daemons and the pinned
     packages) than this checkout builds. The laptop's library is not in the image: its node code
     travels with each search, so an edit to it never makes a cluster stale."""
-    try:
-        from stacks.content import image_content_hash
-    except ImportError:  # spotsearch installed without this checkout's stacks package
+    content = CHECKOUT / "stacks" / "content.py"
+    if not content.is_file():  # spotsearch installed from a copy without the checkout around it
         return None
-    deployed, local = image_uri.rpartition(":")[2].removesuffix("-lab"), image_content_hash()
+    spec = importlib.util.spec_from_file_location("spotsearch_checkout_content", content)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    deployed, local = image_uri.rpartition(":")[2].removesuffix("-lab"), module.image_content_hash(CHECKOUT)
     if deployed == local:
         return None
     return (
