@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -70,3 +71,33 @@ def test_forest_benchmark_runs_and_both_searches_agree(tmp_path):
     assert run.returncode == 0, run.stderr
     rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and "median" not in line]
     assert [row.split(" | ")[0] for row in rows] == ["| scikit-learn n_jobs=-1", "| fit_on_cluster, local cluster"]
+
+
+def test_text_benchmark_runs_every_command_and_compares_it_with_scikit_learn():
+    run = subprocess.run(
+        [sys.executable, "-m", "experiments.benchmarks.text", "--runs", "1", "--samples", "150"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and "median" not in line]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| `GridSearchCV(n_jobs=-1)`", "| spotsearch, local cluster: threads (the default)",
+        f"| spotsearch, local cluster: {os.cpu_count()} worker processes (`--processes`)",
+    ]  # fmt: skip
+    ratios = [float(row.strip(" |").split(" | ")[-1]) for row in rows]
+    assert ratios[0] == 1.0 and all(ratio > 0 for ratio in ratios)
+
+
+def test_the_text_benchmarks_search_is_the_same_through_the_cluster():
+    """What it times is the same search: the cluster's result is scikit-learn's."""
+    from distributed import Client
+
+    from experiments.benchmarks.text import documents, search
+    from spotsearch import Cluster, fit_on_cluster
+
+    X, y = documents(150)
+    plain = search().fit(X, y)
+    with Cluster(processes=2) as cluster, Client(cluster):
+        through = fit_on_cluster(search(), X, y, progress=False)
+    assert through.best_params_ == plain.best_params_
+    assert list(through.cv_results_["mean_test_score"]) == list(plain.cv_results_["mean_test_score"])

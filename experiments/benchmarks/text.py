@@ -7,7 +7,7 @@ Each command is a process of its own, as a user runs it, interleaved (A B C A B 
 - spotsearch's local cluster as threads in one process (the default);
 - spotsearch's local cluster as worker processes (`--processes`, one per core).
 
-    python experiments/benchmarks/text.py --runs 5
+    python -m experiments.benchmarks.text --runs 5   (from the project folder)
 """
 
 from __future__ import annotations
