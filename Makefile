@@ -1,8 +1,8 @@
 # The project's commands. The environment its tools need is set here, not in your shell:
 #   make test    install what the tests need (.venv, .venv-checkov, .venv-awscli, .venv/node),
 #                then run ruff and the whole test suite (CI runs exactly this; see .ci/run)
-#   make test-fast  the everyday subset, in a few minutes: ruff and the tests not marked slow
-#                (no emulated deploy, no real clusters of processes, no scanners)
+#   make test-fast  the everyday subset, in about 3 minutes: ruff and the tests not marked slow
+#                (no emulated deploy, no real clusters of processes, no scanners; tests/conftest.py)
 #   make test-busy  `make test` while busy processes keep the cores loaded (BUSY=2 of them):
 #                no test may depend on how fast the machine is
 #   make cdktf   only the pinned cdktf CLI, as .venv/bin/cdktf (for deploying)

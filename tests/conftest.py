@@ -91,6 +91,24 @@ def pytest_configure(config):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# What `make test-fast` leaves out (`-m "not slow"`): tests on real clusters of processes, whole
+# experiment processes, scanners and Terraform. `make test` runs everything.
+SLOW_FIXTURES = {"loopback", "process_cluster", "gateway_scheduler", "local_run", "plain_cluster"}
+SLOW_MODULES = {
+    "test_benchmarks", "test_checkov", "test_cli_synth", "test_cluster_cli", "test_cluster_outputs",
+    "test_cluster_waiting", "test_conformance", "test_deploy_time_variables", "test_docs", "test_experiment",
+    "test_node_gateway", "test_node_idle_shutdown", "test_node_lifecycle", "test_node_trust",
+    "test_node_worker_autoscaler", "test_pipeline_search", "test_script", "test_sklearn_own_tests",
+    "test_svc_digits", "test_userdata",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_process_outlives_the_session():
     """Set up first, torn down last: a process the session started and left running fails it."""
