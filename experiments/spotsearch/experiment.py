@@ -91,7 +91,7 @@ def run_search(
         run = resumed or report.new_run_folder(args.results, experiment, where)
         # The run is on record from now on, and says how it ended if it ends early.
         report.write_summary(run / report.SUMMARY, experiment=experiment, status="running", **record)
-        running.push(lambda kind, error, _: kind is not None and _ended_early(run, error) and False)
+        running.push(lambda kind, error, _: _mark_ended_early(run, error) if kind is not None else None)
         if resumed is None:
             saved = SavedFits(run / report.SAVED_FITS).open_for(search, X_train, y_train, fit_params)
         # Inline: the report embeds Bokeh, so it opens offline and years from now.
@@ -144,16 +144,15 @@ def run_search(
     if estimate := cost.for_where(where, nodes.node_seconds, searched - connected):
         fields["cost"] = estimate
         print(cost.summary_line(estimate))
-    report.write_summary(run / report.SUMMARY, **fields)
-    report.mark_ended(run, "finished")
+    report.write_summary(run / report.SUMMARY, **{**fields, **report.ended("finished")})
     print(f"Results in {run}")
     return 0
 
 
-def _ended_early(run: Path, error: BaseException) -> bool:
-    """Mark the run as failed (with the error's line) or interrupted (Ctrl-C, SIGTERM)."""
+def _mark_ended_early(run: Path, error: BaseException) -> None:
+    """Mark the run as failed (with the error's line) or interrupted (Ctrl-C, SIGTERM); the
+    error goes on (None: not suppressed)."""
     if isinstance(error, (KeyboardInterrupt, Stopped)):
         report.mark_ended(run, "interrupted")
     else:
         report.mark_ended(run, "failed", error=f"{type(error).__name__}: {error}")
-    return True

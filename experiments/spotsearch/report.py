@@ -314,15 +314,19 @@ def _utc(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
+def ended(status: str) -> dict:
+    """How a run ended ("finished", "failed" or "interrupted"), and when: summary fields."""
+    return {"status": status, "ended_at": _utc(time.time())}
+
+
 def mark_ended(run: Path, status: str, **fields) -> None:
-    """Record in the run's summary how it ended ("finished", "failed" or "interrupted"), keeping
-    what it already holds."""
+    """Record in the run's summary how it ended, keeping what it already holds."""
     try:
         summary = json.loads((run / SUMMARY).read_text())
     except (OSError, ValueError):
         summary = {}
     summary = summary if isinstance(summary, dict) else {}
-    write_summary(run / SUMMARY, **{**summary, "status": status, "ended_at": _utc(time.time()), **fields})
+    write_summary(run / SUMMARY, **{**summary, **ended(status), **fields})
 
 
 def summary_fields(search, where: Where, timings: dict[str, float], **extra) -> dict:

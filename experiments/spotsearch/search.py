@@ -374,18 +374,15 @@ def fit_on_cluster(
         client = current_client()
     if progress is None:
         progress = on_fits is None and ("ipykernel" in sys.modules or sys.stderr.isatty())
-    if progress:
-        with progress_bar(expected_fits(search, X, y, fit_params), on_fits) as counted:
-            return fit_on_cluster(
-                search, X, y, client=client, on_fits=counted, progress=False, wait_for_workers=wait_for_workers,
-                saved_fits=saved_fits, **fit_params,
-            )  # fmt: skip
     refuse_unsupported(search)
     saved = saved_fits if isinstance(saved_fits, SavedFits) else SavedFits(saved_fits)
     saved.open_for(search, X, y, fit_params)
-    counting = FitCounter(client, on_fits, saved) if on_fits else nullcontext()
-    # A search that draws its candidates at random draws the same ones when it runs again.
-    with counting, params_set(search, **saved.fixed_random_state(search)):
+    shown = progress_bar(expected_fits(search, X, y, fit_params), on_fits) if progress else nullcontext(on_fits)
+    with ExitStack() as searching:
+        on_fits = searching.enter_context(shown)
+        counting = searching.enter_context(FitCounter(client, on_fits, saved)) if on_fits else None
+        # A search that draws its candidates at random draws the same ones when it runs again.
+        searching.enter_context(params_set(search, **saved.fixed_random_state(search)))
         while True:
             scheduler_id = _identity(client).get("id")
             try:
@@ -397,7 +394,7 @@ def fit_on_cluster(
                 # is not asked to keep their keys.
                 traceback.clear_frames(error.__traceback__)
             reconnected(client, wait_for_workers)
-            if on_fits:
+            if counting is not None:
                 counting.restart()
 
 
