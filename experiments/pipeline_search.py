@@ -9,7 +9,7 @@ Make the problem big enough and it needs a cluster:
 
 import argparse
 
-from spotsearch import experiment, report
+from spotsearch import experiment, plots, report
 from spotsearch.cluster import cli
 
 # Memory on this machine, by arithmetic before anything is made: the data as float64 about four
@@ -55,7 +55,7 @@ def main() -> int:
     args = parser.parse_args()
     if reason := memory_needed(args.samples, args.features, args.candidates):
         parser.error(reason)
-    plotter = report.Plotter()  # first: it loads matplotlib while Dask and scikit-learn load here
+    plotter = plots.Plotter()  # first: it loads matplotlib while Dask and scikit-learn load here
 
     from scipy.stats import loguniform
     from sklearn.datasets import make_classification

@@ -6,7 +6,7 @@ search is dask-ml's GridSearchCV (`--engine scikit-learn` runs scikit-learn's ow
 joblib's Dask backend instead: same candidates, same scores).
 """
 
-from spotsearch import experiment, report
+from spotsearch import experiment, plots, report
 from spotsearch.cluster import cli
 
 PARAM_GRID = {"C": [1e-4, 1, 1e4], "gamma": [1e-3, 1, 1e3], "class_weight": [None, "balanced"]}
@@ -35,7 +35,7 @@ def main() -> int:
     )
     experiment.add_arguments(parser)
     args = parser.parse_args()
-    plotter = report.Plotter()  # first: it loads matplotlib while Dask and scikit-learn load here
+    plotter = plots.Plotter()  # first: it loads matplotlib while Dask and scikit-learn load here
 
     # Imported here, not at the top: the plotting helper re-imports the top of this script, and
     # loading scikit-learn there would take the core it loads matplotlib on.

@@ -6,15 +6,28 @@ or AWS surfaces as a traceback or as an error after resources were created.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
+
+from stacks.checks import (
+    SettingsError,
+    check_spot_price,
+    cidrs,
+    fail,
+    instance_types,
+    known_regions,
+    positive_int,
+    root_volume,
+    shown,
+    string_list,
+    true_or_false,
+    unique,
+    workers_shape,
+)
 
 CONFIG_FILE = "cdktf.json"
 SCHEDULER_PORT = 8786
@@ -37,24 +50,7 @@ DEFAULT_SCHEDULER_TYPES = ("m6i.large", "m6a.large", "m5.large", "m5a.large", "m
 # (dask-<name>), which allows no trailing or doubled separator, and in IAM and EC2 names.
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 NAME_MAX = 20
-INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
-# Graviton families carry a "g" after the generation digit (c7g, m6gd, t4g, im4gn); a1 is Arm too.
-ARM_TYPE_RE = re.compile(r"^([a-z]+[0-9]+g[a-z]*|a1)\.")
-# Families a node cannot run on although EC2 knows them: Apple hosts and high-memory "u-"
-# types launch only on dedicated hosts, and the Xen-era families cannot be EBS-optimized in
-# every size (the nodes ask for it) nor boot Amazon Linux 2023, which needs ENA and NVMe.
-UNSUITABLE_FAMILY_RE = re.compile(
-    r"^(mac[0-9a-z-]*|u-[0-9a-z]+|u7[a-z0-9-]*|t1|t2|m1|m2|m3|c1|c3|cc2|cg1|cr1|g2|hi1|hs1|i2|r3)\."
-)
 SUBNET_RE = re.compile(r"^subnet-([0-9a-f]{8}|[0-9a-f]{17})$")
-PRICE_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
-# Partitions an AWS account can be opened in; the isolated ones need their own tooling.
-PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
-# What a security group takes: 60 inbound rules per address family, one per port and network.
-MAX_ALLOWED_NETWORKS = 15
-# Wider than this in total, the cluster is open to a large part of the internet: an IPv4 /8
-# (16.7 million addresses), or an IPv6 /32 (a whole provider's allocation).
-PUBLIC_BOUND = {4: 2**24, 6: 2**96}
 # The worker group's tag that tells the scheduler's autoscaler the fewest nodes to keep. The
 # group's own MinSize stays 0: the cluster's end sets its desired capacity to 0, below any minimum.
 MIN_WORKERS_TAG = "DaskMinWorkers"
@@ -64,35 +60,8 @@ MAX_USER_TAGS = 50 - len(RESERVED_TAGS)  # AWS allows 50 tags per resource
 # AWS tag keys and values: letters, digits, spaces and _ . : / = + - @ (EC2, IAM, ECR, SSM alike).
 TAG_TEXT_RE = re.compile(r"^[\w\s.:/=+\-@]*$", re.UNICODE)
 MAX_WORKERS = 500  # worker nodes in one cluster: far beyond a search's needs, within EC2 quotas
-MAX_WORKER_TYPES = 40  # overrides in one mixed instances policy
 # Settings of earlier versions, and what replaced them.
 RENAMED = {"scheduler_instance_type": 'scheduler_instance_types, a list such as ["m6i.large", "m6a.large"]'}
-ROOT_VOLUME_MIN_GB = 8  # Amazon Linux 2023's root snapshot; EC2 refuses a smaller volume
-
-
-@functools.cache
-def _botocore_session():
-    import botocore.session  # boto3's own dependency: its service models ship AWS's lists
-
-    return botocore.session.get_session()
-
-
-@functools.cache
-def known_regions() -> frozenset[str]:
-    """Every region of the public partitions, from botocore's endpoint data (offline)."""
-    session = _botocore_session()
-    return frozenset(r for partition in PARTITIONS for r in session.get_available_regions("ec2", partition))
-
-
-@functools.cache
-def node_instance_types() -> tuple[str, ...]:
-    """EC2 instance types a node can run on: known to EC2's API model, x86_64, no dedicated host."""
-    every = _botocore_session().get_service_model("ec2").shape_for("InstanceType").enum
-    return tuple(t for t in every if not ARM_TYPE_RE.match(t) and not UNSUITABLE_FAMILY_RE.match(t))
-
-
-class SettingsError(ValueError):
-    """A setting has a value we refuse; the message names the setting and the value."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,142 +113,13 @@ class ClusterSettings:
         return f"/{self.secret_path(role)}/{name}"
 
 
-SHOWN_CHARACTERS = 80  # of a value echoed in an error message
-
-
-def _shown(value: Any) -> str:
-    """A value as an error message echoes it: its JSON, shortened if long."""
-    text = json.dumps(value)
-    return text if len(text) <= SHOWN_CHARACTERS else f"{text[: SHOWN_CHARACTERS - 16]}... ({len(text)} chars)"
-
-
-def _fail(where: str, message: str, value: Any) -> SettingsError:
-    return SettingsError(f"{where}: {message}, got {_shown(value)}")
-
-
-def _positive_int(where: str, value: Any, *, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _fail(where, "must be a positive whole number", value)
-    if maximum is not None and value > maximum:
-        raise _fail(where, f"must be at most {maximum}", value)
-    return value
-
-
-def _bool(where: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(where, "must be true or false", value)
-    return value
-
-
-def _string_list(where: str, value: Any, *, allow_empty: bool = False) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _fail(where, "must be a list of strings", value)
-    if not value and not allow_empty:
-        raise _fail(where, "must not be empty", value)
-    return tuple(value)
-
-
-def check_instance_type(where: str, value: Any) -> str:
-    if not isinstance(value, str) or not INSTANCE_TYPE_RE.match(value):
-        raise _fail(where, "must be an EC2 instance type such as c6i.xlarge", value)
-    if ARM_TYPE_RE.match(value):
-        raise _fail(where, "is an Arm (Graviton) type; the image is built for linux/amd64", value)
-    if UNSUITABLE_FAMILY_RE.match(value):
-        raise _fail(
-            where, "cannot run a node (dedicated hosts only, or a Xen-era type Amazon Linux 2023 cannot boot)", value
-        )
-    if value not in node_instance_types():
-        raise _fail(where, "is not an EC2 instance type (see `aws ec2 describe-instance-types`)", value)
-    return value
-
-
-def _unique(where: str, values: tuple[str, ...]) -> tuple[str, ...]:
-    for value in values:
-        if values.count(value) > 1:
-            raise _fail(where, "lists the same entry twice", value)
-    return values
-
-
-def check_spot_price(where: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise _fail(where, 'must be a price in USD per hour such as "0.25"', value)
-    text = str(value)
-    try:
-        ok = bool(PRICE_RE.match(text)) and Decimal(text) > 0
-    except InvalidOperation:
-        ok = False
-    if not ok:
-        raise _fail(where, 'must be a positive price in USD per hour such as "0.25"', value)
-    return text
-
-
-def _network(where: str, cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        address = ipaddress.ip_address(cidr)
-    except ValueError:
-        pass
-    else:  # a bare address, as checkip.amazonaws.com prints it: AWS wants a prefix length
-        raise _fail(where, f"a single address needs its prefix length, write {address}/{address.max_prefixlen}", cidr)
-    try:
-        return ipaddress.ip_network(cidr, strict=True)
-    except ValueError:
-        pass
-    try:
-        network = ipaddress.ip_network(cidr, strict=False)
-    except ValueError:
-        raise _fail(where, "each entry must be a network such as 203.0.113.7/32", cidr) from None
-    raise _fail(
-        where, f"has host bits set; the network is {network}, or write the address as /{network.max_prefixlen}", cidr
-    )
-
-
-def _cidrs(where: str, value: Any, allow_public: bool) -> tuple[str, ...]:
-    if value == []:
-        raise _fail(
-            where, "add the networks allowed to reach the cluster, such as your public IP as 203.0.113.7/32", value
-        )
-    cidrs = _string_list(where, value)
-    if len(cidrs) > MAX_ALLOWED_NETWORKS:
-        raise _fail(where, f"at most {MAX_ALLOWED_NETWORKS} networks fit the security group's rules", len(cidrs))
-    networks = [_network(where, cidr) for cidr in cidrs]
-    for i, network in enumerate(networks):
-        for other in networks[:i]:
-            if network.version == other.version and (network.subnet_of(other) or other.subnet_of(network)):
-                raise _fail(where, f"overlaps {other}; AWS refuses duplicate rules, list each network once", cidrs[i])
-    if not allow_public:
-        for version, bound in PUBLIC_BOUND.items():
-            total = sum(n.num_addresses for n in networks if n.version == version)
-            if total > bound:
-                wide = ", ".join(str(n) for n in networks if n.version == version)
-                raise _fail(
-                    where,
-                    f"opens the cluster to {total:.3g} IPv{version} addresses, more than an "
-                    f"{'IPv4 /8' if version == 4 else 'IPv6 /32'}; set allow_public_access: true to insist",
-                    wide,
-                )
-    return cidrs
-
-
-def _instance_types(where: str, value: Any) -> tuple[str, ...]:
-    """The types one Auto Scaling group may launch: real x86_64 types, each once."""
-    types = _string_list(where, list(value) if isinstance(value, tuple) else value)
-    for instance_type in types:
-        check_instance_type(where, instance_type)
-    _unique(where, types)
-    if len(types) > MAX_WORKER_TYPES:
-        raise _fail(where, f"at most {MAX_WORKER_TYPES} types in an Auto Scaling group", len(types))
-    return types
-
-
 def _worker_bounds(where: str, raw: dict) -> tuple[int, int]:
     """(min_workers, max_workers): `workers` fixes both; otherwise each has its default."""
     if "workers" in raw:
-        workers = _positive_int(f"{where}.workers", raw["workers"], maximum=MAX_WORKERS)
+        workers = positive_int(f"{where}.workers", raw["workers"], maximum=MAX_WORKERS)
         for bound in ("min_workers", "max_workers"):
             if bound in raw:
-                raise _fail(
+                raise fail(
                     f"{where}.{bound}",
                     "cannot be combined with workers (a fixed size); set min_workers and max_workers alone",
                     raw[bound],
@@ -288,33 +128,18 @@ def _worker_bounds(where: str, raw: dict) -> tuple[int, int]:
     d = ClusterSettings.__dataclass_fields__
     low = raw.get("min_workers", d["min_workers"].default)
     if isinstance(low, bool) or not isinstance(low, int) or not 0 <= low <= MAX_WORKERS:
-        raise _fail(f"{where}.min_workers", f"must be a whole number from 0 to {MAX_WORKERS}", low)
-    high = _positive_int(f"{where}.max_workers", raw.get("max_workers", d["max_workers"].default), maximum=MAX_WORKERS)
+        raise fail(f"{where}.min_workers", f"must be a whole number from 0 to {MAX_WORKERS}", low)
+    high = positive_int(f"{where}.max_workers", raw.get("max_workers", d["max_workers"].default), maximum=MAX_WORKERS)
     if low > high:
-        raise _fail(f"{where}.min_workers", f"must be at most max_workers ({high})", low)
+        raise fail(f"{where}.min_workers", f"must be at most max_workers ({high})", low)
     return low, high
-
-
-def _root_volume(where: str, value: Any) -> int:
-    size = _positive_int(where, value, maximum=16384)  # gp3's largest volume, in GiB
-    if size < ROOT_VOLUME_MIN_GB:
-        raise _fail(
-            where, f"must be at least {ROOT_VOLUME_MIN_GB} (the size of Amazon Linux 2023's root snapshot)", value
-        )
-    return size
-
-
-def _workers_shape(where: str, value: Any) -> int | Literal["auto"]:
-    if value == "auto":
-        return "auto"
-    return _positive_int(where, value, maximum=256)
 
 
 def _tags(where: str, value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise _fail(where, "must be an object of tag names to values", value)
+        raise fail(where, "must be an object of tag names to values", value)
     if len(value) > MAX_USER_TAGS:
-        raise _fail(
+        raise fail(
             where,
             f"at most {MAX_USER_TAGS} tags (AWS allows 50 per resource; the stack sets {len(RESERVED_TAGS)})",
             len(value),
@@ -322,33 +147,33 @@ def _tags(where: str, value: Any) -> dict[str, str]:
     reserved = {name.lower(): name for name in RESERVED_TAGS}
     for key, tag in value.items():
         if not key or len(key) > 128 or key.lower().startswith("aws:") or not TAG_TEXT_RE.match(key):
-            raise _fail(
+            raise fail(
                 where, "tag names must be 1-128 letters, digits, spaces or _.:/=+-@ and not start with aws:", key
             )
         if key.lower() in reserved:
-            raise _fail(where, f"{reserved[key.lower()]} is set by the stack itself; choose another tag name", key)
+            raise fail(where, f"{reserved[key.lower()]} is set by the stack itself; choose another tag name", key)
         if not isinstance(tag, str) or len(tag) > 256 or not TAG_TEXT_RE.match(tag):
-            raise _fail(f"{where}.{key}", "must be a string of at most 256 letters, digits, spaces or _.:/=+-@", tag)
+            raise fail(f"{where}.{key}", "must be a string of at most 256 letters, digits, spaces or _.:/=+-@", tag)
     return dict(value)
 
 
 def parse_cluster(name: str, raw: Any) -> ClusterSettings:
     """Validate one cluster's raw settings from cdktf.json."""
     if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > NAME_MAX:
-        raise _fail(
+        raise fail(
             "clusters",
             f"cluster names must be lowercase letters and digits in words joined by single '-', at most {NAME_MAX}",
             name,
         )
     where = f"clusters.{name}"
     if not isinstance(raw, dict):
-        raise _fail(where, "must be an object of settings", raw)
+        raise fail(where, "must be an object of settings", raw)
     known = {f.name for f in fields(ClusterSettings)} - {"name"} | {"workers"}
     for key in raw:
         if key in RENAMED:
-            raise _fail(f"{where}.{key}", f"was renamed; write {RENAMED[key]}", raw[key])
+            raise fail(f"{where}.{key}", f"was renamed; write {RENAMED[key]}", raw[key])
         if key not in known:
-            raise _fail(where, f"unknown setting (known: {', '.join(sorted(known))})", key)
+            raise fail(where, f"unknown setting (known: {', '.join(sorted(known))})", key)
     if "allowed_cidrs" not in raw:
         raise SettingsError(
             f"{where}.allowed_cidrs: required; give the networks allowed to reach the cluster, "
@@ -361,27 +186,27 @@ def parse_cluster(name: str, raw: Any) -> ClusterSettings:
     d = ClusterSettings.__dataclass_fields__
     get = lambda key: raw.get(key, d[key].default)  # noqa: E731
 
-    allow_public = _bool(at("allow_public_access"), get("allow_public_access"))
+    allow_public = true_or_false(at("allow_public_access"), get("allow_public_access"))
     region = get("region")
     if not isinstance(region, str) or region not in known_regions():
-        raise _fail(at("region"), "must be an AWS region such as eu-west-1", region)
+        raise fail(at("region"), "must be an AWS region such as eu-west-1", region)
     market = get("scheduler_market")
     if market not in ("spot", "on-demand"):
-        raise _fail(at("scheduler_market"), 'must be "spot" or "on-demand"', market)
-    worker_types = _instance_types(at("worker_instance_types"), raw.get("worker_instance_types", DEFAULT_WORKER_TYPES))
-    scheduler_types = _instance_types(
+        raise fail(at("scheduler_market"), 'must be "spot" or "on-demand"', market)
+    worker_types = instance_types(at("worker_instance_types"), raw.get("worker_instance_types", DEFAULT_WORKER_TYPES))
+    scheduler_types = instance_types(
         at("scheduler_instance_types"), raw.get("scheduler_instance_types", DEFAULT_SCHEDULER_TYPES)
     )
-    subnets = _string_list(at("subnet_ids"), raw.get("subnet_ids", []), allow_empty=True)
+    subnets = string_list(at("subnet_ids"), raw.get("subnet_ids", []), allow_empty=True)
     for subnet in subnets:
         if not SUBNET_RE.match(subnet):
-            raise _fail(at("subnet_ids"), "each entry must be a subnet id such as subnet-0abc12345def67890", subnet)
-    _unique(at("subnet_ids"), subnets)
+            raise fail(at("subnet_ids"), "each entry must be a subnet id such as subnet-0abc12345def67890", subnet)
+    unique(at("subnet_ids"), subnets)
     min_workers, max_workers = _worker_bounds(where, raw)
 
     return ClusterSettings(
         name=name,
-        allowed_cidrs=_cidrs(at("allowed_cidrs"), raw["allowed_cidrs"], allow_public),
+        allowed_cidrs=cidrs(at("allowed_cidrs"), raw["allowed_cidrs"], allow_public),
         allow_public_access=allow_public,
         region=region,
         min_workers=min_workers,
@@ -390,14 +215,14 @@ def parse_cluster(name: str, raw: Any) -> ClusterSettings:
         scheduler_instance_types=scheduler_types,
         scheduler_market=market,
         spot_max_price=check_spot_price(at("spot_max_price"), get("spot_max_price")),
-        idle_timeout_minutes=_positive_int(at("idle_timeout_minutes"), get("idle_timeout_minutes")),
-        max_lifetime_hours=_positive_int(at("max_lifetime_hours"), get("max_lifetime_hours"), maximum=24 * 14),
-        worker_processes=_workers_shape(at("worker_processes"), get("worker_processes")),
-        worker_threads=_workers_shape(at("worker_threads"), get("worker_threads")),
-        root_volume_gb=_root_volume(at("root_volume_gb"), get("root_volume_gb")),
+        idle_timeout_minutes=positive_int(at("idle_timeout_minutes"), get("idle_timeout_minutes")),
+        max_lifetime_hours=positive_int(at("max_lifetime_hours"), get("max_lifetime_hours"), maximum=24 * 14),
+        worker_processes=workers_shape(at("worker_processes"), get("worker_processes")),
+        worker_threads=workers_shape(at("worker_threads"), get("worker_threads")),
+        root_volume_gb=root_volume(at("root_volume_gb"), get("root_volume_gb")),
         subnet_ids=subnets,
         tags=_tags(at("tags"), raw.get("tags", {})),
-        jupyter=_bool(at("jupyter"), get("jupyter")),
+        jupyter=true_or_false(at("jupyter"), get("jupyter")),
     )
 
 
@@ -405,7 +230,7 @@ def parse_clusters(context: Any) -> list[ClusterSettings]:
     """Validate ``context.clusters`` as a whole: one entry per cluster, in file order."""
     clusters = context.get("clusters") if isinstance(context, dict) else None
     if not isinstance(clusters, dict) or not clusters:
-        raise _fail(
+        raise fail(
             "clusters",
             'add at least one cluster under "context" in cdktf.json, such as '
             '{"clusters": {"dask": {"allowed_cidrs": ["203.0.113.7/32"]}}}',
@@ -439,8 +264,8 @@ def load_clusters(path: str | Path = CONFIG_FILE) -> list[ClusterSettings]:
     except json.JSONDecodeError as error:
         raise SettingsError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(document, dict):
-        raise SettingsError(f'{path}: must hold a JSON object (with "context"), got {_shown(document)}')
+        raise SettingsError(f'{path}: must hold a JSON object (with "context"), got {shown(document)}')
     context = document.get("context", {})
     if not isinstance(context, dict):
-        raise _fail(f"{path}: context", "must be an object", context)
+        raise fail(f"{path}: context", "must be an object", context)
     return parse_clusters(context)

@@ -11,7 +11,8 @@ import json
 from cdktf import TerraformLocal, TerraformVariable, TerraformVariableValidationConfig
 from constructs import Construct
 
-from stacks.config import MAX_WORKER_TYPES, MAX_WORKERS, PRICE_RE, ClusterSettings, node_instance_types
+from stacks.checks import MAX_WORKER_TYPES, PRICE_RE, node_instance_types
+from stacks.config import MAX_WORKERS, ClusterSettings
 from stacks.nodes import WorkerBounds
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spotsearch import experiment, report
+from spotsearch import experiment, plots, report
 from spotsearch.cluster import cli
 
 
@@ -23,7 +23,7 @@ def main() -> int:
     parser.add_argument("--plot-fails", action="store_true")
     experiment.add_arguments(parser)
     args = parser.parse_args()
-    plotter = report.Plotter()
+    plotter = plots.Plotter()
 
     import numpy as np
     from sklearn.model_selection import train_test_split

@@ -119,7 +119,7 @@ def test_bad_overrides_fail_at_plan_naming_setting_and_value(variables_only, arg
 
 def test_terraform_and_cdktf_json_accept_the_same_instance_types(synthesized):
     """One source, botocore's EC2 model: the two checks cannot drift apart."""
-    from stacks.config import node_instance_types
+    from stacks.checks import node_instance_types
 
     (condition, *_) = [
         v["condition"] for v in synthesized["default"]["variable"]["worker_instance_types"]["validation"]

@@ -162,7 +162,7 @@ import argparse
 import sys
 
 sys.path.insert(0, sys.argv.pop(1))  # the project's checkout
-from spotsearch import experiment, report
+from spotsearch import experiment, plots, report
 
 from spotsearch.cluster import cli
 
@@ -171,7 +171,7 @@ def main():
     parser = argparse.ArgumentParser()
     experiment.add_arguments(parser)
     args = parser.parse_args()
-    plotter = report.Plotter()
+    plotter = plots.Plotter()
     from sklearn.datasets import load_digits
     from sklearn.model_selection import GridSearchCV, train_test_split
     from sklearn.pipeline import make_pipeline

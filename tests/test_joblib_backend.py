@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spotsearch import joblib_backend, on_nodes
+from spotsearch import fit_calls, joblib_backend, on_nodes
 from spotsearch.search import fit_on_cluster
 
 from .search_cases import assert_clean
@@ -88,15 +88,15 @@ def test_a_callback_context_travels_only_where_a_callback_is_set():
         return (len, (estimator,), {"callback_ctx": context, "train": [1]})
 
     idle = call(_Context([]), SVC())
-    assert joblib_backend.without_idle_callback_context(idle)[2] == {"callback_ctx": None, "train": [1]}
+    assert fit_calls.without_idle_callback_context(idle)[2] == {"callback_ctx": None, "train": [1]}
     used = call(_Context(["a callback"]), SVC())
-    assert joblib_backend.without_idle_callback_context(used) is used
+    assert fit_calls.without_idle_callback_context(used) is used
     estimator = SVC()
     estimator._skl_callbacks = ["the estimator's own"]
     on_the_estimator = call(_Context([]), estimator)
-    assert joblib_backend.without_idle_callback_context(on_the_estimator) is on_the_estimator
+    assert fit_calls.without_idle_callback_context(on_the_estimator) is on_the_estimator
     no_context = call(None, SVC())
-    assert joblib_backend.without_idle_callback_context(no_context) is no_context
+    assert fit_calls.without_idle_callback_context(no_context) is no_context
 
 
 def test_a_value_of_the_script_travels_by_value_and_the_rest_by_reference():
@@ -109,15 +109,15 @@ def test_a_value_of_the_script_travels_by_value_and_the_rest_by_reference():
     value = OfTheScript()
     shared = np.arange(300)
     refs = {id(shared): ("data-x", id(shared))}
-    payload = joblib_backend.pickled([value, shared, shared], refs)
+    payload = fit_calls.pickled([value, shared, shared], refs)
     loaded = on_nodes.CallsLoader(io.BytesIO(payload), {"data-x": shared}).load()
     assert type(loaded[0]).__name__ == "OfTheScript"
     assert loaded[1] is shared and loaded[2] is shared, "data is the worker's copy, not a new one"
     assert len(payload) < len(pickle.dumps(shared)), "the array is not in the payload"
-    plain = joblib_backend.pickled({"C": 1.0})
+    plain = fit_calls.pickled({"C": 1.0})
     assert pickle.loads(plain) == {"C": 1.0} and b"cloudpickle" not in plain  # noqa: S301 (our own bytes)
-    with pytest.raises(joblib_backend.FitNotSendable, match=r"cannot be sent to the cluster: .*generator"):
-        joblib_backend.pickled([(i for i in range(3))])
+    with pytest.raises(fit_calls.FitNotSendable, match=r"cannot be sent to the cluster: .*generator"):
+        fit_calls.pickled([(i for i in range(3))])
 
 
 def test_each_object_a_shared_value_stood_for_is_a_copy_of_its_own():
@@ -132,7 +132,7 @@ def test_each_object_a_shared_value_stood_for_is_a_copy_of_its_own():
     blob = pickle.dumps(first)
     name = on_nodes.BLOB + "svc"
     refs = {id(first): (name, id(first)), id(second): (name, id(second))}
-    payload = joblib_backend.pickled([first, second, first], refs)
+    payload = fit_calls.pickled([first, second, first], refs)
     a, b, c = on_nodes.CallsLoader(io.BytesIO(payload), {name: blob}).load()
     assert a is not b and a is c
     assert isinstance(b, SVC) and b.get_params() == SVC().get_params()

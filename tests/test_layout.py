@@ -69,3 +69,17 @@ def test_no_import_circle():
 
     for name in graph:
         visit(name, ())
+
+
+MAX_MODULE_LINES = 300
+
+
+def test_no_module_is_over_300_lines():
+    """One job a module: a module that grows past this holds several, and is split."""
+    sizes = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for folder in PACKAGES.values()
+        for path in folder.rglob("*.py")
+    }
+    assert sizes["experiments/spotsearch/joblib_backend.py"] > 100, "the control: the sizes are read"
+    assert {path: lines for path, lines in sizes.items() if lines > MAX_MODULE_LINES} == {}

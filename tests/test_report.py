@@ -12,14 +12,14 @@ import pytest
 def test_plotting_helper_loads_neither_scikit_learn_nor_dask(tmp_path):
     """It loads matplotlib on the core the main process's startup leaves free; loading those
     as well would take that core back."""
-    from spotsearch import report
+    from spotsearch import plots
 
     candidates = [
         {"C": c, "gamma": g, "class_weight": w} for c in (1, 10) for g in (0.1, 1) for w in (None, "balanced")
     ]
     scores = np.linspace(0.1, 0.9, len(candidates))
     cv_results = {"params": candidates, "mean_test_score": scores, "std_test_score": scores / 10}
-    with report.Plotter() as plotter:
+    with plots.Plotter() as plotter:
         options = {"rows": "C", "columns": "gamma", "panels": "class_weight", "title": "test"}
         plotter.heatmap(tmp_path / "heatmap.png", cv_results, **options).result()
         plotter.candidates(tmp_path / "candidates.png", cv_results, 7, title="test").result()
@@ -31,7 +31,7 @@ def test_plotting_helper_loads_neither_scikit_learn_nor_dask(tmp_path):
 
 
 def test_heatmap_marks_every_best_cell(tmp_path):
-    from spotsearch.report import write_heatmap
+    from spotsearch.plots import write_heatmap
 
     candidates = [{"C": c, "gamma": g, "w": w} for w in (None, "balanced") for c in (1, 10) for g in (0.1, 1)]
     scores = [0.5, 0.9, 0.7, 0.9, 0.2, 0.3, 0.4, 0.6]

@@ -12,7 +12,8 @@ import pytest
 
 from spotsearch.cluster.messages import ClusterError
 from spotsearch.cluster.waiting import worker_nodes
-from spotsearch.search import JOBLIB_BATCH, fit_on_cluster
+from spotsearch.search import fit_on_cluster
+from spotsearch.upstream import JOBLIB_BATCH
 
 from . import loopback_cluster
 from .experiment_runs import USER_MODULE, tiny_svc_search
@@ -105,14 +106,14 @@ def test_scikit_learn_fits_travel_as_plain_pickles_and_the_callers_warning_filte
     import cloudpickle
     from distributed import Client, LocalCluster
 
-    from spotsearch import joblib_backend
+    from spotsearch import fit_calls
 
     by_value = []
     pickle_by_value = cloudpickle.dumps
     monkeypatch.setattr(cloudpickle, "dumps", lambda x, *a, **k: by_value.append(x) or pickle_by_value(x, *a, **k))
-    # The project's own pickling of each fit and of what fits share (joblib_backend.pickled).
-    dump_by_value = joblib_backend._ByValue.dump
-    monkeypatch.setattr(joblib_backend._ByValue, "dump", lambda self, x: by_value.append(x) or dump_by_value(self, x))
+    # The project's own pickling of each fit and of what fits share (fit_calls.pickled).
+    dump_by_value = fit_calls._ByValue.dump
+    monkeypatch.setattr(fit_calls._ByValue, "dump", lambda self, x: by_value.append(x) or dump_by_value(self, x))
     search, X, y = tiny_svc_search()
     with (
         warnings.catch_warnings(),
@@ -252,7 +253,7 @@ def test_a_search_whose_fits_cannot_be_sent_fails_at_once_in_one_line():
     from distributed import Client, LocalCluster
     from sklearn.model_selection import KFold
 
-    from spotsearch.joblib_backend import FitNotSendable
+    from spotsearch.fit_calls import FitNotSendable
 
     search, X, y = digits_search("scikit-learn")
     search.set_params(cv=KFold(3).split(X))
@@ -487,7 +488,7 @@ def test_the_progress_total_never_touches_the_users_cv():
     from sklearn.model_selection import GridSearchCV, GroupKFold, HalvingGridSearchCV, KFold, LeaveOneGroupOut
     from sklearn.svm import SVC
 
-    from spotsearch.search import expected_fits
+    from spotsearch.progress import expected_fits
 
     X, y = np.zeros((30, 2)), np.arange(30) % 2
     grid = {"C": [1, 2, 3]}
@@ -510,8 +511,8 @@ def test_dask_mls_fits_are_not_waited_for_once_the_client_has_another_scheduler(
     from distributed import Client, LocalCluster
     from distributed.comm import CommClosedError
 
+    from spotsearch.dask_ml_engine import dask_ml_scheduler
     from spotsearch.saved_fits import SavedFits
-    from spotsearch.search import dask_ml_scheduler
 
     released = tmp_path / "released"
     graph = {("svc-fit-score-abc", 0, 0): (_until_exists, str(released))}

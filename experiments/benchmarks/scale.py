@@ -198,7 +198,7 @@ def fit_timeline(client, engine: str, estimator, grid: dict, X, y, cv: int) -> t
     until the last fit ended (fit-seconds over slot-seconds, as a fraction of the slots)."""
     from distributed import get_task_stream
 
-    from spotsearch.search import DASK_ML_FIT, JOBLIB_BATCH
+    from spotsearch.upstream import DASK_ML_FIT, JOBLIB_BATCH
 
     slots = sum(client.nthreads().values())
     with get_task_stream(client) as stream:

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from contextlib import ExitStack
 from pathlib import Path
 
-from spotsearch import cost, report
+from spotsearch import cost, plots, report
 from spotsearch.cluster import cli
 from spotsearch.cluster.messages import ClusterError, Stopped, console
 from spotsearch.cluster.waiting import NodeMeter
@@ -56,7 +56,7 @@ def resumed_run(args: argparse.Namespace) -> Path | None:
 
 def run_search(
     args: argparse.Namespace,
-    plotter: report.Plotter,
+    plotter: plots.Plotter,
     experiment: str,
     search,
     data: tuple,

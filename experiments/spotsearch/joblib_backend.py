@@ -1,6 +1,6 @@
 """scikit-learn's searches on the cluster: joblib's Dask backend, made safe and fast for a user's search.
 
-joblib's own backend (`joblib._dask.DaskDistributedBackend`) is kept for what it does well (the
+joblib's own backend (`DaskDistributedBackend`, upstream.py) is kept for what it does well (the
 batches, the scattered data, the task names the fit counter reads); this subclass changes how
 fits travel, which on many slots left most of them waiting on the scheduler:
 
@@ -34,120 +34,32 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
-import io
 import logging
-import pickle
 import time
 from uuid import uuid4
 
-import cloudpickle
 from distributed import as_completed
 from distributed.client import CancelledError
-from joblib._dask import DaskDistributedBackend
 from joblib.parallel import ParallelBackendBase
 
 from spotsearch import node_code
-from spotsearch.cluster.messages import ClusterError, WithoutMessage
-from spotsearch.saved_fits import FitKeys, SavedFits
+from spotsearch.cluster.messages import WithoutMessage
+from spotsearch.fit_calls import (
+    FitNotSendable,
+    SharedValues,
+    with_parameters,
+    without_idle_callback_context,
+    without_parameters,
+)
+from spotsearch.fit_keys import FitKeys
+from spotsearch.saved_fits import SavedFits
+from spotsearch.upstream import FIT_AND_SCORE, DaskDistributedBackend, outcome, wrapped_function
 
 # What the workers run of a fit: this checkout's node code, by its hashed name (node_code.py).
-BLOB, FitBatch, run_fits = (getattr(node_code.module(), name) for name in ("BLOB", "FitBatch", "run_fits"))
-
-
-class FitNotSendable(ClusterError, pickle.PicklingError):
-    """A fit cannot be pickled (scikit-learn sends the search itself with every fit, its cv
-    included): the one line names what could not be."""
-
-
-def _first_cause(error: BaseException) -> BaseException:
-    """What could not be pickled, under distributed's own wrapping of it."""
-    while (cause := error.__cause__ or error.__context__) is not None:
-        error = cause
-    return error
+FitBatch, run_fits = node_code.module().FitBatch, node_code.module().run_fits
 
 
 PICKLE_LOG = logging.getLogger("distributed.protocol.pickle")
-
-
-SHARED_FROM_BYTES = 1024  # a value of the calls this large, pickled, travels once, not with each fit
-SMALL_TYPES = {type(None), bool, int, float, str}  # never shared: not worth a look
-
-
-class _LeavesOut:
-    """A pickler that writes the objects in `refs` (by id) as references to shared values."""
-
-    refs: dict[int, tuple[str, int]]  # set before each dump
-
-    def persistent_id(self, obj):
-        return self.refs.get(id(obj))
-
-
-class _Plain(_LeavesOut, pickle.Pickler):
-    pass
-
-
-class _ByValue(_LeavesOut, cloudpickle.Pickler):
-    pass
-
-
-def pickled(value, refs: dict[int, tuple[str, int]] | None = None) -> bytes:
-    """`value` pickled, with the objects in `refs` (by id) left out as references to shared values.
-    As distributed does: pickle's fast C pickler, and cloudpickle only for what must travel by
-    value (a class or function of the script, `__main__`, which the workers cannot import)."""
-    buffer = io.BytesIO()
-    try:
-        pickler = _Plain(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-        pickler.refs = refs or {}
-        pickler.dump(value)
-        if b"__main__" not in buffer.getvalue():
-            return buffer.getvalue()
-    except Exception:  # noqa: S110 (what pickle refuses, cloudpickle may take: a lambda, say)
-        pass
-    try:
-        buffer = io.BytesIO()
-        pickler = _ByValue(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-        pickler.refs = refs or {}
-        pickler.dump(value)
-        return buffer.getvalue()
-    except (pickle.PicklingError, TypeError, AttributeError) as error:
-        cause = str(_first_cause(error))
-    # Raised outside the handler and without the value: a notebook keeps the last exception,
-    # and its frames must not keep the search's data (and its futures) alive.
-    del value, refs, buffer, pickler
-    raise FitNotSendable(f"a fit of this search cannot be sent to the cluster: {cause}")
-
-
-def without_idle_callback_context(call: tuple) -> tuple:
-    """`call`, with a callback context (scikit-learn's experimental callbacks) that no callback
-    uses replaced by None. Each fit's context links to the search's whole tree of contexts, so
-    pickled it carries every fit's, growing with the search; without a callback on the search
-    or on the estimator its hooks do nothing, and `_fit_and_score` treats None as no callbacks."""
-    func, args, kwargs = call
-    context, estimator = kwargs.get("callback_ctx"), args[0] if args else kwargs.get("estimator")
-    if context is None or getattr(context, "_callbacks", True):
-        return call
-    parts = [estimator, *(estimator.get_params(deep=True).values() if hasattr(estimator, "get_params") else ())]
-    if any(getattr(part, "_skl_callbacks", None) for part in parts):
-        return call
-    return func, args, {**kwargs, "callback_ctx": None}
-
-
-def without_parameters(result):
-    """A fit's result without the candidate it was given back (`return_parameters`): the
-    candidate may hold estimators or functions, which a saved fit, plain data, does not; the call
-    that takes the saved fit has the same candidate (it is part of the key)."""
-    if isinstance(result, dict) and "parameters" in result:
-        return {name: value for name, value in result.items() if name != "parameters"}
-    return result
-
-
-def with_parameters(result, call: tuple):
-    """A saved fit's result as `_fit_and_score` returns it for `call`."""
-    _, _, kwargs = call
-    if isinstance(result, dict) and kwargs.get("return_parameters"):
-        return {**result, "parameters": kwargs.get("parameters")}
-    return result
 
 
 class ClusterBackend(DaskDistributedBackend):
@@ -163,9 +75,7 @@ class ClusterBackend(DaskDistributedBackend):
         self._sending: set[object] = set()  # batches whose data or task is still on its way
         self.submitted: set = set()  # every fit task this search sent, until it is released
         self._outbox: list[tuple] = []  # batches ready to go in the next message
-        self._shared: dict[str, object] = {}  # what fits share, by name: a future (or its scatter)
-        self._named: dict[int, tuple[object, str]] = {}  # id of a shared value: (value, its name)
-        self._by_digest: dict[bytes, str] = {}  # a shared value's name by its pickle's digest
+        self._shared = SharedValues(self.client, self.data_futures)
         # Finished fits are collected together (see `_collect`), not gathered one by one.
         self.waiting_futures = as_completed([], loop=self.client.loop, raise_errors=False)
         # distributed logs a traceback for an object it cannot pickle; the search says it in one line.
@@ -213,7 +123,7 @@ class ClusterBackend(DaskDistributedBackend):
         if future in values:
             return values[future]
         try:
-            return await future._result(raiseit=False)
+            return await outcome(future)
         except (CancelledError, asyncio.CancelledError) as cancelled:
             return cancelled
         except Exception as error:  # never the collector's end: the search would wait for ever
@@ -281,7 +191,7 @@ class ClusterBackend(DaskDistributedBackend):
             calls = [without_idle_callback_context(func.items[i]) for i in todo]
             try:
                 try:
-                    payload, shared = await self._packed(calls)
+                    payload, shared = await self._shared.packed(calls)
                 except FitNotSendable as error:
                     unsendable = str(error)
                 else:
@@ -303,44 +213,6 @@ class ClusterBackend(DaskDistributedBackend):
 
         self.client.loop.add_callback(send)
         return result
-
-    async def _packed(self, calls: list) -> tuple[bytes, dict]:
-        """`calls` pickled, with what fits share as references into `shared` (name: future): the
-        search's data as joblib scattered it, and each value of 1 KB or more pickled and
-        scattered once (the search itself, the split's rows, scikit-learn's settings)."""
-        refs: dict[int, tuple[str, int]] = {}  # id of a value in `calls`: (shared name, which object)
-        shared: dict[str, object] = {}
-        for func, args, kwargs in calls:
-            # The function too: scikit-learn's wrapper of `_fit_and_score` carries its config and
-            # warning filters, the same for every fit.
-            for value in (func, *args, *kwargs.values()):
-                if id(value) not in refs and (name := await self._shared_name(value)) is not None:
-                    refs[id(value)] = (name, id(value))
-                    shared[name] = self._shared[name]
-        return pickled(calls, refs), shared
-
-    async def _shared_name(self, value) -> str | None:
-        if id(value) in self.data_futures:  # X and y, scattered to every worker before the search
-            name = f"data-{self.data_futures[id(value)].key}"
-            self._shared.setdefault(name, self.data_futures[id(value)])
-            return name
-        if id(value) in self._named:
-            name = self._named[id(value)][1]
-        else:
-            if type(value) in SMALL_TYPES:
-                return None
-            digest = hashlib.sha256(plain := pickled(value)).digest()
-            if len(plain) < SHARED_FROM_BYTES:
-                return None
-            if (name := self._by_digest.get(digest)) is None:
-                name = self._by_digest[digest] = f"{BLOB}{digest.hex()}"
-                # To every worker now, as joblib does with the data; a worker that joins later
-                # takes a copy from the others.
-                self._shared[name] = asyncio.ensure_future(self.client.scatter(plain, hash=False, broadcast=True))
-            self._named[id(value)] = (value, name)  # held: an id is only unique while its object lives
-        if isinstance(self._shared[name], asyncio.Future):  # still being scattered (by this batch or another)
-            self._shared[name] = await self._shared[name]
-        return name
 
     def _send_outbox(self) -> None:
         """Every batch made ready since the last call goes in one message: the scheduler handles
@@ -372,10 +244,9 @@ class ClusterBackend(DaskDistributedBackend):
 
     def _fit_keys(self, items) -> list[str | None]:
         """Each call's key among the saved fits; None for a call that is not a fit."""
-        # sklearn wraps each call's function (to carry its config); the wrapper names it `function`.
-        names = [getattr(getattr(f, "function", f), "__name__", "") for f, _, _ in items]
+        names = [getattr(wrapped_function(f), "__name__", "") for f, _, _ in items]
         return [
-            self.fit_keys.key(args, kwargs) if name == "_fit_and_score" else None
+            self.fit_keys.key(args, kwargs) if name == FIT_AND_SCORE else None
             for name, (_, args, kwargs) in zip(names, items, strict=True)
         ]
 
@@ -401,24 +272,11 @@ class ClusterBackend(DaskDistributedBackend):
             time.sleep(0.01)
         PICKLE_LOG.removeFilter(self._quiet)
         self._cancel_submitted()
-        shared = [
-            value.result() if isinstance(value, asyncio.Future) else value
-            for value in list(self._shared.values())
-            # A scatter cut short by the abort has nothing to release.
-            if not isinstance(value, asyncio.Future)
-            or (value.done() and not value.cancelled() and not value.exception())
-        ]
-        for future in [*self.data_futures.values(), *shared, *self._results, *self._callbacks]:
+        for future in [*self.data_futures.values(), *self._results, *self._callbacks]:
             if hasattr(future, "release"):
                 future.release()
-        for bookkeeping in (
-            self._results,
-            self._callbacks,
-            self.data_futures,
-            self._shared,
-            self._named,
-            self._by_digest,
-        ):
+        self._shared.release()
+        for bookkeeping in (self._results, self._callbacks, self.data_futures):
             bookkeeping.clear()
         self._outbox.clear()
         self._scatter.clear()

@@ -1,20 +1,17 @@
-"""What a search leaves behind in results/<run>/: CV table, heatmap, Dask report, summary."""
+"""What a search leaves behind in results/<run>/: the CV table, the held-out report, the summary
+(the plots are drawn by plots.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import gc
 import io
 import json
-import multiprocessing
 import platform
 import re
-import signal
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +19,6 @@ from pathlib import Path
 from spotsearch.cluster.connect import Where
 from spotsearch.cluster.forwarder import without_key
 from spotsearch.saved_fits import write_atomically
-from spotsearch.spawn import main_script_hidden
 
 CV_TABLE = "cv_results.csv"
 HEATMAP = "heatmap.png"
@@ -87,12 +83,6 @@ def written_whole(path: Path) -> Iterator[Path]:
         temporary.replace(path)
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def save_figure(figure, path: Path) -> None:
-    picture = io.BytesIO()
-    figure.savefig(picture, format="png", dpi=100)
-    write_atomically(path, picture.getvalue())
 
 
 def plain_params(params: dict) -> dict:
@@ -175,120 +165,6 @@ def held_out(search, X_test, y_test) -> tuple[dict, str]:
         score = float(model.score(X_test) if y_test is None else model.score(X_test, y_test))
         return {"test_score": score}, f"The best model's own score on the held-out data: {score:.4g}\n"
     return {}, "The best model has no score: nothing to evaluate on the held-out data."
-
-
-def write_heatmap(
-    path: Path, candidates: list[dict], mean_scores: list[float], *, rows: str, columns: str, panels: str, title: str
-) -> list[dict]:
-    """Mean test score of each candidate over rows x columns, one panel per value of `panels`.
-
-    Cells of the best score are framed and starred, ties included; returns their parameters.
-    """
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, faster to import
-    from matplotlib.patches import Rectangle
-
-    def values(name: str) -> list:
-        return list(dict.fromkeys(params[name] for params in candidates))
-
-    means = {
-        (params[rows], params[columns], params[panels]): score
-        for params, score in zip(candidates, mean_scores, strict=True)
-    }
-    row_values, column_values, panel_values = values(rows), values(columns), values(panels)
-    best = max(mean_scores)
-    figure = Figure(figsize=(4.2 * len(panel_values), 4), layout="constrained")
-    axes = figure.subplots(1, len(panel_values), squeeze=False)[0]
-    for ax, panel in zip(axes, panel_values, strict=True):
-        grid = [[means[r, c, panel] for c in column_values] for r in row_values]
-        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower")
-        ax.set_xticks(range(len(column_values)), [f"{c:g}" for c in column_values])
-        ax.set_yticks(range(len(row_values)), [f"{r:g}" for r in row_values])
-        ax.set(xlabel=columns, ylabel=rows, title=f"{panels}={panel}")
-        for i, row in enumerate(grid):
-            for j, score in enumerate(row):
-                label = f"{score:.3f}"
-                if score == best:  # every candidate tied for best is marked, not just the first
-                    label = f"★ {label}"
-                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
-                ax.text(j, i, label, ha="center", va="center", color="white" if score < 0.6 else "black")
-    figure.colorbar(image, ax=list(axes), label="mean CV accuracy")
-    ties = sum(score == best for score in mean_scores)
-    figure.suptitle(f"{title}\n★ best mean CV accuracy {best:.4f}" + (f" ({ties} candidates tied)" if ties > 1 else ""))
-    save_figure(figure, path)
-    return [
-        {rows: params[rows], columns: params[columns], panels: params[panels]}
-        for params, score in zip(candidates, mean_scores, strict=True)
-        if score == best
-    ]
-
-
-def write_candidates(
-    path: Path, means: list[float], stds: list[float], rounds: list[int] | None, best: int, *, title: str
-) -> None:
-    """Mean CV score (and its spread over the splits) of every candidate, best first, the chosen
-    one starred; for a successive-halving search, one colour per round (later rounds score on
-    more rows, so the chosen one need not have the highest score of all)."""
-    from matplotlib.figure import Figure
-
-    order = sorted(range(len(means)), key=lambda i: -means[i])
-    figure = Figure(figsize=(8, 4), layout="constrained")
-    ax = figure.subplots()
-    colours = [f"C{rounds[i] % 10}" for i in order] if rounds else "C0"
-    ax.errorbar(range(len(order)), [means[i] for i in order], yerr=[stds[i] for i in order], fmt="none", ecolor="grey")
-    ax.scatter(range(len(order)), [means[i] for i in order], c=colours, s=18, zorder=3)
-    ax.scatter([order.index(best)], [means[best]], marker="*", s=220, c="red", zorder=4, label="chosen")
-    for r in sorted(set(rounds or [])):
-        ax.scatter([], [], c=f"C{r % 10}", label=f"round {r}")
-    ax.legend(title="successive halving" if rounds else None, loc="lower left")
-    ax.set(xlabel="candidates, best first", ylabel="mean CV score", title=title)
-    save_figure(figure, path)
-
-
-def _load_matplotlib() -> None:
-    # Ctrl-C reaches every process of the terminal's group: the main process handles it and
-    # shuts this one down, which must not print a traceback of its own.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import matplotlib.figure  # noqa: F401
-
-    # This process draws a few plots and exits: keep what matplotlib loaded out of every
-    # collection, above all the interpreter's last ones at exit.
-    gc.freeze()
-
-
-class Plotter:
-    """Draws plots in a helper process started before anything heavy is imported.
-
-    Loading Dask and scikit-learn keeps one core busy while the other idles: the helper loads
-    matplotlib there, and later draws while the main process writes Dask's report. It is
-    handed plain lists and draws with this module's functions, so it never loads scikit-learn
-    nor the script: a script with top-level code and no `if __name__ == "__main__":` runs once.
-    """
-
-    def __init__(self) -> None:
-        # spawn, not fork: the main process runs Dask's threads by the time plots are drawn.
-        self._pool = ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_load_matplotlib
-        )
-        with main_script_hidden():
-            self._pool.submit(int)  # the pool starts its process on the first task: start it now
-
-    def heatmap(self, path: Path, cv_results: dict, *, column: str = "mean_test_score", **options) -> Future:
-        means = [float(score) for score in cv_results[column]]
-        return self._pool.submit(write_heatmap, path, list(cv_results["params"]), means, **options)
-
-    def candidates(
-        self, path: Path, cv_results: dict, best_index: int, *, title: str, column: str = "mean_test_score"
-    ) -> Future:
-        means = [float(score) for score in cv_results[column]]
-        stds = [float(score) for score in cv_results[column.replace("mean_", "std_", 1)]]
-        rounds = [int(r) for r in cv_results["iter"]] if "iter" in cv_results else None
-        return self._pool.submit(write_candidates, path, means, stds, rounds, int(best_index), title=title)
-
-    def __enter__(self) -> Plotter:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=exc_info[0] is not None)
 
 
 def write_summary(path: Path, **fields) -> None:

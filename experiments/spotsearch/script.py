@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from spotsearch import experiment, report
+from spotsearch import experiment, plots, report
 from spotsearch.cluster import cli
 
 
@@ -64,7 +64,7 @@ def run(search, X, y=None, *, test: tuple | None = None, name: str | None = None
     X_test, y_test = test if test is not None else (None, None)
 
     def main() -> int:
-        plotter = report.Plotter()
+        plotter = plots.Plotter()
         return experiment.run_search(
             args, plotter, name, search, (X, X_test, y, y_test), fit_params=fit_params,
             plot=lambda run, search: plotter.candidates(

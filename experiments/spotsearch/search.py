@@ -11,7 +11,6 @@ the usual cv_results_, best_params_, best_score_ and best_estimator_.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 import traceback
@@ -19,95 +18,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 
-from spotsearch.cluster.messages import ClusterError, console
+from spotsearch.cluster.messages import ClusterError
 from spotsearch.cluster.polling import Poller
-from spotsearch.cluster.waiting import Heartbeat
+from spotsearch.dask_ml_engine import dask_ml_scheduler, is_dask_ml, refuse_unsupported
+from spotsearch.progress import FitCounter, expected_fits, progress_bar
+from spotsearch.reconnect import identity, reconnected, scheduler_lost
 from spotsearch.saved_fits import SavedFits
-
-# Keys of the tasks that fit and score one candidate on one split: joblib's batches (named
-# after the function and the number of calls in them) and dask-ml's fit-and-score tasks.
-JOBLIB_BATCH = re.compile(r"batch_of__fit_and_score_(\d+)_calls")
-DASK_ML_FIT = re.compile(r"-fit-score-")
-
-
-def is_dask_ml(search) -> bool:
-    return type(search).__module__.startswith("dask_ml.")
-
-
-def expected_fits(search, X, y, fit_params: dict | None = None) -> int | None:
-    """How many (candidate, split) fits the search will run, or None when that is not known
-    beforehand. Never touches the search's cv beyond asking it: an iterable of splits (a
-    generator, say) would be used up by counting it."""
-    from numbers import Integral
-
-    from sklearn.model_selection import ParameterGrid, ParameterSampler
-
-    if hasattr(search, "factor"):  # successive halving: rounds and candidates follow the scores
-        return None
-    if hasattr(search, "param_grid"):
-        candidates = len(ParameterGrid(search.param_grid))
-    elif hasattr(search, "n_iter") and hasattr(search, "param_distributions"):
-        candidates = len(ParameterSampler(search.param_distributions, search.n_iter, random_state=0))
-    else:
-        return None
-    cv = search.cv
-    if cv is None:
-        return candidates * 5  # scikit-learn's and dask-ml's default
-    if isinstance(cv, Integral):
-        return candidates * int(cv)
-    if not hasattr(cv, "get_n_splits"):
-        return None
-    try:
-        return candidates * cv.get_n_splits(X, y, (fit_params or {}).get("groups"))
-    except (TypeError, ValueError):  # a splitter that needs what it was not given
-        return None
-
-
-class FitCounter:
-    """Counts finished fits from the scheduler's task stream, looked at every `interval` seconds,
-    and the saved fits a search takes instead of running them."""
-
-    def __init__(self, client, on_fits: Callable[[int], object], saved: SavedFits, interval: float = 0.25) -> None:
-        self._client, self._on_fits, self._saved = client, on_fits, saved
-        self._poller = Poller(self._poll, interval, "fit-counter")
-        self._closed = False
-        self._seen: set[str] = set()  # a task recomputed after a lost worker counts once
-        self._taken = len(saved.taken)
-
-    def _poll(self) -> None:
-        taken = len(self._saved.taken)
-        fits, self._taken = taken - self._taken, taken
-        try:
-            records = self._client.sync(self._client.scheduler.get_task_stream, start_index=self._start)
-        except (OSError, TimeoutError):  # no scheduler just now: the search says so
-            records = []
-        self._start += len(records)  # the next look asks only for what is new
-        for record in records:
-            key = str(record["key"])
-            if key in self._seen or key in self._saved.taken or record.get("status") == "error":
-                continue
-            self._seen.add(key)
-            if batch := JOBLIB_BATCH.search(key):
-                fits += int(batch.group(1))
-            elif DASK_ML_FIT.search(key):
-                fits += 1
-        if fits and not self._closed:  # a look left behind by a lost scheduler reports nothing late
-            self._on_fits(fits)
-
-    def __enter__(self) -> FitCounter:
-        self.restart()
-        self._poller.start()
-        return self
-
-    def restart(self) -> None:
-        """Count from now on this scheduler (a new one, after a lost connection, starts at zero).
-        Asking for the cursor also starts the recording, if nothing had asked before."""
-        self._start = self._client.sync(self._client.scheduler.get_task_stream_index)
-
-    def __exit__(self, *exc_info) -> None:
-        # The last fits, finished since the last look, unless the search failed.
-        self._poller.stop(last_look=exc_info[0] is None)
-        self._closed = True
 
 
 @contextmanager
@@ -171,23 +87,6 @@ def worker_held(client, timeout: float) -> Iterator[None]:
         held.clear()
 
 
-def refuse_unsupported(search) -> None:
-    """dask-ml's incremental searches (Hyperband and the like) fail inside dask-ml with the pinned
-    dask and distributed: their fit calls `dask.persist` from the client's event loop, which
-    distributed refuses ("an asynchronous Client in a synchronous context"). Refused before any work."""
-    if not is_dask_ml(search):
-        return
-    from dask_ml.model_selection._incremental import BaseIncrementalSearchCV
-
-    if isinstance(search, BaseIncrementalSearchCV):
-        raise ClusterError(
-            f"dask-ml's {type(search).__name__} does not run with this project's dask and distributed (dask-ml "
-            "calls dask.persist inside the client's event loop, which distributed refuses); use scikit-learn's "
-            "HalvingRandomSearchCV or HalvingGridSearchCV for successive halving, or dask-ml's GridSearchCV "
-            "or RandomizedSearchCV"
-        )
-
-
 @contextmanager
 def params_set(search, **values) -> Iterator[None]:
     """The search's parameters among `values` set for the block, then put back as they were: the
@@ -215,113 +114,6 @@ def cancelled_on_failure(client) -> Iterator[None]:
         with suppress(Exception):  # a lost scheduler: nothing to cancel there any more
             client.cancel(left)
         raise
-
-
-# How often dask-ml's fits are looked at when none has finished: what a finished fit may wait
-# before it is saved, and a lost scheduler before it is noticed.
-COLLECT_SECONDS = 0.05
-
-
-def _check_same_scheduler(client, scheduler_id: str | None) -> None:
-    """CommClosedError (a lost scheduler, to fit_on_cluster) when the client is no longer
-    connected to the scheduler the fits were sent to. A client that reconnects to a new one (a
-    replaced scheduler, at the same address) cancels its futures; yet on the emulated deploy a
-    search once went on waiting for a fit of the old one after that, for ever (the cause, in
-    distributed, is not known). Its fits are not waited for past the scheduler that had them."""
-    from distributed.comm import CommClosedError
-
-    if client.status != "running" or client.scheduler_info().get("id") != scheduler_id:
-        raise CommClosedError(f"the scheduler the search was sent to ({scheduler_id}) is gone")
-
-
-def dask_ml_scheduler(client, saved: SavedFits) -> Callable:
-    """What dask-ml's searches get as their scheduler: `client.get`, as a plain function, that
-    keeps every finished fit in `saved` as it arrives and does not run the fits already there.
-
-    Handed the Client itself, dask-ml retries a fit that raised, for ever: a search with
-    error_score="raise" whose fit fails never ends (and keeps its nodes busy). Handed a function,
-    it calls it as it would dask's own: the first error ends the search, and the futures
-    released end its other fits. A lost worker's fits are still computed again by the scheduler,
-    as for any task. dask-ml's task keys hash the estimator, the candidate, the split and the data,
-    so they serve as the fits' keys."""
-    from dask._task_spec import DataNode
-    from distributed import as_completed
-    from distributed.utils_comm import pack_data
-
-    def get(graph, keys, **options):
-        options.pop("num_workers", None)  # dask's local schedulers' option
-        graph = dict(graph)
-        fits = [key for key in graph if DASK_ML_FIT.search(str(key))]
-        todo = [key for key in fits if str(key) not in saved]
-        for key in fits:
-            if str(key) in saved:
-                # Still a task, returning the saved result at once (the fit counter counts it once).
-                graph[key] = DataNode(key, saved.take(str(key)))
-        wanted = list(dict.fromkeys([*_flat(keys), *todo]))
-        scheduler = client.scheduler_info().get("id")
-        sent = client.get(graph, wanted, sync=False, allow_other_workers=True, **options)
-        futures = dict(zip(wanted, sent, strict=True))
-        # Results are gathered here, not by as_completed (with_results): its tracking task, failing
-        # on a lost connection, kept a future in its traceback until Python's cycle collector ran,
-        # and that future's task on the new scheduler.
-        completed = as_completed([futures[key] for key in todo])
-        while not completed.is_empty():
-            batch = completed.next_batch(block=False)
-            # Not cancelled (a lost scheduler) nor failed: the last gather raises for those.
-            if finished := [future for future in batch if future.status == "finished"]:
-                for future, value in zip(finished, client.gather(finished), strict=True):
-                    saved.save(str(future.key), value)
-            if not batch:
-                _check_same_scheduler(client, scheduler)
-                time.sleep(COLLECT_SECONDS)
-        return pack_data(keys, client.gather({key: futures[key] for key in _flat(keys)}))
-
-    return get
-
-
-def _flat(keys) -> list:
-    """The task keys in dask's nested list of keys (a key itself may be a tuple)."""
-    return [key for part in keys for key in _flat(part)] if isinstance(keys, list) else [keys]
-
-
-def scheduler_lost(client, error: BaseException, scheduler_id: str | None) -> bool:
-    """Whether `error` ended the search because the client lost its scheduler (its process, its
-    node or the network), rather than a problem of the search's own: never for an error a fit
-    raised (an OSError of the user's, say) while the scheduler it ran on is still there."""
-    from distributed.client import FutureCancelledError
-    from distributed.comm import CommClosedError
-
-    if isinstance(error, (KeyboardInterrupt, SystemExit, ClusterError)) or client.status in ("closing", "closed"):
-        return False
-    if client.status != "running":  # reconnecting
-        return True
-    if isinstance(error, FutureCancelledError):
-        return "connection-lost" in str(error)
-    if isinstance(error, CommClosedError):
-        return True
-    return isinstance(error, OSError) and _identity(client).get("id") != scheduler_id  # a new one, or none
-
-
-def _identity(client) -> dict:
-    """What the scheduler the client reaches now says of itself (a new scheduler has a new id);
-    empty when there is none to ask."""
-    with suppress(OSError, TimeoutError):
-        return client.sync(client.scheduler.identity)
-    return {}
-
-
-def reconnected(client, timeout: float) -> None:
-    """Wait, saying so, for the client to be connected again to a scheduler with a worker;
-    ClusterError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    console(f"lost the connection to the scheduler at {client.scheduler.address}; waiting up to {timeout:g} s for it")
-    waiting = Heartbeat("waiting for the scheduler and a worker", deadline)
-    while not (client.status == "running" and _identity(client).get("workers")):
-        if client.status in ("closing", "closed") or time.monotonic() > deadline:
-            raise ClusterError(f"the scheduler at {client.scheduler.address} did not come back within {timeout:g} s")
-        waiting.beat()
-        time.sleep(0.5)
-    console("reconnected: the search goes on with the fits not yet finished")
 
 
 def fit_on_cluster(
@@ -384,7 +176,7 @@ def fit_on_cluster(
         # A search that draws its candidates at random draws the same ones when it runs again.
         searching.enter_context(params_set(search, **saved.fixed_random_state(search)))
         while True:
-            scheduler_id = _identity(client).get("id")
+            scheduler_id = identity(client).get("id")
             try:
                 return _fit_once(client, search, X, y, saved, wait_for_workers, fit_params)
             except BaseException as error:
@@ -409,21 +201,6 @@ def current_client():
             "fit_on_cluster: no Dask client - make one first (`Client(Cluster())`, or `Client(Cluster(stack=NAME))` "
             "for a deployed stack), or pass client="
         ) from None
-
-
-@contextmanager
-def progress_bar(total: int | None, also: Callable[[int], object] | None) -> Iterator[Callable[[int], object]]:
-    """A bar of the fits (tqdm's widget in a notebook, text in a terminal), and what counts on it."""
-    from tqdm.auto import tqdm
-
-    with tqdm(total=total, desc="fits", unit="fit") as bar:
-
-        def counted(fits: int) -> None:
-            bar.update(fits)
-            if also is not None:
-                also(fits)
-
-        yield counted
 
 
 def _fit_once(client, search, X, y, saved: SavedFits, wait_for_workers: float, fit_params: dict):

@@ -1,0 +1,93 @@
+"""The private names of joblib, scikit-learn, distributed, dask and dask-ml that spotsearch relies
+on, all of them, in one place.
+
+The rest of the package reaches them only through this module, and tests/test_upstream.py has a
+test for each that fails, naming it, when an upgrade renames or changes it. The node code
+(on_nodes.py) is the one exception: it travels to the nodes alone, so it imports its two joblib
+names itself; NODE_NAMES lists them for the same tests.
+"""
+
+from __future__ import annotations
+
+import re
+
+# joblib's Dask backend, which ClusterBackend (joblib_backend.py) extends, and the parts of its
+# inside that the subclass overrides or uses: its collector of finished fits, the flag that
+# keeps it going, its bookkeeping of results, callbacks and scattered data, and its client.
+from joblib._dask import DaskDistributedBackend as DaskDistributedBackend
+
+DASK_BACKEND_INTERNALS = (
+    "_collect",
+    "_continue",
+    "_results",
+    "_callbacks",
+    "_scatter",
+    "data_futures",
+    "waiting_futures",
+    "submit_kwargs",
+    "client",
+)
+
+# Task keys of (candidate, split) fits, which the fit counter reads in the scheduler's task
+# stream: joblib names a batch's task after its function and its number of calls
+# (`joblib._dask.Batch.__repr__`); dask-ml names its fit-and-score tasks.
+JOBLIB_BATCH = re.compile(r"batch_of__fit_and_score_(\d+)_calls")
+DASK_ML_FIT = re.compile(r"-fit-score-")
+
+# scikit-learn's function that fits and scores one candidate on one split
+# (`sklearn.model_selection._validation._fit_and_score`), and the keywords of its calls that
+# spotsearch reads (a fit's key, fit_keys.py) or changes (fit_calls.py).
+FIT_AND_SCORE = "_fit_and_score"
+FIT_AND_SCORE_KEYWORDS = (
+    "estimator",
+    "parameters",
+    "train",
+    "test",
+    "scorer",
+    "fit_params",
+    "score_params",
+    "return_train_score",
+    "return_n_test_samples",
+    "return_times",
+    "return_estimator",
+    "return_parameters",
+    "error_score",
+    "callback_ctx",
+)
+
+# What `clone` keeps of an estimator besides its parameters: metadata requests and set_output's
+# configuration. A fit's key includes them.
+ESTIMATOR_CONFIG = ("_metadata_request", "_sklearn_output_config")
+
+# scikit-learn's experimental callbacks: a callback context's callbacks, an estimator's own.
+CONTEXT_CALLBACKS = "_callbacks"
+ESTIMATOR_CALLBACKS = "_skl_callbacks"
+
+# What on_nodes.py imports itself (see the module's docstring).
+NODE_NAMES = ("joblib._dask.Batch", "joblib._utils._TracebackCapturingWrapper")
+
+
+def wrapped_function(func):
+    """The function inside scikit-learn's wrapper of each delayed call
+    (`sklearn.utils.parallel._FuncWrapper`, which carries scikit-learn's config to the call)."""
+    return getattr(func, "function", func)
+
+
+async def outcome(future):
+    """A finished distributed Future's result or, without raising, its error as (type, exception,
+    traceback) (`Future._result`), which joblib's collector takes as a batch's outcome."""
+    return await future._result(raiseit=False)
+
+
+def data_node(key, value):
+    """A task of dask's graph that holds `value` as it is (`dask._task_spec.DataNode`)."""
+    from dask._task_spec import DataNode
+
+    return DataNode(key, value)
+
+
+def incremental_search_base() -> type:
+    """The base class of dask-ml's incremental searches (Hyperband and the like)."""
+    from dask_ml.model_selection._incremental import BaseIncrementalSearchCV
+
+    return BaseIncrementalSearchCV

@@ -1,0 +1,142 @@
+"""Each private name of joblib, scikit-learn, distributed, dask and dask-ml that spotsearch relies
+on (experiments/spotsearch/upstream.py) still means what the package takes it to mean: an
+upgrade that renames or changes one fails here, by name, and not somewhere in a search."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+from spotsearch import upstream
+
+from .conftest import ROOT
+
+LIBRARY = ROOT / "experiments" / "spotsearch"
+UPSTREAM_PACKAGES = ("joblib", "sklearn", "dask", "distributed", "dask_ml")
+
+
+@pytest.fixture(scope="module")
+def client():
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.mark.parametrize("name", upstream.DASK_BACKEND_INTERNALS)
+def test_joblibs_dask_backend_has_what_cluster_backend_uses(client, name):
+    backend = upstream.DaskDistributedBackend(client=client)
+    backend.start_call()  # sets the collector's flag
+    try:
+        assert hasattr(backend, name), f"joblib's DaskDistributedBackend has no {name} any more"
+    finally:
+        backend.stop_call()
+    assert inspect.iscoroutinefunction(upstream.DaskDistributedBackend._collect), "_collect is a coroutine no more"
+
+
+def test_joblibs_batch_task_names_carry_the_function_and_the_number_of_calls():
+    from joblib._dask import Batch
+    from sklearn.model_selection._validation import _fit_and_score
+    from sklearn.utils.parallel import delayed
+
+    call = delayed(_fit_and_score)(None, None, None)
+    batch = repr(Batch([call] * 3))
+    assert (match := upstream.JOBLIB_BATCH.search(batch)), batch
+    assert match.group(1) == "3"
+    assert upstream.wrapped_function(call[0]) is _fit_and_score
+    assert _fit_and_score.__name__ == upstream.FIT_AND_SCORE
+    assert not upstream.JOBLIB_BATCH.search(repr(Batch([delayed(len)([])]))), "the control: another function"
+
+
+def test_fit_and_score_takes_every_keyword_spotsearch_reads():
+    from sklearn.model_selection._validation import _fit_and_score
+
+    parameters = inspect.signature(_fit_and_score).parameters
+    assert [name for name in upstream.FIT_AND_SCORE_KEYWORDS if name not in parameters] == []
+
+
+def test_dask_mls_fit_tasks_are_named_as_the_fit_counter_reads_them():
+    import dask
+    from dask_ml.model_selection import GridSearchCV
+    from sklearn.linear_model import LogisticRegression
+
+    keys = []
+
+    def scheduler(graph, wanted, **options):
+        keys.extend(str(key) for key in dict(graph))
+        return dask.get(graph, wanted)
+
+    X, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
+    GridSearchCV(LogisticRegression(), {"C": [0.1, 1.0]}, cv=3, scheduler=scheduler).fit(X, y)
+    assert sum(bool(upstream.DASK_ML_FIT.search(key)) for key in keys) == 2 * 3
+
+
+def test_clone_keeps_the_estimator_config_a_fits_key_includes():
+    import sklearn
+    from sklearn.base import clone
+    from sklearn.preprocessing import StandardScaler
+
+    with sklearn.config_context(enable_metadata_routing=True):
+        scaler = StandardScaler().set_output(transform="pandas").set_fit_request(sample_weight=True)
+        copy = clone(scaler)
+    for name in upstream.ESTIMATOR_CONFIG:
+        assert hasattr(copy, name), f"clone keeps no {name} any more"
+
+
+def test_callback_contexts_and_estimators_keep_their_callbacks_where_fit_calls_looks():
+    from sklearn.callback import CallbackSupportMixin  # noqa: F401 (the experimental API is there)
+    from sklearn.callback._callback_context import CallbackContext
+
+    source = inspect.getsource(CallbackContext)
+    assert f"{upstream.CONTEXT_CALLBACKS} =" in source
+    assert f'"{upstream.ESTIMATOR_CALLBACKS}"' in source
+
+
+def test_a_futures_outcome_is_its_result_or_its_exception(client):
+    good, bad = client.submit(int, "3", pure=False), client.submit(int, "x", pure=False)
+    assert client.sync(upstream.outcome, good) == 3
+    with pytest.raises(ValueError):
+        bad.result()
+    kind, error, _ = client.sync(upstream.outcome, bad)  # what joblib's collector takes for an error
+    assert kind is ValueError and isinstance(error, ValueError)
+
+
+def test_data_node_and_incremental_search_base():
+    import dask
+
+    assert dask.get({"a": upstream.data_node("a", [1, 2])}, "a") == [1, 2]
+    from dask_ml.model_selection import HyperbandSearchCV
+
+    assert issubclass(HyperbandSearchCV, upstream.incremental_search_base())
+
+
+@pytest.mark.parametrize("dotted", upstream.NODE_NAMES)
+def test_the_node_codes_own_joblib_names_exist(dotted):
+    module, _, name = dotted.rpartition(".")
+    assert hasattr(importlib.import_module(module), name), dotted
+
+
+def private_imports(path) -> set[str]:
+    """The private names of the upstream packages a file imports ("module.name")."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in UPSTREAM_PACKAGES:
+            for alias in node.names:
+                dotted = f"{node.module}.{alias.name}"
+                if any(part.startswith("_") for part in dotted.split(".")):
+                    found.add(dotted)
+    return found
+
+
+def test_private_names_are_imported_only_in_upstream_py():
+    found = {path.name: private_imports(path) for path in LIBRARY.rglob("*.py")}
+    assert found["upstream.py"], "the control: the scan sees upstream.py's own"
+    assert found.pop("on_nodes.py") == set(upstream.NODE_NAMES)
+    found.pop("upstream.py")
+    assert {name: names for name, names in found.items() if names} == {}
