@@ -200,5 +200,3 @@ def workers_shape(where: str, value: Any) -> int | Literal["auto"]:
     if value == "auto":
         return "auto"
     return positive_int(where, value, maximum=256)
-
-
