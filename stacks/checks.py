@@ -129,7 +129,7 @@ def check_spot_price(where: str, value: Any) -> str | None:
     return text
 
 
-def network(where: str, cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def one_network(where: str, cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         address = ipaddress.ip_address(cidr)
     except ValueError:
@@ -157,7 +157,7 @@ def cidrs(where: str, value: Any, allow_public: bool) -> tuple[str, ...]:
     cidrs = string_list(where, value)
     if len(cidrs) > MAX_ALLOWED_NETWORKS:
         raise fail(where, f"at most {MAX_ALLOWED_NETWORKS} networks fit the security group's rules", len(cidrs))
-    networks = [network(where, cidr) for cidr in cidrs]
+    networks = [one_network(where, cidr) for cidr in cidrs]
     for i, network in enumerate(networks):
         for other in networks[:i]:
             if network.version == other.version and (network.subnet_of(other) or other.subnet_of(network)):

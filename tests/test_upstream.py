@@ -31,13 +31,13 @@ def client():
 
 @pytest.mark.parametrize("name", upstream.DASK_BACKEND_INTERNALS)
 def test_joblibs_dask_backend_has_what_cluster_backend_uses(client, name):
-    backend = upstream.DaskDistributedBackend(client=client)
+    backend = upstream.dask_backend()(client=client)
     backend.start_call()  # sets the collector's flag
     try:
         assert hasattr(backend, name), f"joblib's DaskDistributedBackend has no {name} any more"
     finally:
         backend.stop_call()
-    assert inspect.iscoroutinefunction(upstream.DaskDistributedBackend._collect), "_collect is a coroutine no more"
+    assert inspect.iscoroutinefunction(upstream.dask_backend()._collect), "_collect is a coroutine no more"
 
 
 def test_joblibs_batch_task_names_carry_the_function_and_the_number_of_calls():

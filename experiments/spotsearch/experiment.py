@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from contextlib import ExitStack
 from pathlib import Path
 
-from spotsearch import cost, plots, report
+from spotsearch import cost, data_file, plots, report
 from spotsearch.cluster import cli
 from spotsearch.cluster.messages import ClusterError, Stopped, console
 from spotsearch.cluster.waiting import NodeMeter
@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RUN",
         help="a run's folder (or its name under --results): run only the fits it has not saved, and finish it",
     )
+    data_file.add_arguments(parser)
     cli.add_arguments(parser)
 
 
@@ -70,12 +71,14 @@ def run_search(
     CV table and the summary as soon as the search is over (nothing a plot or a report does
     afterwards can lose them), Dask's performance report, and `plot`'s figure. y_train and
     y_test may be None (a density estimator, say); `fit_params` (groups, sample_weight, routed
-    metadata) go to the search's fit."""
+    metadata) go to the search's fit. `--data FILE` replaces `data` with the file's, split."""
     from distributed import performance_report
     from tqdm import tqdm
 
     from spotsearch.search import expected_fits, fit_on_cluster
 
+    data, data_record = data_file.replaced(args, data)  # a bad file is one line, before the cluster starts
+    summary.update(data_record)
     X_train, X_test, y_train, y_test = data
     fit_params = fit_params or {}
     started, record = time.perf_counter(), report.run_record(time.time())

@@ -1,6 +1,6 @@
 """scikit-learn's searches on the cluster: joblib's Dask backend, made safe and fast for a user's search.
 
-joblib's own backend (`DaskDistributedBackend`, upstream.py) is kept for what it does well (the
+joblib's own backend (`joblib._dask.DaskDistributedBackend`, from upstream.py) is kept for what it does well (the
 batches, the scattered data, the task names the fit counter reads); this subclass changes how
 fits travel, which on many slots left most of them waiting on the scheduler:
 
@@ -53,7 +53,7 @@ from spotsearch.fit_calls import (
 )
 from spotsearch.fit_keys import FitKeys
 from spotsearch.saved_fits import SavedFits
-from spotsearch.upstream import FIT_AND_SCORE, DaskDistributedBackend, outcome, wrapped_function
+from spotsearch.upstream import FIT_AND_SCORE, dask_backend, outcome, wrapped_function
 
 # What the workers run of a fit: this checkout's node code, by its hashed name (node_code.py).
 FitBatch, run_fits = node_code.module().FitBatch, node_code.module().run_fits
@@ -62,7 +62,7 @@ FitBatch, run_fits = node_code.module().FitBatch, node_code.module().run_fits
 PICKLE_LOG = logging.getLogger("distributed.protocol.pickle")
 
 
-class ClusterBackend(DaskDistributedBackend):
+class ClusterBackend(dask_backend()):
     """joblib's Dask backend for one search on `client`; `release` when the search is over."""
 
     default_n_jobs = 1  # joblib calls that do not ask for the cluster (n_jobs=None) stay where they are

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import re
 
-# joblib's Dask backend, which ClusterBackend (joblib_backend.py) extends, and the parts of its
-# inside that the subclass overrides or uses: its collector of finished fits, the flag that
-# keeps it going, its bookkeeping of results, callbacks and scattered data, and its client.
-from joblib._dask import DaskDistributedBackend as DaskDistributedBackend
-
+# What joblib's Dask backend (`dask_backend`) has inside that ClusterBackend (joblib_backend.py)
+# overrides or uses: its collector of finished fits, the flag that keeps it going, its
+# bookkeeping of results, callbacks and scattered data, and its client.
 DASK_BACKEND_INTERNALS = (
     "_collect",
     "_continue",
@@ -65,6 +63,15 @@ ESTIMATOR_CALLBACKS = "_skl_callbacks"
 
 # What on_nodes.py imports itself (see the module's docstring).
 NODE_NAMES = ("joblib._dask.Batch", "joblib._utils._TracebackCapturingWrapper")
+
+
+def dask_backend() -> type:
+    """joblib's Dask backend (`joblib._dask.DaskDistributedBackend`), which ClusterBackend extends.
+    Imported when asked for: it loads distributed, which this module's other users (the plotting
+    helper among them, through saved_fits.py) must not."""
+    from joblib._dask import DaskDistributedBackend
+
+    return DaskDistributedBackend
 
 
 def wrapped_function(func):
