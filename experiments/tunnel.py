@@ -3,7 +3,7 @@
 
     python experiments/tunnel.py --stack dask
 
-prints http://127.0.0.1 links that stay open until Ctrl-C. The scheduler node serves both only
+prints http://127.x.y.z links (this machine's loopback) that stay open until Ctrl-C. The scheduler node serves both only
 to clients with this cluster's certificate (its gateway); the links reach it with the client
 certificate from the outputs file (experiments/spotsearch/cluster/forwarder.py).
 """

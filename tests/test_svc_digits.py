@@ -116,7 +116,7 @@ def test_remote_run_through_an_outputs_file(loopback, local_run, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "worker nodes: 2/2" in run.stderr
     # The dashboard is behind the TLS gateway: the printed link is the local forwarder's.
-    (link,) = re.findall(r"Dask dashboard: (http://127\.0\.0\.1:\d+/status\?dask_link=[\w-]+)\n", run.stdout)
+    (link,) = re.findall(r"Dask dashboard: (http://127\.\d+\.\d+\.\d+:\d+/status\?dask_link=[\w-]+)\n", run.stdout)
     dashboard = link.split("?")[0]  # what the summary keeps: the link's key opened it while the run lasted
     assert f":{loopback.gateway_port}/" not in dashboard and f":{loopback.dashboard_port}/" not in dashboard
     assert BEST_LINE in run.stdout

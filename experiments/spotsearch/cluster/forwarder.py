@@ -1,9 +1,11 @@
-"""The dashboard (and JupyterLab) of a deployed cluster, as an http://127.0.0.1 link on the laptop.
+"""The dashboard (and JupyterLab) of a deployed cluster, as an http://127.x.y.z link on the laptop.
 
 The scheduler node serves them only over TLS that requires a certificate from the cluster's CA
 (its gateway, image/dask_node/gateway.py). The forwarder listens on 127.0.0.1 and reaches the
 gateway with the client's certificate: the browser talks plain HTTP to its own machine only,
-and needs no certificate imported. Bytes pass both ways unread, so websockets work unchanged.
+and needs no certificate imported. On Linux it listens on an address of its own, drawn at random
+from 127.0.0.0/8 (every one of them is this machine's loopback), elsewhere (macOS has only
+127.0.0.1 on its loopback interface) on 127.0.0.1. Bytes pass both ways unread, so websockets work unchanged.
 
 Anything on this machine can open a connection to 127.0.0.1: another user, or a web page whose
 name an attacker points at 127.0.0.1 (DNS rebinding). So each connection's first request is read
@@ -12,9 +14,12 @@ the link's key, as the `dask_link` parameter of the printed link (answered with 
 browser's later requests, and a redirect to the same page without it) or as that cookie. A
 browser keeps a connection to one origin only, so its first request speaks for the rest.
 
-A browser sends the cookie to every port of 127.0.0.1, and a page served from another local
-port could open the dashboard's websocket with it: a request that carries an `Origin` (every
-websocket upgrade from a page, every cross-site request) must name this forwarder's own. A
+A browser sends a cookie to every port of the address that set it. On an address of its own,
+the forwarder's cookie reaches no other local service (those on 127.0.0.1 or localhost, a
+notebook server or a web app under development). On 127.0.0.1 it does, and a page served from
+another local port could open the dashboard's websocket with it: a request that carries an
+`Origin` (every websocket upgrade from a page, every cross-site request) must name this
+forwarder's own. A
 connection that has not sent its first request within HEAD_SECONDS is closed, and at most
 MAX_WAITING wait for theirs: no local user can hold connections open until a run ends for want
 of file descriptors.
@@ -37,6 +42,22 @@ LINK_KEY = "dask_link"  # the printed link's parameter; the cookie is named afte
 MAX_HEAD = 64 * 1024  # a request head longer than this is refused
 HEAD_SECONDS = 10.0  # what a connection may take to send its first request's head
 MAX_WAITING = 64  # connections waiting for their first request, at most (a browser opens six or so)
+
+
+def own_loopback() -> str:
+    """A loopback address for this forwarder alone: 127.a.b.c at random where the system
+    answers on all of 127.0.0.0/8 (Linux), else 127.0.0.1 (macOS, Windows)."""
+    import socket
+
+    for _ in range(8):
+        address = f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}"
+        with socket.socket() as probe:
+            try:
+                probe.bind((address, 0))
+            except OSError:  # EADDRNOTAVAIL: this system has 127.0.0.1 only
+                return "127.0.0.1"
+            return address
+    return "127.0.0.1"
 
 
 def client_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
@@ -77,11 +98,14 @@ def _answer(status: str, extra: str = "", body: str = "") -> bytes:
 
 
 class Forwarder:
-    """127.0.0.1:<port> to a gateway over mutual TLS, served from a thread of its own, for
-    requests to this address that carry `key` (see the module's docstring)."""
+    """<own loopback address>:<port> to a gateway over mutual TLS, served from a thread of its
+    own, for requests to this address that carry `key` (see the module's docstring)."""
 
-    def __init__(self, host: str, port: int, context: ssl.SSLContext, *, local_port: int = 0) -> None:
+    def __init__(
+        self, host: str, port: int, context: ssl.SSLContext, *, local_port: int = 0, local_host: str | None = None
+    ) -> None:
         self._target, self._context, self._local_port = (host, port), context, local_port
+        self.host = local_host or own_loopback()
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Future | None = None
@@ -101,7 +125,7 @@ class Forwarder:
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers.setdefault(name.strip().lower(), value.strip())
-        own = (f"127.0.0.1:{self.port}", f"localhost:{self.port}")
+        own = (f"{self.host}:{self.port}", *([f"localhost:{self.port}"] if self.host == "127.0.0.1" else []))
         if headers.get("host", "").lower() not in own:
             return _answer("421 Misdirected Request", body="not a request for this link\n")
         if "origin" in headers and headers["origin"].lower() not in {f"http://{address}" for address in own}:
@@ -156,7 +180,7 @@ class Forwarder:
         self._loop.set_exception_handler(_quiet_handshake_failures)
         self._stop = self._loop.create_future()
         try:
-            server = await asyncio.start_server(self._handle, "127.0.0.1", self._local_port, limit=MAX_HEAD)
+            server = await asyncio.start_server(self._handle, self.host, self._local_port, limit=MAX_HEAD)
         except OSError as error:
             self._error = error
             self._ready.set()
@@ -184,15 +208,15 @@ class Forwarder:
 
 @contextlib.contextmanager
 def local_link(url: str, ca: str, cert: str, key: str, *, local_port: int = 0) -> Iterator[str]:
-    """An http://127.0.0.1 link that reaches an https:// gateway URL with the client certificate,
-    carrying the forwarder's key (see `without_key` for a copy to keep)."""
+    """An http://127.x.y.z link (see `own_loopback`) that reaches an https:// gateway URL with the
+    client certificate, carrying the forwarder's key (see `without_key` for a copy to keep)."""
     parts = urlsplit(url)
     if parts.scheme != "https":  # a plain link (an older stack): nothing to forward
         yield url
         return
     with Forwarder(parts.hostname, parts.port or 443, client_context(ca, cert, key), local_port=local_port) as fwd:
         query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), (LINK_KEY, fwd.key)])
-        yield f"http://127.0.0.1:{fwd.port}{parts.path}?{query}"
+        yield f"http://{fwd.host}:{fwd.port}{parts.path}?{query}"
 
 
 def without_key(link: str) -> str:
