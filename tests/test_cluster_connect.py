@@ -108,6 +108,14 @@ def test_local_worker_processes_listen_on_loopback_only_and_are_gone_after():
         pids = set(client.run(__import__("os").getpid).values())
         assert len(pids) == 2 and __import__("os").getpid() not in pids, "two worker processes of their own"
         assert set(client.run(lambda dask_worker: dask_worker.state.nthreads).values()) == {1}
+        # glibc's own allocator settings (Dask's trim threshold slowed fits down), Dask's thread limits.
+        environ = client.run(
+            lambda: {k: __import__("os").environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}
+        )
+        assert list(environ.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}] * 2
+        assert __import__("dask").config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"), (
+            "Dask's own setting is left as it was for everything else"
+        )
         listening = [
             connection.laddr
             for pid in pids

@@ -194,7 +194,19 @@ def connect(
         yield from _remote(scheduler, security, expected=workers or 1, timeout=timeout)
 
 
+def _worker_environment() -> dict:
+    """What Dask sets in a worker process's environment before it starts, less
+    MALLOC_TRIM_THRESHOLD_: with it, glibc hands freed memory back to the system at once, and
+    scikit-learn's fits of a text pipeline ran 12-15% slower (docs/speed.md); a laptop's workers
+    live as long as one run. The thread limits (OMP_NUM_THREADS=1, ...) stay."""
+    import dask
+
+    environ = dask.config.get("distributed.nanny.pre-spawn-environ")
+    return {name: value for name, value in environ.items() if name != "MALLOC_TRIM_THRESHOLD_"}
+
+
 def _local(processes: int | None = None) -> Iterator[tuple[object, Where]]:
+    import dask
     from distributed import Client, LocalCluster
 
     # By default one process with a thread per core: scikit-learn's compiled estimators release
@@ -211,7 +223,9 @@ def _local(processes: int | None = None) -> Iterator[tuple[object, Where]]:
         else {"processes": False, "n_workers": 1, "threads_per_worker": threads}
     )
     with _quiet_heartbeat_at_close():
-        with main_script_hidden():  # while worker processes start: they must not run the script again
+        # while worker processes start: they must not run the script again, and keep glibc's own
+        # allocator settings (`_worker_environment`)
+        with main_script_hidden(), dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environment()}):
             local = LocalCluster(dashboard_address=loopback, worker_dashboard_address=loopback, **layout)
         with local, Client(local) as client:
             # Dask's own link names the machine's address, not the loopback one it listens on.
