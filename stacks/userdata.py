@@ -15,6 +15,7 @@ from stacks.config import (
     DASHBOARD_PORT,
     JUPYTER_LOCAL_PORT,
     JUPYTER_PORT,
+    MIN_WORKERS_TAG,
     SCHEDULER_PORT,
     ClusterSettings,
 )
@@ -135,6 +136,7 @@ def autoscaler_command(
         "python", "-m", "dask_node.worker_autoscaler",
         f"--scheduler={scheduler}",
         f"--group={worker_group_name(settings)}",
+        f"--min-workers-tag={MIN_WORKERS_TAG}",
         f"--tls-dir={tls_dir}",
         f"--interval={AUTOSCALER_INTERVAL_SECONDS:g}",
         f"--scale-down-after={SCALE_DOWN_AFTER_SECONDS:g}",

@@ -9,14 +9,49 @@ from moto import mock_aws
 from spotsearch import cost
 
 
+def test_lowest_spot_prices_come_from_describe_spot_price_history():
+    """Each type's lowest price over its zones and over the pages of EC2's answer; moto answers
+    with one fixed price per zone, so EC2's answers are given here, as EC2 words them."""
+    import datetime
+
+    from botocore.stub import Stubber
+
+    ec2 = boto3.client("ec2", region_name="eu-west-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+    now = datetime.datetime.now(datetime.UTC)
+
+    def entry(kind: str, zone: str, price: str) -> dict:
+        return {"InstanceType": kind, "AvailabilityZone": zone, "SpotPrice": price,
+                "ProductDescription": "Linux/UNIX", "Timestamp": now}  # fmt: skip
+
+    pages = [
+        [entry("c6i.xlarge", "eu-west-1a", "0.0910"), entry("c5.xlarge", "eu-west-1a", "0.0650"),
+         entry("c6i.xlarge", "eu-west-1b", "0.0702")],
+        [entry("c6i.xlarge", "eu-west-1c", "0.0850"), entry("m6i.large", "eu-west-1b", "0.0400"),
+         entry("c5.xlarge", "eu-west-1c", "0.0610")],
+    ]  # fmt: skip
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_spot_price_history", {"SpotPriceHistory": pages[0], "NextToken": "page-2"})
+        stub.add_response("describe_spot_price_history", {"SpotPriceHistory": pages[1], "NextToken": ""})
+        prices = cost.lowest_spot_prices(ec2, ["c6i.xlarge", "c5.xlarge", "m6i.large", "c6i.xlarge"])
+        stub.assert_no_pending_responses()
+    assert prices == {"c6i.xlarge": 0.0702, "c5.xlarge": 0.0610, "m6i.large": 0.0400}
+
+
 @mock_aws
-def test_lowest_spot_prices_come_from_describe_spot_price_history(monkeypatch):
+def test_spot_prices_are_asked_for_linux_now_once_per_type(monkeypatch):
+    """What is asked of EC2 (moto checks the request's shape): each type once, Linux, from now."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     ec2 = boto3.client("ec2", region_name="eu-west-1")
+    asked = []
+    ec2.meta.events.register(
+        "provide-client-params.ec2.DescribeSpotPriceHistory", lambda params, **_: asked.append(params)
+    )
     prices = cost.lowest_spot_prices(ec2, ["c6i.xlarge", "c5.xlarge", "m6i.large", "c6i.xlarge"])
-    assert set(prices) == {"c6i.xlarge", "c5.xlarge", "m6i.large"}
-    assert all(price > 0 for price in prices.values())
+    assert set(prices) == {"c6i.xlarge", "c5.xlarge", "m6i.large"} and all(price > 0 for price in prices.values())
+    (params,) = asked
+    assert params["InstanceTypes"] == ["c5.xlarge", "c6i.xlarge", "m6i.large"]
+    assert params["ProductDescriptions"] == ["Linux/UNIX"] and "StartTime" in params
 
 
 def test_estimate_prices_workers_and_a_spot_scheduler_at_the_average_of_their_types():

@@ -12,10 +12,7 @@ import urllib.request
 from spotsearch.cluster.forwarder import local_link
 
 from . import loopback_cluster
-
-
-def files(folder, role="client"):
-    return str(folder / "ca.pem"), str(folder / f"{role}.pem"), str(folder / f"{role}.key")
+from .gateway_probes import files
 
 
 def browser():

@@ -99,7 +99,7 @@ def test_a_callback_context_travels_only_where_a_callback_is_set():
     assert fit_calls.without_idle_callback_context(no_context) is no_context
 
 
-def test_a_value_of_the_script_travels_by_value_and_the_rest_by_reference():
+def test_a_value_of_the_script_travels_by_value_and_the_rest_by_reference(monkeypatch):
     import io
     import pickle
 
@@ -114,8 +114,14 @@ def test_a_value_of_the_script_travels_by_value_and_the_rest_by_reference():
     assert type(loaded[0]).__name__ == "OfTheScript"
     assert loaded[1] is shared and loaded[2] is shared, "data is the worker's copy, not a new one"
     assert len(payload) < len(pickle.dumps(shared)), "the array is not in the payload"
+    # Only what pickle refuses, or what names `__main__`, goes to cloudpickle (slower, by value).
+    by_value = []
+    dump = fit_calls._ByValue.dump
+    monkeypatch.setattr(fit_calls._ByValue, "dump", lambda self, obj: by_value.append(obj) or dump(self, obj))
     plain = fit_calls.pickled({"C": 1.0})
-    assert pickle.loads(plain) == {"C": 1.0} and b"cloudpickle" not in plain  # noqa: S301 (our own bytes)
+    assert pickle.loads(plain) == {"C": 1.0} and by_value == []  # noqa: S301 (our own bytes)
+    fit_calls.pickled([value])
+    assert by_value == [[value]], "the control: a value of the script does go by value"
     with pytest.raises(fit_calls.FitNotSendable, match=r"cannot be sent to the cluster: .*generator"):
         fit_calls.pickled([(i for i in range(3))])
 

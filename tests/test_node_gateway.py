@@ -4,7 +4,6 @@ own dashboard port listens on loopback only."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 import subprocess
 
@@ -13,24 +12,7 @@ import pytest
 from spotsearch.cluster.forwarder import client_context
 
 from . import loopback_cluster
-
-
-def files(folder, role="client"):
-    return str(folder / "ca.pem"), str(folder / f"{role}.pem"), str(folder / f"{role}.key")
-
-
-def http_get(port: int, context: ssl.SSLContext) -> bytes:
-    """One HTTP request over TLS to the gateway; what came back (nothing if refused)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, context.wrap_socket(raw) as tls:
-        tls.sendall(b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        return tls.recv(100)
-
-
-def refused(port: int, context: ssl.SSLContext) -> bool:
-    try:
-        return http_get(port, context) == b""
-    except (ssl.SSLError, ConnectionError):
-        return True
+from .gateway_probes import files, http_get, refused
 
 
 def test_the_client_certificate_is_served(gateway_scheduler):

@@ -130,7 +130,7 @@ def test_a_worker_key_asks_only_what_workers_ask_about_its_own_host(cluster, mes
 def test_the_gateway_serves_only_the_client_certificate(cluster):
     from spotsearch.cluster.forwarder import client_context
 
-    from .test_node_gateway import files, http_get, refused
+    from .gateway_probes import files, http_get, refused
 
     for role in ("worker", "scheduler"):
         assert refused(cluster.gateway_port, client_context(*files(cluster.tls_dir, role)))

@@ -203,10 +203,6 @@ def test_a_failing_round_is_retried(caplog):
     assert "this round failed, retrying every 0.01 s: OSError: throttled" in caplog.text
 
 
-def test_the_tag_is_the_one_the_stack_sets():
-    assert worker_autoscaler.MIN_WORKERS_TAG == MIN_WORKERS_TAG
-
-
 # ---- the Dask side, on a real scheduler ----
 
 
@@ -266,10 +262,10 @@ def test_aws_side_on_moto():
         Tags=[{"Key": MIN_WORKERS_TAG, "Value": "1", "PropagateAtLaunch": False}],
     )  # fmt: skip
     ec2 = boto3.client("ec2", region_name="us-east-1")
-    missing = worker_autoscaler.AutoScalingGroup("dask-other-workers", client, ec2)
+    missing = worker_autoscaler.AutoScalingGroup("dask-other-workers", client, ec2, min_workers_tag=MIN_WORKERS_TAG)
     with pytest.raises(LookupError, match=r"^worker group dask-other-workers not found \(yet\)$"):
         missing.read()
-    group = worker_autoscaler.AutoScalingGroup("dask-dask-workers", client, ec2)
+    group = worker_autoscaler.AutoScalingGroup("dask-dask-workers", client, ec2, min_workers_tag=MIN_WORKERS_TAG)
     state = group.read()
     assert (state.desired, state.minimum, state.maximum, len(state.instances)) == (2, 1, 3, 2)
     reservations = ec2.describe_instances(InstanceIds=sorted(state.instances))["Reservations"]

@@ -31,13 +31,33 @@ def test_plotting_helper_loads_neither_scikit_learn_nor_dask(tmp_path):
 
 
 def test_heatmap_marks_every_best_cell(tmp_path):
-    from spotsearch.plots import write_heatmap
+    """Every cell of the best score, ties included, is framed in red and starred, in the panel
+    and at the row and column of its candidate; no other cell is."""
+    from matplotlib.patches import Rectangle
+
+    from spotsearch.plots import heatmap_figure, write_heatmap
 
     candidates = [{"C": c, "gamma": g, "w": w} for w in (None, "balanced") for c in (1, 10) for g in (0.1, 1)]
     scores = [0.5, 0.9, 0.7, 0.9, 0.2, 0.3, 0.4, 0.6]
-    best = write_heatmap(tmp_path / "h.png", candidates, scores, rows="C", columns="gamma", panels="w", title="t")
+    options = {"rows": "C", "columns": "gamma", "panels": "w", "title": "t"}
+    figure, best = heatmap_figure(candidates, scores, **options)
     assert best == [{"C": 1, "gamma": 1, "w": None}, {"C": 10, "gamma": 1, "w": None}]
-    assert (tmp_path / "h.png").stat().st_size > 10_000
+    panels = {ax.get_title(): ax for ax in figure.axes if ax.get_title()}
+    framed, starred = {}, {}
+    for title, ax in panels.items():
+        framed[title] = {
+            (round(p.get_y() + 0.5), round(p.get_x() + 0.5))  # (row, column) of the cell
+            for p in ax.patches
+            if isinstance(p, Rectangle) and p.get_edgecolor()[:3] == (1.0, 0.0, 0.0)
+        }
+        starred[title] = {
+            (round(t.get_position()[1]), round(t.get_position()[0])) for t in ax.texts if "★" in t.get_text()
+        }
+    # C=1 is row 0 and C=10 row 1; gamma=1 is column 1; only the panel w=None holds the best.
+    assert framed == starred == {"w=None": {(0, 1), (1, 1)}, "w=balanced": set()}
+    assert "★ best mean CV accuracy 0.9000 (2 candidates tied)" in figure.get_suptitle()
+    assert write_heatmap(tmp_path / "h.png", candidates, scores, **options) == best
+    assert (tmp_path / "h.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_cv_table_leaves_a_parameter_a_candidate_lacks_empty(tmp_path):

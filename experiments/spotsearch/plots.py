@@ -26,6 +26,15 @@ def write_heatmap(
 
     Cells of the best score are framed and starred, ties included; returns their parameters.
     """
+    figure, best = heatmap_figure(candidates, mean_scores, rows=rows, columns=columns, panels=panels, title=title)
+    save_figure(figure, path)
+    return best
+
+
+def heatmap_figure(
+    candidates: list[dict], mean_scores: list[float], *, rows: str, columns: str, panels: str, title: str
+) -> tuple[object, list[dict]]:
+    """The heatmap (a matplotlib Figure) and the parameters of its best cells."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, faster to import
     from matplotlib.patches import Rectangle
 
@@ -56,8 +65,7 @@ def write_heatmap(
     figure.colorbar(image, ax=list(axes), label="mean CV accuracy")
     ties = sum(score == best for score in mean_scores)
     figure.suptitle(f"{title}\n★ best mean CV accuracy {best:.4f}" + (f" ({ties} candidates tied)" if ties > 1 else ""))
-    save_figure(figure, path)
-    return [
+    return figure, [
         {rows: params[rows], columns: params[columns], panels: params[panels]}
         for params, score in zip(candidates, mean_scores, strict=True)
         if score == best

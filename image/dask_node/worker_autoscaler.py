@@ -12,9 +12,10 @@ bounds:
   stay), then exactly those instances are terminated, the desired capacity decremented in the
   same call. The group protects every instance from scale-in, so it never picks a node itself.
 
-The bounds are read from the group on every round: its MaxSize (max_workers) and its
-DaskMinWorkers tag (min_workers). A restart of this process, or a redeploy with new bounds,
-changes nothing else; AWS itself refuses a desired capacity above MaxSize.
+The bounds are read from the group on every round: its MaxSize (max_workers) and the tag
+`--min-workers-tag` names (min_workers; the stack sets both, stacks/userdata.py). A restart of
+this process, or a redeploy with new bounds, changes nothing else; AWS itself refuses a desired
+capacity above MaxSize.
 
 A Dask worker is matched to its instance by its address: the instance's private IP address,
 which the scheduler has checked against the connection the worker registered from
@@ -22,7 +23,7 @@ which the scheduler has checked against the connection the worker registered fro
 after another node would otherwise get that node terminated.
 
     python -m dask_node.worker_autoscaler --scheduler tls://127.0.0.1:8786 --group dask-dask-workers \\
-        --region us-east-1 --tls-dir /etc/dask/tls
+        --min-workers-tag DaskMinWorkers --region us-east-1 --tls-dir /etc/dask/tls
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from distributed.comm import get_address_host
 from dask_node import tls
 
 log = logging.getLogger("worker-autoscaler")
-MIN_WORKERS_TAG = "DaskMinWorkers"  # stacks/nodes.py sets it on the group
 INTERVAL_SECONDS = 5.0
 SCALE_DOWN_AFTER_SECONDS = 60.0
 # Instances that count towards the group's size: launching, or in service.
@@ -60,8 +60,9 @@ class GroupState:
 class AutoScalingGroup:
     """The worker Auto Scaling group, through the scheduler node's role (boto3)."""
 
-    def __init__(self, name: str, client, ec2) -> None:
+    def __init__(self, name: str, client, ec2, *, min_workers_tag: str) -> None:
         self.name, self.client, self.ec2 = name, client, ec2
+        self.min_workers_tag = min_workers_tag  # the group's tag that holds min_workers
 
     def read(self) -> GroupState:
         groups = self.client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.name])["AutoScalingGroups"]
@@ -76,7 +77,7 @@ class AutoScalingGroup:
         }
         return GroupState(
             desired=group["DesiredCapacity"],
-            minimum=int(tags.get(MIN_WORKERS_TAG, "0")),
+            minimum=int(tags.get(self.min_workers_tag, "0")),
             maximum=group["MaxSize"],
             instances=instances,
             hosts=self._private_addresses(sorted(instances)),
@@ -228,6 +229,7 @@ async def serve(args: argparse.Namespace) -> None:
         args.group,
         boto3.client("autoscaling", region_name=args.region, config=config),
         boto3.client("ec2", region_name=args.region, config=config),
+        min_workers_tag=args.min_workers_tag,
     )
     async with tls.scheduler_rpc(args.scheduler, security) as scheduler:
         autoscaler = Autoscaler(
@@ -240,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scheduler", required=True, help="the scheduler's address, tls://...")
     parser.add_argument("--group", required=True, help="the worker Auto Scaling group's name")
+    parser.add_argument("--min-workers-tag", required=True, help="the group's tag that holds the fewest nodes to keep")
     parser.add_argument("--region", required=True)
     parser.add_argument("--tls-dir", required=True, help="the node's TLS folder")
     parser.add_argument("--interval", type=float, default=INTERVAL_SECONDS, help="seconds between rounds")
