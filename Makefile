@@ -5,6 +5,8 @@
 #                (no emulated deploy, no real clusters of processes, no scanners; tests/conftest.py)
 #   make test-busy  `make test` while busy processes keep the cores loaded (BUSY=2 of them):
 #                no test may depend on how fast the machine is
+#   make mutation  mutation testing of the modules tests/mutation.py names (mutmut), with each
+#                module's score; about ten minutes, not part of `make test` (docs/testing.md)
 #   make cdktf   only the pinned cdktf CLI, as .venv/bin/cdktf (for deploying)
 # Needs: python3 (3.11, with venv), Node.js with npm, Terraform 1.11 on PATH.
 
@@ -23,7 +25,7 @@ CDKTF_CLI := cdktf-cli@0.21.0
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 
-.PHONY: test test-fast test-busy cdktf
+.PHONY: test test-fast test-busy mutation cdktf
 
 test: $(VENV)/.dev-installed .venv-checkov/.installed .venv-awscli/.installed $(VENV)/bin/cdktf
 	export PATH="$(BIN):$$PATH"
@@ -38,6 +40,10 @@ test-fast: $(VENV)/.dev-installed $(VENV)/bin/cdktf
 	ruff check .
 	ruff format --check .
 	python -m pytest -q -n 2 -m "not slow"
+
+mutation: $(VENV)/.dev-installed
+	export PATH="$(BIN):$$PATH"
+	python tests/mutation.py
 
 BUSY ?= 2
 test-busy:

@@ -107,3 +107,49 @@ def test_missing_credentials_do_not_fail_the_run(monkeypatch, tmp_path):
     assert estimate == {"error": "not estimated: Unable to locate credentials"}
     assert cost.summary_line(estimate) == "Cost: not estimated: Unable to locate credentials"
     assert cost.for_where(Where("local", "inproc://", None, 1, 2), 60, 60) is None
+
+
+@mock_aws
+def test_a_deployed_runs_estimate_prices_its_own_node_time_at_its_regions_spot_prices(monkeypatch):
+    """for_where, end to end on moto's EC2: the outputs' types and market, the run's node time,
+    rounded to 4 digits as the summary keeps it."""
+    from spotsearch.cluster.connect import Where
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    basis = {
+        "region": "eu-west-1",
+        "worker_instance_types": ["c6i.xlarge", "c5.xlarge"],
+        "scheduler_instance_types": ["m6i.large"],
+        "scheduler_market": "spot",
+    }
+    prices = cost.lowest_spot_prices(
+        boto3.client("ec2", region_name="eu-west-1"), ["c6i.xlarge", "c5.xlarge", "m6i.large"]
+    )
+    estimate = cost.for_where(Where("remote", "tls://127.0.0.1:8786", None, 2, 8, "dask", basis), 100, 50)
+    worker_price = (prices["c6i.xlarge"] + prices["c5.xlarge"]) / 2
+    assert estimate == {
+        "node_hours": round((100 + 50) / 3600, 4),
+        "worker_node_hours": round(100 / 3600, 4),
+        "estimated_cost_usd": round(worker_price * 100 / 3600 + prices["m6i.large"] * 50 / 3600, 4),
+        "worker_price_usd_per_hour": pytest.approx(worker_price),
+        "scheduler_price_usd_per_hour": pytest.approx(prices["m6i.large"]),
+        "notes": [],
+    }
+    line = cost.summary_line(estimate)
+    assert (
+        line
+        == f"Cost: {estimate['node_hours']:.3f} node-hours, about USD {estimate['estimated_cost_usd']:.4f} at current spot prices"
+    )
+    assert cost.for_where(Where("remote", "tls://127.0.0.1:8786", None, 2, 8, "dask", None), 100, 50) is None, (
+        "a scheduler given by address: no outputs to price it with"
+    )
+
+
+def test_an_on_demand_scheduler_is_left_out_even_when_its_types_have_spot_prices():
+    estimate = cost.estimate(
+        prices={"c6i.xlarge": 0.06, "m6i.large": 0.04}, worker_types=["c6i.xlarge"], scheduler_types=["m6i.large"],
+        scheduler_market="on-demand", worker_node_seconds=3600, seconds=3600,
+    )  # fmt: skip
+    assert estimate["scheduler_price_usd_per_hour"] is None and estimate["estimated_cost_usd"] == pytest.approx(0.06)
+    assert estimate["notes"] == ["the on-demand scheduler is not included"]

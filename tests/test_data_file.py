@@ -4,8 +4,10 @@ read as written, split the same way each time, and every problem with it one lin
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,40 +53,90 @@ def test_an_arrays_target_is_a_column_number_or_the_npz_files_y(tmp_path, table)
 
 def test_every_problem_with_the_file_is_one_line_naming_it(tmp_path, table):
     table.to_csv(tmp_path / "data.csv", index=False)
+    table[["a"]].to_csv(tmp_path / "one.csv", index=False)
     np.save(tmp_path / "flat.npy", np.arange(5))
+    np.save(tmp_path / "narrow.npy", np.zeros((5, 1)))
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * 4, dtype=object), allow_pickle=True)
     (tmp_path / "data.pkl").write_bytes(pickle.dumps(table))
     np.savez(tmp_path / "data.npz", X=np.zeros((4, 2)))
+    np.savez(tmp_path / "uneven.npz", X=np.zeros((4, 2)), y=np.zeros(3))
+    np.save(tmp_path / "data.npy", table.to_numpy())
     cases = {
         ("missing.csv", None): "no such file",
-        ("data.pkl", None): "not a data file this reads",
+        ("data.pkl", None): "not a data file this reads (.csv, .parquet, .npy, .npz)",
         ("data.csv", "price"): "has no column 'price' (--target); its columns: ['a', 'b', 'label', 'last']",
+        ("one.csv", None): "needs a column to predict from besides the target",
         ("flat.npy", None): "must be a 2-D array with the target as one column, got shape (5,)",
-        ("objects.npy", None): "cannot be read (ValueError: ",  # a pickle inside: never loaded
+        ("narrow.npy", None): "must be a 2-D array with the target as one column, got shape (5, 1)",
+        ("data.npy", "9"): "--target must be a column number below 4, got '9'",
+        ("data.npy", "label"): "--target must be a column number below 4, got 'label'",
         ("data.npz", None): "has no array 'y'; its arrays: ['X']",
+        ("uneven.npz", None): "X has 4 rows and y 3",
     }
     for (name, target), expected in cases.items():
         with pytest.raises(ClusterError) as refused:
             data_file.read(tmp_path / name, target)
-        assert str(refused.value).startswith(f"--data {tmp_path / name}: ") and expected in str(refused.value)
-        assert "\n" not in str(refused.value)
-    np.save(tmp_path / "data.npy", table.to_numpy())
-    with pytest.raises(ClusterError, match=r"--target must be a column number below 4, got '9'"):
-        data_file.read(tmp_path / "data.npy", "9")
+        assert str(refused.value) == f"--data {tmp_path / name}: {expected}"
+    # A pickle inside an array file is never loaded (it could run code): numpy's own refusal, in one line.
+    with pytest.raises(ClusterError) as refused:
+        data_file.read(tmp_path / "objects.npy")
+    assert str(refused.value) == (
+        f"--data {tmp_path / 'objects.npy'}: cannot be read (ValueError: Object arrays cannot be loaded when "
+        "allow_pickle=False)"
+    )
+    table.head(3).to_csv(tmp_path / "three.csv", index=False)
+    args = argparse.Namespace(data=tmp_path / "three.csv", target=None, held_out=0.2)
+    with pytest.raises(ClusterError) as refused:
+        data_file.replaced(args, None)
+    assert str(refused.value) == f"--data {tmp_path / 'three.csv'}: has 3 rows: too few to split for a search"
+    table.head(4).to_csv(tmp_path / "four.csv", index=False)
+    four = argparse.Namespace(data=tmp_path / "four.csv", target=None, held_out=0.5)
+    assert len(data_file.replaced(four, None)[0][0]) == 2
+
+
+def test_the_flags_and_their_checks():
+    parser = argparse.ArgumentParser()
+    data_file.add_arguments(parser)
+    args = parser.parse_args(["--data", "emails.parquet", "--target", "spam", "--held-out", "0.3"])
+    assert (args.data, args.target, args.held_out) == (Path("emails.parquet"), "spam", 0.3)
+    assert vars(parser.parse_args([])) == {"data": None, "target": None, "held_out": 0.2}
+    for text in ("0", "1", "-0.1", "1.5", "a fifth", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError) as refused:
+            data_file.fraction(text)
+        assert str(refused.value) == f"must be a fraction between 0 and 1 such as 0.2, got {text!r}"
+    assert data_file.fraction("0.999") == 0.999
 
 
 def test_the_same_file_splits_the_same_way_stratified_when_it_can(tmp_path, table):
     table.to_csv(tmp_path / "data.csv", index=False)
-    args = argparse.Namespace(data=tmp_path / "data.csv", target="label", held_out=0.25)
+    args = argparse.Namespace(data=tmp_path / "data.csv", target="label", held_out=0.3)
     (X_train, X_test, _, y_test), record = data_file.replaced(args, None)
     again, _ = data_file.replaced(args, None)
-    assert X_train.equals(again[0]) and len(X_test) == ROWS // 4
-    assert sorted(np.bincount(y_test)) == [5, 5, 5], "each class held out in proportion"
-    assert record["data"]["rows"] == ROWS and record["data"]["target"] == "label"
-    assert len(record["data"]["sha256"]) == 64
-    continuous = argparse.Namespace(data=tmp_path / "data.csv", target="a", held_out=0.25)
-    assert len(data_file.replaced(continuous, None)[0][1]) == ROWS // 4, "a continuous target splits at random"
+    assert X_train.equals(again[0]) and len(X_test) == 18 and len(X_train) == 42
+    assert sorted(np.bincount(y_test)) == [6, 6, 6], "each class held out in proportion"
+    assert record == {
+        "data": {
+            "file": str(args.data.resolve()),
+            "sha256": hashlib.sha256(args.data.read_bytes()).hexdigest(),
+            "rows": ROWS,
+            "held_out": 0.3,
+            "target": "label",
+        }
+    }
+    continuous = argparse.Namespace(data=tmp_path / "data.csv", target="a", held_out=0.3)
+    (X_train, X_test, y_train, _), _ = data_file.replaced(continuous, None)
+    assert len(X_test) == 18 and len(y_train) == 42, "a continuous target splits at random"
+    assert list(X_train.index) == list(data_file.replaced(continuous, None)[0][0].index), "the same way each time"
     assert data_file.replaced(argparse.Namespace(data=None), "the script's") == ("the script's", {})
+    assert data_file.replaced(argparse.Namespace(), "the script's") == ("the script's", {}), "a parser without --data"
+
+
+def test_a_large_file_is_hashed_whole(tmp_path):
+    """Read in chunks: a file of several chunks hashes as a whole."""
+    rows = np.random.default_rng(0).normal(size=(60_000, 5))  # 2.4 MB: three chunks
+    np.save(tmp_path / "big.npy", rows)
+    _, record = data_file.replaced(argparse.Namespace(data=tmp_path / "big.npy", target=None, held_out=0.1), None)
+    assert record["data"]["sha256"] == hashlib.sha256((tmp_path / "big.npy").read_bytes()).hexdigest()
 
 
 @pytest.mark.slow
