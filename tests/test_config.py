@@ -221,3 +221,91 @@ def test_the_file_is_read_as_bytes_and_every_shape_gets_one_short_line(tmp_path,
         load_clusters("cdktf.json")
     text = str(caught.value)
     assert message in text and "\n" not in text and len(text) < 300, text
+
+
+def test_every_setting_given_is_the_setting_kept():
+    """A full configuration, parsed: each value as written (lists as tuples), none swapped or lost."""
+    raw = {
+        "allowed_cidrs": ["0.0.0.0/0"], "allow_public_access": True, "region": "eu-west-1",
+        "scheduler_market": "on-demand", "worker_instance_types": ["c6i.2xlarge", "c5.2xlarge"],
+        "scheduler_instance_types": ["m6i.large"], "subnet_ids": ["subnet-0123456789abcdef0"],
+        "min_workers": 1, "max_workers": 7, "spot_max_price": "0.35", "idle_timeout_minutes": 15,
+        "max_lifetime_hours": 6, "worker_processes": 4, "worker_threads": "auto", "root_volume_gb": 8,
+        "tags": {"team": "ml"}, "jupyter": True,
+    }  # fmt: skip
+    settings = parse_cluster("lab", raw)
+    kept = {name: getattr(settings, name) for name in raw}
+    assert kept == {name: tuple(value) if isinstance(value, list) else value for name, value in raw.items()}
+    assert settings.name == "lab"
+
+
+AT_AND_PAST_THE_LIMIT = [
+    # (setting, the largest or smallest value AWS (or the node) takes, one past it, the line for that)
+    ("workers", 500, 501, "must be at most 500"),
+    ("min_workers", 500, 501, "must be a whole number from 0 to 500"),
+    ("idle_timeout_minutes", 1, 0, "must be a positive whole number"),
+    ("max_lifetime_hours", 336, 337, "must be at most 336"),
+    ("worker_threads", 256, 257, "must be at most 256"),
+    ("root_volume_gb", 8, 7, "must be at least 8 (the size of Amazon Linux 2023's root snapshot)"),
+    ("root_volume_gb", 16384, 16385, "must be at most 16384"),
+]
+
+
+@pytest.mark.parametrize(("setting", "limit", "past", "message"), AT_AND_PAST_THE_LIMIT)
+def test_each_limit_is_taken_and_one_past_it_refused(setting, limit, past, message):
+    extra = {"max_workers": 500} if setting == "min_workers" else {}
+    settings = parse_cluster("dask", {"allowed_cidrs": ALLOWED, setting: limit, **extra})
+    assert getattr(settings, setting if setting != "workers" else "max_workers") == limit
+    with pytest.raises(SettingsError) as refused:
+        parse_cluster("dask", {"allowed_cidrs": ALLOWED, setting: past, **extra})
+    assert str(refused.value) == f"clusters.dask.{setting}: {message}, got {past}"
+
+
+def test_counted_limits_are_taken_at_the_limit_and_refused_one_past_it():
+    """AWS's counts: 15 networks (the security group's rules), 40 instance types (a mixed
+    instances policy), 44 tags of the user's (50 per resource, 6 the stack's), tag keys of 128
+    and values of 256 characters, cluster names of 20."""
+    networks = [f"198.51.{i}.0/24" for i in range(16)]
+    types = sorted(
+        t for t in __import__("stacks.checks").checks.node_instance_types() if t.startswith(("c", "m", "r"))
+    )[:41]
+    tags = {f"t{i}": "v" for i in range(45)}
+    cases = [
+        ("allowed_cidrs", networks, "at most 15 networks fit the security group's rules, got 16"),
+        ("worker_instance_types", types, "at most 40 types in an Auto Scaling group, got 41"),
+        ("tags", tags, "at most 44 tags (AWS allows 50 per resource; the stack sets 6), got 45"),
+    ]
+    for setting, values, message in cases:
+        within = values[:-1] if isinstance(values, list) else dict(list(values.items())[:-1])
+        parse_cluster("dask", {"allowed_cidrs": ALLOWED, setting: within})
+        with pytest.raises(SettingsError) as refused:
+            parse_cluster("dask", {"allowed_cidrs": ALLOWED, setting: values})
+        assert str(refused.value) == f"clusters.dask.{setting}: {message}"
+    assert parse_cluster("dask", {"allowed_cidrs": ALLOWED, "tags": {"k" * 128: "v" * 256}}).tags == {
+        "k" * 128: "v" * 256
+    }
+    with pytest.raises(SettingsError, match=r"^clusters\.dask\.tags: tag names must be 1-128 "):
+        parse_cluster("dask", {"allowed_cidrs": ALLOWED, "tags": {"k" * 129: "v"}})
+    with pytest.raises(SettingsError, match=r"^clusters\.dask\.tags\.k: must be a string of at most 256 "):
+        parse_cluster("dask", {"allowed_cidrs": ALLOWED, "tags": {"k": "v" * 257}})
+    assert parse_cluster("a" * 20, {"allowed_cidrs": ALLOWED}).name == "a" * 20
+    with pytest.raises(SettingsError, match=r"at most 20, got \"a{21}\"$"):
+        parse_cluster("a" * 21, {"allowed_cidrs": ALLOWED})
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ([1], "clusters.dask: must be an object of settings, got [1]"),
+        ({"allowed_cidrs": ALLOWED, "tags": ["a"]}, 'clusters.dask.tags: must be an object of tag names to values, got ["a"]'),
+        ({"allowed_cidrs": ALLOWED, "spot_max_price": "1"}, None),
+        ({"allowed_cidrs": ALLOWED, "spot_max_price": 0.5}, None),
+    ],
+)  # fmt: skip
+def test_shapes_and_prices(raw, message):
+    if message is None:
+        assert parse_cluster("dask", raw).spot_max_price == str(raw["spot_max_price"])
+        return
+    with pytest.raises(SettingsError) as refused:
+        parse_cluster("dask", raw)
+    assert str(refused.value) == message

@@ -84,6 +84,11 @@ def test_every_problem_with_the_file_is_one_line_naming_it(tmp_path, table):
         f"--data {tmp_path / 'objects.npy'}: cannot be read (ValueError: Object arrays cannot be loaded when "
         "allow_pickle=False)"
     )
+    # The smallest files that are data: one column to predict from, beside the target.
+    table[["a", "label"]].to_csv(tmp_path / "two.csv", index=False)
+    assert list(data_file.read(tmp_path / "two.csv")[0].columns) == ["a"]
+    np.save(tmp_path / "two.npy", table[["a", "label"]].to_numpy())
+    assert data_file.read(tmp_path / "two.npy")[0].shape == (ROWS, 1)
     table.head(3).to_csv(tmp_path / "three.csv", index=False)
     args = argparse.Namespace(data=tmp_path / "three.csv", target=None, held_out=0.2)
     with pytest.raises(ClusterError) as refused:

@@ -25,7 +25,7 @@ class FakeGroup:
 
     def read(self) -> GroupState:
         s = self.state
-        return GroupState(s.desired, s.minimum, s.maximum, dict(s.instances))
+        return GroupState(s.desired, s.minimum, s.maximum, dict(s.instances), dict(s.hosts))
 
     def set_desired(self, nodes: int) -> None:
         assert nodes <= self.state.maximum, "AWS refuses a desired capacity above MaxSize"
@@ -280,3 +280,81 @@ def test_aws_side_on_moto():
     group.terminate(first, decrement=True)
     state = group.read()
     assert state.desired == 2 and first not in state.instances and second in state.instances
+
+
+class RecordingDask(FakeDask):
+    """FakeDask that also records the instances' addresses it is given to match workers with."""
+
+    async def nodes(self, hosts: dict[str, str]) -> dict[str, list[str]]:
+        self.events.append(("hosts", dict(hosts)))
+        return await super().nodes(hosts)
+
+    async def nodes_to_close(self, hosts: dict[str, str]) -> list[str]:
+        self.events.append(("hosts to close", dict(hosts)))
+        return await super().nodes_to_close(hosts)
+
+
+def test_the_log_says_each_decision_and_the_wait_restarts_after_each_change(caplog):
+    """What the scheduler node's log says, round by round: the operator's record of why the
+    group has the size it has. Scale-down waits scale_down_after (15 s: 3 rounds 5 s apart)
+    again after a removal and after a scale-up."""
+    caplog.set_level("INFO", logger="worker-autoscaler")
+    events = []
+    group = FakeGroup(events, desired=1, minimum=0, maximum=4, instances=[A])
+    group.state.hosts = {"10.0.0.1": A}
+    dask = RecordingDask(events, nodes={A: 1}, wanted=3)
+    scaler = autoscaler(group, dask, scale_down_after=15.0)
+    rounds(scaler)  # up at once: 3 nodes
+    assert ("hosts", {"10.0.0.1": A}) in events, "workers are matched to instances by the group's addresses"
+    dask.workers = {A: [f"tls://{A}:0"], B: [f"tls://{B}:0"], C: [f"tls://{C}:0"]}
+    group.state.instances.update({B: True, C: True})
+    dask.wanted, dask.idle = 1, [C]
+    rounds(scaler, 2)
+    assert [e for e in events if e[0] in ("retire", "terminate")] == [], "two rounds of less work: not yet"
+    rounds(scaler)  # the third: C, the only idle one, goes
+    assert [e for e in events if e[0] in ("retire", "terminate")] == [
+        ("retire", f"tls://{C}:0"),
+        ("terminate", C, True),
+    ]
+    assert ("hosts to close", {"10.0.0.1": A}) in events
+    dask.idle = [B]
+    rounds(scaler, 2)
+    assert events[-1][0] != "terminate", "the wait starts again after a removal"
+    dask.wanted = 3  # more work: up again, which restarts the wait too
+    rounds(scaler)
+    dask.wanted = 1
+    rounds(scaler, 2)
+    assert not any(e == ("terminate", B, True) for e in events)
+    dask.idle = []
+    rounds(scaler)  # the wait is over, but Dask has no idle node to give
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        "the work asks for 3 worker(s): 3 node(s) within [0, 4]; 1 joined, desired 1",
+        "scaling up: desired capacity 1 -> 3",
+        "the work asks for 1 worker(s): 1 node(s) within [0, 4]; 3 joined, desired 3",
+        f"scaling down: node {C} retired and terminated; desired capacity 2",
+        "the work asks for 3 worker(s): 3 node(s) within [0, 4]; 2 joined, desired 2",
+        "scaling up: desired capacity 2 -> 3",
+        "the work asks for 1 worker(s): 1 node(s) within [0, 4]; 2 joined, desired 3",
+        "no idle node to remove yet (1 wanted gone)",
+    ]
+
+
+def test_a_node_whose_workers_dask_cannot_all_retire_is_kept_and_said_so(caplog):
+    caplog.set_level("INFO", logger="worker-autoscaler")
+    events = []
+    group = FakeGroup(events, desired=2, minimum=0, maximum=2, instances=[A, B])
+    dask = FakeDask(events, nodes={A: 1, B: 1}, wanted=0, idle=[A, B])
+    dask.refuse = {f"tls://{B}:0"}
+    rounds(autoscaler(group, dask, scale_down_after=5.0))
+    assert [e for e in events if e[0] == "terminate"] == [("terminate", A, True)], "A's one worker is all it had"
+    assert f"node {B} kept: Dask could not retire all of its workers" in caplog.text
+
+
+def test_unprotected_instances_are_protected_and_said_so(caplog):
+    caplog.set_level("INFO", logger="worker-autoscaler")
+    events = []
+    group = FakeGroup(events, desired=3, minimum=3, maximum=3, instances=[A, B, C])
+    group.state.instances[C] = group.state.instances[B] = False
+    rounds(autoscaler(group, FakeDask(events, nodes={A: 1, B: 1, C: 1}, wanted=3)))
+    assert f"protected 2 node(s) from the group's own scale-in: {B}, {C}" in caplog.text
