@@ -74,11 +74,12 @@ def read(path: Path, target: str | None = None) -> tuple:
             raise _refuse(path, "needs a column to predict from besides the target")
         return table.drop(columns=[name]), table[name].to_numpy()
     if path.suffix.lower() == ".npz":
-        names = ("X", target or "y")
-        missing = [name for name in names if name not in arrays.files]
-        if missing:
-            raise _refuse(path, f"has no array {shown(missing[0])}; its arrays: {shown(arrays.files)}")
-        X, y = (arrays[name] for name in names)
+        with arrays:  # an .npz file is read lazily, from a file kept open until closed
+            names = ("X", target or "y")
+            missing = [name for name in names if name not in arrays.files]
+            if missing:
+                raise _refuse(path, f"has no array {shown(missing[0])}; its arrays: {shown(arrays.files)}")
+            X, y = (arrays[name] for name in names)
     else:
         if arrays.ndim != 2 or arrays.shape[1] < 2:
             raise _refuse(path, f"must be a 2-D array with the target as one column, got shape {arrays.shape}")

@@ -49,15 +49,13 @@ def own_loopback() -> str:
     answers on all of 127.0.0.0/8 (Linux), else 127.0.0.1 (macOS, Windows)."""
     import socket
 
-    for _ in range(8):
-        address = f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}"
-        with socket.socket() as probe:
-            try:
-                probe.bind((address, 0))
-            except OSError:  # EADDRNOTAVAIL: this system has 127.0.0.1 only
-                return "127.0.0.1"
-            return address
-    return "127.0.0.1"
+    address = f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}"
+    with socket.socket() as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:  # EADDRNOTAVAIL: this system has 127.0.0.1 only
+            return "127.0.0.1"
+    return address
 
 
 def client_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
