@@ -3,9 +3,10 @@
 The scheduler node serves them only over TLS that requires a certificate from the cluster's CA
 (its gateway, image/dask_node/gateway.py). The forwarder listens on 127.0.0.1 and reaches the
 gateway with the client's certificate: the browser talks plain HTTP to its own machine only,
-and needs no certificate imported. On Linux it listens on an address of its own, drawn at random
-from 127.0.0.0/8 (every one of them is this machine's loopback), elsewhere (macOS has only
-127.0.0.1 on its loopback interface) on 127.0.0.1. Bytes pass both ways unread, so websockets work unchanged.
+and needs no certificate imported. Where the system answers on all of 127.0.0.0/8 (Linux) it
+listens on an address of its own, drawn at random from it; where it does not (macOS has only
+127.0.0.1 on its loopback interface), on 127.0.0.1. Bytes pass both ways unread, so websockets
+work unchanged.
 
 Anything on this machine can open a connection to 127.0.0.1: another user, or a web page whose
 name an attacker points at 127.0.0.1 (DNS rebinding). So each connection's first request is read
@@ -46,7 +47,7 @@ MAX_WAITING = 64  # connections waiting for their first request, at most (a brow
 
 def own_loopback() -> str:
     """A loopback address for this forwarder alone: 127.a.b.c at random where the system
-    answers on all of 127.0.0.0/8 (Linux), else 127.0.0.1 (macOS, Windows)."""
+    answers on all of 127.0.0.0/8 (Linux), else 127.0.0.1 (macOS)."""
     import socket
 
     address = f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}"
