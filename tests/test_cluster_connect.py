@@ -125,3 +125,31 @@ def test_local_worker_processes_listen_on_loopback_only_and_are_gone_after():
         assert listening and all(address.ip == "127.0.0.1" for address in listening), listening
         assert cluster.where.threads == 2
     assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+
+
+def worker_environment(client) -> list[dict]:
+    names = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")
+    return list(client.run(lambda: {name: __import__("os").environ.get(name) for name in names}).values())
+
+
+def test_local_worker_processes_keep_glibcs_allocator_settings_and_dasks_thread_limits(monkeypatch):
+    """Dask's trim threshold slowed fits down (docs/speed.md): not set in the workers, not even
+    when an earlier Dask nanny left it in this process's environment (as Dask's nannies do); a
+    value of the user's own is passed on (the control); Dask's setting stays for everything else."""
+    import os
+
+    import dask
+    from distributed import Client
+
+    from spotsearch import Cluster
+
+    dasks = str(dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"))
+    for inherited, expected in ((None, None), (dasks, None), ("131072", "131072")):
+        if inherited is None:
+            monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+        else:
+            monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", inherited)
+        with Cluster(processes=2) as cluster, Client(cluster) as client:
+            assert worker_environment(client) == [{"MALLOC_TRIM_THRESHOLD_": expected, "OMP_NUM_THREADS": "1"}] * 2
+        assert os.environ.get("MALLOC_TRIM_THRESHOLD_") == inherited, "this process's environment as it was"
+    assert dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_") == int(dasks)

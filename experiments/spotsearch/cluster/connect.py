@@ -20,7 +20,7 @@ from spotsearch.cluster.outputs import COST_OUTPUTS, DEFAULT_OUTPUTS, read_outpu
 from spotsearch.cluster.tls_files import private_tls_files, security_for
 from spotsearch.cluster.versions import check_versions, stale_code_warning
 from spotsearch.cluster.waiting import probe, wait_for_nodes, worker_nodes
-from spotsearch.spawn import main_script_hidden
+from spotsearch.spawn import glibc_allocator_defaults, main_script_hidden
 
 DEFAULT_TIMEOUT = 600.0
 
@@ -194,19 +194,7 @@ def connect(
         yield from _remote(scheduler, security, expected=workers or 1, timeout=timeout)
 
 
-def _worker_environment() -> dict:
-    """What Dask sets in a worker process's environment before it starts, less
-    MALLOC_TRIM_THRESHOLD_: with it, glibc hands freed memory back to the system at once, and
-    scikit-learn's fits of a text pipeline ran 12-15% slower (docs/speed.md); a laptop's workers
-    live as long as one run. The thread limits (OMP_NUM_THREADS=1, ...) stay."""
-    import dask
-
-    environ = dask.config.get("distributed.nanny.pre-spawn-environ")
-    return {name: value for name, value in environ.items() if name != "MALLOC_TRIM_THRESHOLD_"}
-
-
 def _local(processes: int | None = None) -> Iterator[tuple[object, Where]]:
-    import dask
     from distributed import Client, LocalCluster
 
     # By default one process with a thread per core: scikit-learn's compiled estimators release
@@ -224,8 +212,8 @@ def _local(processes: int | None = None) -> Iterator[tuple[object, Where]]:
     )
     with _quiet_heartbeat_at_close():
         # while worker processes start: they must not run the script again, and keep glibc's own
-        # allocator settings (`_worker_environment`)
-        with main_script_hidden(), dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environment()}):
+        # allocator settings
+        with main_script_hidden(), glibc_allocator_defaults():
             local = LocalCluster(dashboard_address=loopback, worker_dashboard_address=loopback, **layout)
         with local, Client(local) as client:
             # Dask's own link names the machine's address, not the loopback one it listens on.
