@@ -36,14 +36,17 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from uuid import uuid4
 
 from distributed import as_completed
-from distributed.client import CancelledError
 from joblib.parallel import ParallelBackendBase
 
 from spotsearch import node_code
 from spotsearch.cluster.messages import WithoutMessage
+from spotsearch.collector import Collector
 from spotsearch.fit_calls import (
     FitNotSendable,
     SharedValues,
@@ -53,7 +56,7 @@ from spotsearch.fit_calls import (
 )
 from spotsearch.fit_keys import FitKeys
 from spotsearch.saved_fits import SavedFits
-from spotsearch.upstream import FIT_AND_SCORE, dask_backend, outcome, wrapped_function
+from spotsearch.upstream import FIT_AND_SCORE, dask_backend, wrapped_function
 
 # What the workers run of a fit: this checkout's node code, by its hashed name (node_code.py).
 FitBatch, run_fits = node_code.module().FitBatch, node_code.module().run_fits
@@ -61,8 +64,12 @@ FitBatch, run_fits = node_code.module().FitBatch, node_code.module().run_fits
 
 PICKLE_LOG = logging.getLogger("distributed.protocol.pickle")
 
+# The backend of the search being fitted on the cluster (search.py sets it for the fit), for a
+# search that sends its fits itself (adaptive.py).
+ACTIVE: ContextVar[ClusterBackend | None] = ContextVar("spotsearch_cluster_backend", default=None)
 
-class ClusterBackend(dask_backend()):
+
+class ClusterBackend(Collector, dask_backend()):
     """joblib's Dask backend for one search on `client`; `release` when the search is over."""
 
     default_n_jobs = 1  # joblib calls that do not ask for the cluster (n_jobs=None) stay where they are
@@ -75,59 +82,13 @@ class ClusterBackend(dask_backend()):
         self._sending: set[object] = set()  # batches whose data or task is still on its way
         self.submitted: set = set()  # every fit task this search sent, until it is released
         self._outbox: list[tuple] = []  # batches ready to go in the next message
+        self._task_of: dict[concurrent.futures.Future, object] = {}  # submit_fit's fits on the cluster
         self._shared = SharedValues(self.client, self.data_futures)
         # Finished fits are collected together (see `_collect`), not gathered one by one.
         self.waiting_futures = as_completed([], loop=self.client.loop, raise_errors=False)
         # distributed logs a traceback for an object it cannot pickle; the search says it in one line.
         self._quiet = WithoutMessage("Failed to serialize")
         PICKLE_LOG.addFilter(self._quiet)
-
-    async def _collect(self):
-        """joblib's collector, taking the results of every fit finished so far in one request:
-        joblib's asks the scheduler once per fit, and on many slots the results then come
-        back slower than the fits end."""
-        while self._continue:
-            async for first in self.waiting_futures:
-                ready = [first, *self.waiting_futures.next_batch(block=False)]
-                finished = [future for future in ready if future.status == "finished"]
-                values = await self._gathered(finished)
-                for future in ready:
-                    out = await self._outcome(future, values)
-                    result, callback = self._results.pop(future, None), self._callbacks.pop(future, None)
-                    if result is None:  # forgotten by an abort meanwhile
-                        continue
-                    if future.status == "error":
-                        result.set_exception(out[1])
-                    else:
-                        result.set_result(out)
-                        callback(out)
-            await asyncio.sleep(0.01)
-
-    async def _gathered(self, finished: list) -> dict:
-        """The results of `finished`, by future; none if one was lost meanwhile (its worker, or the
-        scheduler: the request would wait for it as long as the client's connection timeout)."""
-        gathering = asyncio.ensure_future(self.client.gather(finished, asynchronous=True))
-        while not gathering.done():
-            await asyncio.wait([gathering], timeout=0.1)
-            if self.client.status != "running" or any(future.status != "finished" for future in finished):
-                gathering.cancel()
-                return {}
-        if gathering.exception() is not None:
-            return {}  # each is taken on its own (`_outcome`), as joblib does
-        return dict(zip(finished, gathering.result(), strict=True))
-
-    @staticmethod
-    async def _outcome(future, values: dict):
-        """A fit's result, or what joblib's collector gets for an error: (type, exception,
-        traceback); a cancelled fit (a lost scheduler) gives its CancelledError, as joblib's."""
-        if future in values:
-            return values[future]
-        try:
-            return await outcome(future)
-        except (CancelledError, asyncio.CancelledError) as cancelled:
-            return cancelled
-        except Exception as error:  # never the collector's end: the search would wait for ever
-            return error  # joblib raises an exception given as a batch's outcome
 
     def __reduce__(self):
         return (ParallelBackendBase, ())  # never sent anywhere; joblib's would rebuild a Dask backend
@@ -142,10 +103,41 @@ class ClusterBackend(dask_backend()):
         return max(2, super().effective_n_jobs(n_jobs))
 
     def submit(self, func, callback=None):
+        return self._send(func.items, self._fit_keys(func.items, self.fit_keys), callback)
+
+    def submit_fit(self, call: tuple, fit_keys: FitKeys) -> concurrent.futures.Future:
+        """One (candidate, split) fit of a search that picks its fits as it goes (adaptive.py),
+        outside joblib's calls: keyed by the search's own `fit_keys`, saved as it ends or taken
+        from the saved fits, stopped by `cancel`. `retrieve_result_callback` of its result is
+        the fit's result in a list of one, or raises the fit's error."""
+        return self._send([call], self._fit_keys([call], fit_keys), None)
+
+    @contextmanager
+    def collecting(self) -> Iterator[None]:
+        """joblib's collector of finished fits running for the block, outside joblib's calls (it
+        runs during one only), for `submit_fit`'s fits."""
+        self.start_call()
+        try:
+            yield
+        finally:
+            self.stop_call()
+
+    def cancel(self, results: list[concurrent.futures.Future]) -> None:
+        """Stop the fits `submit_fit` returned these futures for: dropped before they go, or
+        cancelled on the cluster (see `_forget`)."""
+        for result in results:
+            result.cancel()
+
+    def _forget(self, result: concurrent.futures.Future, task) -> None:
+        """`result`'s task is over for the search: done, or cancelled (then on the cluster too)."""
+        self._task_of.pop(result, None)
+        if result.cancelled():
+            self._results.pop(task, None), self._callbacks.pop(task, None)  # the collector skips it
+            self.client.cancel([task])
+
+    def _send(self, items: list, keys: list[str | None], callback) -> concurrent.futures.Future:
         result = concurrent.futures.Future()
         result.get = result.result  # joblib's AsyncResult interface
-
-        keys = self._fit_keys(func.items)
         todo = [i for i, key in enumerate(keys) if key is None or key not in self.saved]
 
         def finished(out) -> None:
@@ -156,7 +148,7 @@ class ClusterBackend(dask_backend()):
                         self.saved.save(keys[i], without_parameters(value))
                 sent = dict(zip(todo, out, strict=True))
                 out = [
-                    sent[i] if i in sent else with_parameters(self.saved.take(keys[i]), func.items[i])
+                    sent[i] if i in sent else with_parameters(self.saved.take(keys[i]), items[i])
                     for i in range(len(keys))
                 ]
             if not result.done():
@@ -188,7 +180,7 @@ class ClusterBackend(dask_backend()):
             if not todo:  # every fit of the batch is saved: nothing to send
                 finished([])
                 return False
-            calls = [without_idle_callback_context(func.items[i]) for i in todo]
+            calls = [without_idle_callback_context(items[i]) for i in todo]
             try:
                 try:
                     payload, shared = await self._shared.packed(calls)
@@ -203,10 +195,10 @@ class ClusterBackend(dask_backend()):
             except BaseException as error:
                 failed(error)
                 return False
-            if self.released:  # the search ended while this batch was on its way: drop it
+            if self.released or result.cancelled():  # the search, or this fit, ended meanwhile: drop it
                 return False
             key = f"{FitBatch(calls)!r}-{uuid4().hex}"
-            self._outbox.append((key, payload, shared, finished, failed, sending))
+            self._outbox.append((key, payload, shared, finished, failed, sending, result))
             if len(self._outbox) == 1:
                 self.client.loop.add_callback(self._send_outbox)
             return True
@@ -220,7 +212,12 @@ class ClusterBackend(dask_backend()):
         outbox, self._outbox = self._outbox, []
         if not outbox:
             return
-        keys, payloads, shared, finished, failed, sending = zip(*outbox, strict=True)
+        for batch in outbox:
+            if batch[-1].cancelled():  # submit_fit's, cancelled on its way
+                self._sending.discard(batch[-2])
+        if not (outbox := [batch for batch in outbox if not batch[-1].cancelled()]):
+            return
+        keys, payloads, shared, finished, failed, sending, results = zip(*outbox, strict=True)
         try:
             if self.released:  # the search ended meanwhile: nothing of it goes out any more
                 return
@@ -230,7 +227,7 @@ class ClusterBackend(dask_backend()):
                 for fail in failed:
                     fail(error)
                 return
-            for task, done in zip(tasks, finished, strict=True):
+            for task, done, result in zip(tasks, finished, results, strict=True):
                 # Held until it ends, not longer: a finished fit's result is the search's, not the cluster's.
                 self.submitted.add(task)
                 task.add_done_callback(self.submitted.discard)
@@ -238,15 +235,18 @@ class ClusterBackend(dask_backend()):
                 self._callbacks[task] = done
                 # joblib's collector sets this one with the results sent; `done` sets the search's.
                 self._results[task] = concurrent.futures.Future()
+                self._task_of[result] = task
+                result.add_done_callback(lambda result, task=task: self._forget(result, task))
         finally:
             # Until now `release` waited for these batches: their tasks are in `submitted`, or dropped.
             self._sending.difference_update(sending)
 
-    def _fit_keys(self, items) -> list[str | None]:
+    @staticmethod
+    def _fit_keys(items, fit_keys: FitKeys) -> list[str | None]:
         """Each call's key among the saved fits; None for a call that is not a fit."""
         names = [getattr(wrapped_function(f), "__name__", "") for f, _, _ in items]
         return [
-            self.fit_keys.key(args, kwargs) if name == FIT_AND_SCORE else None
+            fit_keys.key(args, kwargs) if name == FIT_AND_SCORE else None
             for name, (_, args, kwargs) in zip(names, items, strict=True)
         ]
 
@@ -276,7 +276,7 @@ class ClusterBackend(dask_backend()):
             if hasattr(future, "release"):
                 future.release()
         self._shared.release()
-        for bookkeeping in (self._results, self._callbacks, self.data_futures):
+        for bookkeeping in (self._results, self._callbacks, self.data_futures, self._task_of):
             bookkeeping.clear()
         self._outbox.clear()
         self._scatter.clear()

@@ -23,6 +23,8 @@ def expected_fits(search, X, y, fit_params: dict | None = None) -> int | None:
         return None
     if hasattr(search, "param_grid"):
         candidates = len(ParameterGrid(search.param_grid))
+    elif hasattr(search, "n_trials") and search.n_trials is not None:  # adaptive.py's: at most, as pruning saves fits
+        candidates = search.n_trials
     elif hasattr(search, "n_iter") and hasattr(search, "param_distributions"):
         candidates = len(ParameterSampler(search.param_distributions, search.n_iter, random_state=0))
     else:

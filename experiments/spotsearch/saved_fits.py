@@ -99,6 +99,7 @@ class SavedFits:
         # The seed a search with random_state=None runs with, drawn once per run: run again
         # (reconnected, resumed), it draws the same candidates.
         self.random_state = int.from_bytes(os.urandom(4), "little")
+        self._kept: dict[str, object] = {}  # see `kept`
 
     def __len__(self) -> int:
         return len(self._fits)
@@ -131,6 +132,7 @@ class SavedFits:
             if files and (why := unrepeatable(search)):
                 raise ClusterError(f"cannot resume {type(search).__name__}: {why}; set it to a number")
             self.random_state = recorded.get("random_state", self.random_state)
+            self._kept = {name: value for name, value in recorded.items() if name not in {*identity, "random_state"}}
             for path in files:
                 key, value = _load(path)
                 self._fits[key] = value
@@ -162,6 +164,16 @@ class SavedFits:
             what = "setting" if part == "settings" else "data:"
             raise ClusterError(f"the saved fits in {self.folder} are of another {part} "
                                f"({what} {', '.join(differs)} differs); {advice}")  # fmt: skip
+
+    def kept(self, name: str, make):
+        """A value a run decides once and keeps for its resumes (the adaptive search's
+        candidates in flight): the one recorded with the folder's fits, else `make()`, recorded."""
+        if name not in self._kept:
+            self._kept[name] = make()
+            if self.folder is not None and (self.folder / IDENTITY).is_file():
+                recorded = {**_read_identity(self.folder / IDENTITY), name: self._kept[name]}
+                write_atomically(self.folder / IDENTITY, json.dumps(recorded, indent=2).encode())
+        return self._kept[name]
 
     def fixed_random_state(self, search) -> dict:
         """The parameter that makes the search draw this run's candidates, if it draws at random."""

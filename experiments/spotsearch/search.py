@@ -218,7 +218,7 @@ def _fit_with_joblib(client, search, X, y, saved: SavedFits, wait_for_workers: f
     """scikit-learn's search through the project's joblib backend (experiments/spotsearch/joblib_backend.py)."""
     from joblib import parallel_config
 
-    from spotsearch.joblib_backend import ClusterBackend
+    from spotsearch.joblib_backend import ACTIVE, ClusterBackend
 
     backend = None
     # n_jobs=-1: as many fits at once as the cluster has threads (the search's own joblib calls
@@ -236,7 +236,11 @@ def _fit_with_joblib(client, search, X, y, saved: SavedFits, wait_for_workers: f
                 )
             search_context.enter_context(parallel_config(backend=backend))
             search_context.enter_context(warning_filters_without_main())
-            return search.fit(X, y, **fit_params)
+            active = ACTIVE.set(backend)
+            try:
+                return search.fit(X, y, **fit_params)
+            finally:
+                ACTIVE.reset(active)
         finally:
             if backend is not None:
                 with suppress(OSError, TimeoutError):  # a lost scheduler: it holds nothing of ours any more

@@ -98,3 +98,52 @@ def incremental_search_base() -> type:
     from dask_ml.model_selection._incremental import BaseIncrementalSearchCV
 
     return BaseIncrementalSearchCV
+
+
+def fit_and_score():
+    """scikit-learn's function that fits and scores one candidate on one split
+    (`sklearn.model_selection._validation._fit_and_score`)."""
+    from sklearn.model_selection._validation import _fit_and_score
+
+    return _fit_and_score
+
+
+def fit_inputs(search, X, y, params: dict) -> tuple:
+    """What `BaseSearchCV.fit` hands each (candidate, split) fit through its evaluate_candidates,
+    for a search (adaptive.py) that sends its fits itself, from inside its `_run_search`:
+    (base estimator, X, y, splits, the metric to optimise, the calls' other keywords). The
+    same values, so that each fit has the key its evaluate_candidates call will look for.
+
+    Private: `_check_method_params`, the search's `_get_scorers`, `_get_routed_params_for_fit`
+    and `_checked_cv_orig` (which `fit` sets before `_run_search`, as `_run_search`'s docstring says)."""
+    from sklearn.base import clone
+    from sklearn.utils import indexable
+    from sklearn.utils.validation import _check_method_params
+
+    X, y = indexable(X, y)
+    routed = search._get_routed_params_for_fit(_check_method_params(X, params=params))
+    scorers, refit_metric = search._get_scorers()
+    splits = list(search._checked_cv_orig.split(X, y, **routed.splitter.split))
+    keywords = dict(
+        scorer=scorers, fit_params=routed.estimator.fit, score_params=routed.scorer.score,
+        return_train_score=search.return_train_score, return_n_test_samples=True, return_times=True,
+        return_parameters=False, error_score=search.error_score, verbose=search.verbose, caller=search,
+        callback_ctx=None,
+    )  # fmt: skip
+    return clone(search.estimator), X, y, splits, refit_metric, keywords
+
+
+def base_search() -> type:
+    """scikit-learn's base class of its searches (`sklearn.model_selection._search.BaseSearchCV`),
+    which AdaptiveSearchCV extends as its `_run_search` docstring invites."""
+    from sklearn.model_selection._search import BaseSearchCV
+
+    return BaseSearchCV
+
+
+def configured(call: tuple, config: dict, warning_filters: list) -> tuple:
+    """A call made with scikit-learn's `delayed`, carrying scikit-learn's config and the warning
+    filters to the worker as scikit-learn's `Parallel` makes it carry them
+    (`sklearn.utils.parallel._FuncWrapper.with_config_and_warning_filters`)."""
+    func, args, kwargs = call
+    return func.with_config_and_warning_filters(config, warning_filters), args, kwargs
