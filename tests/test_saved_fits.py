@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,6 +16,7 @@ from spotsearch.cluster.messages import ClusterError
 from spotsearch.saved_fits import IDENTITY, SUFFIX, SavedFits
 from spotsearch.search import fit_on_cluster
 
+from .restartable_cluster import RestartableCluster
 from .search_cases import (
     CASES,
     DASK_ML_CASES,
@@ -360,52 +357,6 @@ def test_a_fit_that_raises_an_os_error_is_the_searchs_error_not_a_lost_scheduler
 # --- a scheduler lost mid-search, with real processes ---
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class LoopbackCluster:
-    """A scheduler process on a fixed loopback port and a worker process (two workers) for it."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.port, self.log = free_port(), (tmp_path / "cluster.log").open("ab")
-        self.address = f"tcp://127.0.0.1:{self.port}"
-        self.scheduler = self.workers = None
-
-    def _start(self, *command: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", *command], stdout=self.log, stderr=self.log)
-
-    def start(self) -> None:
-        self.scheduler = self._start(
-            "distributed.cli.dask_scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--dashboard-address",
-            ":0",
-        )
-        self.workers = self._start("distributed.cli.dask_worker", self.address, "--nworkers", "2", "--nthreads", "1")
-
-    def kill_scheduler(self) -> float:
-        """As a node that dies takes its scheduler: no goodbye. Its workers leave on their own.
-        Returns when the scheduler was gone (time.monotonic)."""
-        self.scheduler.send_signal(signal.SIGKILL)
-        self.scheduler.wait()
-        gone = time.monotonic()
-        self.workers.wait(timeout=120)
-        return gone
-
-    def stop(self) -> None:
-        for process in (self.workers, self.scheduler):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                process.wait(timeout=60)
-        self.log.close()
-
-
 @pytest.mark.parametrize("engine", ["dask-ml", "scikit-learn"])
 def test_a_search_that_loses_its_scheduler_waits_for_the_next_and_loses_no_finished_fit(tmp_path, engine, capsys):
     from distributed import Client
@@ -428,7 +379,7 @@ def test_a_search_that_loses_its_scheduler_waits_for_the_next_and_loses_no_finis
     search = GridSearchCV(estimator, grid, cv=3)
     saved = CountedSaves(tmp_path / "fits")
     counted, at_loss = [], {}
-    cluster = LoopbackCluster(tmp_path)
+    cluster = RestartableCluster(tmp_path)
 
     def lose_the_scheduler_mid_search() -> None:
         # On fits saved, not fits counted: the scheduler counts a fit before its result reaches
@@ -474,7 +425,7 @@ def test_a_scheduler_that_does_not_come_back_ends_the_search_in_one_line_and_kee
     X, y = digits(900)
     search = GridSearchCV(SVC(), {"C": [1, 10, 100, 1000], "gamma": [1e-4, 1e-3, 1e-2, 1e-1, 1]}, cv=3)
     counted = []
-    cluster = LoopbackCluster(tmp_path)
+    cluster = RestartableCluster(tmp_path)
 
     lost_at = []
 

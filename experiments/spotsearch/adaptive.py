@@ -78,7 +78,7 @@ class AdaptiveSearchCV(base_search()):
         called on its own, on the current Dask client."""
         from spotsearch.joblib_backend import ACTIVE
 
-        self._check_budget()
+        self._check_settings()
         if ACTIVE.get() is None:
             from spotsearch.search import fit_on_cluster
 
@@ -89,7 +89,12 @@ class AdaptiveSearchCV(base_search()):
         finally:
             _FIT_INPUTS.reset(inputs)
 
-    def _check_budget(self) -> None:
+    def _check_settings(self) -> None:
+        """Refused in one line, before the cluster is asked for anything."""
+        from spotsearch.search_space import optuna_space
+
+        optuna_space(self.param_distributions)
+        _pruner(self.pruner)
         if self.n_trials is None and self.timeout is None:
             raise ValueError("AdaptiveSearchCV: n_trials and timeout are both None; give it a budget")
         for name in ("n_trials", "candidates_in_flight"):

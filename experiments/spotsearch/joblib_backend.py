@@ -128,10 +128,12 @@ class ClusterBackend(Collector, dask_backend()):
         for result in results:
             result.cancel()
 
-    def _forget(self, result: concurrent.futures.Future, task) -> None:
-        """`result`'s task is over for the search: done, or cancelled (then on the cluster too)."""
-        self._task_of.pop(result, None)
-        if result.cancelled():
+    def _forget(self, result: concurrent.futures.Future) -> None:
+        """`result`'s task is over for the search: done, or cancelled (then on the cluster too).
+        By its key only: `result`, in a cycle (its `get`), lives until Python's cycle collector
+        runs, and a task it held would stay on the cluster until then."""
+        task = self._task_of.pop(result, None)
+        if task is not None and result.cancelled():
             self._results.pop(task, None), self._callbacks.pop(task, None)  # the collector skips it
             self.client.cancel([task])
 
@@ -236,7 +238,7 @@ class ClusterBackend(Collector, dask_backend()):
                 # joblib's collector sets this one with the results sent; `done` sets the search's.
                 self._results[task] = concurrent.futures.Future()
                 self._task_of[result] = task
-                result.add_done_callback(lambda result, task=task: self._forget(result, task))
+                result.add_done_callback(self._forget)
         finally:
             # Until now `release` waited for these batches: their tasks are in `submitted`, or dropped.
             self._sending.difference_update(sending)
