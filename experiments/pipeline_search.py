@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""A search as users write them: a Pipeline (scaling, PCA, an RBF SVC) searched by scikit-learn's
-HalvingRandomSearchCV on a synthetic classification problem whose size you choose.
+"""A search as users write them: a Pipeline (scaling, PCA, an RBF SVC) searched on a synthetic
+classification problem whose size you choose, by scikit-learn's HalvingRandomSearchCV or by the
+adaptive search (Optuna's TPE, with pruning: --engine adaptive).
 
 Make the problem big enough and it needs a cluster:
 
     python experiments/pipeline_search.py --samples 200000 --features 100 --stack dask
+    python experiments/pipeline_search.py --engine adaptive --trials 100 --stack dask
 """
 
 import argparse
@@ -48,6 +50,14 @@ def main() -> int:
         "--candidates", type=cli.whole_number(1), default=81, help="first-round candidates (default: %(default)s)"
     )
     parser.add_argument(
+        "--engine", choices=("halving", "adaptive"), default="halving",
+        help="halving: HalvingRandomSearchCV; adaptive: spotsearch's AdaptiveSearchCV (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trials", type=cli.whole_number(1), default=60,
+        help="candidates the adaptive engine tries, at most (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
         "--seed", type=cli.whole_number(0, 2**32 - 1), default=0,
         help="seed of the data, split and search (default: %(default)s)",
     )  # fmt: skip
@@ -82,16 +92,22 @@ def main() -> int:
         "svc__C": loguniform(1e-2, 1e3),
         "svc__gamma": loguniform(1e-4, 1e0),
     }
-    search = HalvingRandomSearchCV(
-        pipeline, distributions, n_candidates=args.candidates, factor=3, cv=3, random_state=args.seed
-    )
+    title = f"{args.samples} x {args.features}: scale, PCA, SVC"
+    if args.engine == "adaptive":
+        from spotsearch.adaptive import AdaptiveSearchCV
+
+        search = AdaptiveSearchCV(pipeline, distributions, n_trials=args.trials, cv=3, random_state=args.seed)
+        plot = lambda run, search: plotter.study(run / report.STUDY_PLOT, search, title=title)  # noqa: E731
+    else:
+        search = HalvingRandomSearchCV(
+            pipeline, distributions, n_candidates=args.candidates, factor=3, cv=3, random_state=args.seed
+        )
+        plot = lambda run, search: plotter.candidates(  # noqa: E731
+            run / report.CANDIDATES_PLOT, search.cv_results_, search.best_index_, title=title
+        )
     return experiment.run_search(
-        args, plotter, "pipeline_search", search, data,
-        plot=lambda run, search: plotter.candidates(
-            run / report.CANDIDATES_PLOT, search.cv_results_, search.best_index_,
-            title=f"{args.samples} x {args.features}: scale, PCA, SVC",
-        ),
-        samples=args.samples, features=args.features, seed=args.seed,
+        args, plotter, "pipeline_search", search, data, plot=plot,
+        samples=args.samples, features=args.features, seed=args.seed, engine=args.engine,
     )  # fmt: skip
 
 

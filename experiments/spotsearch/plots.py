@@ -1,4 +1,4 @@
-"""The plots of a run (heatmap.png, candidates.png), drawn in a helper process (`Plotter`)."""
+"""The plots of a run (heatmap.png, candidates.png, study.png), drawn in a helper process (`Plotter`)."""
 
 from __future__ import annotations
 
@@ -94,6 +94,46 @@ def write_candidates(
     save_figure(figure, path)
 
 
+def study_figure(trials: list[dict], logs: dict[str, bool], *, title: str):
+    """An adaptive search's study: the mean CV score against each parameter (pruned candidates,
+    at the mean of the folds they ran, as grey crosses), and the best score so far against the
+    fits run. `trials` in the order they were asked: params, value, state, fits."""
+    from matplotlib.figure import Figure
+
+    names = list(logs)
+    figure = Figure(figsize=(3.6 * (len(names) + 1), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(names) + 1, squeeze=False)[0]
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    pruned = [t for t in trials if t["state"] == "PRUNED" and t["value"] is not None]
+    best = max((t["value"] for t in complete), default=None)
+    for ax, name in zip(axes, names, strict=False):
+        ax.scatter([t["params"][name] for t in pruned], [t["value"] for t in pruned], marker="x", c="grey",
+                   label="pruned")  # fmt: skip
+        ax.scatter([t["params"][name] for t in complete], [t["value"] for t in complete], s=18, label="evaluated")
+        ax.scatter([t["params"][name] for t in complete if t["value"] == best], [best] * sum(
+            t["value"] == best for t in complete), marker="*", s=200, c="red", zorder=3, label="best")  # fmt: skip
+        if logs[name]:
+            ax.set_xscale("log")
+        ax.set(xlabel=name, ylabel="mean CV score")
+    axes[0].legend(loc="lower left")
+    fits, so_far, running_best = 0, [], None
+    for t in trials:
+        fits += t["fits"]
+        if t["state"] == "COMPLETE":
+            running_best = t["value"] if running_best is None else max(running_best, t["value"])
+        so_far.append((fits, running_best))
+    shown = [(fit, score) for fit, score in so_far if score is not None]
+    axes[-1].step([fit for fit, _ in shown], [score for _, score in shown], where="post")
+    axes[-1].set(xlabel="fits run", ylabel="best mean CV score so far", title=f"{len(trials)} candidates, "
+                 f"{len(pruned)} pruned")  # fmt: skip
+    figure.suptitle(title)
+    return figure
+
+
+def write_study(path: Path, trials: list[dict], logs: dict[str, bool], *, title: str) -> None:
+    save_figure(study_figure(trials, logs, title=title), path)
+
+
 def _load_matplotlib() -> None:
     # Ctrl-C reaches every process of the terminal's group: the main process handles it and
     # shuts this one down, which must not print a traceback of its own.
@@ -133,6 +173,16 @@ class Plotter:
         stds = [float(score) for score in cv_results[column.replace("mean_", "std_", 1)]]
         rounds = [int(r) for r in cv_results["iter"]] if "iter" in cv_results else None
         return self._pool.submit(write_candidates, path, means, stds, rounds, int(best_index), title=title)
+
+    def study(self, path: Path, search, *, title: str) -> Future:
+        """An AdaptiveSearchCV's study (adaptive.py), as `study_figure` draws it."""
+        trials = [
+            {"params": t.params, "state": t.state.name, "fits": sum(s is not None for s in t.user_attrs["fold_scores"]),
+             "value": t.value if t.value is not None else (list(t.intermediate_values.values()) or [None])[-1]}
+            for t in search.study_.trials
+        ]  # fmt: skip
+        logs = {name: bool(getattr(d, "log", False)) for name, d in search.study_.trials[0].distributions.items()}
+        return self._pool.submit(write_study, path, trials, logs, title=title)
 
     def __enter__(self) -> Plotter:
         return self

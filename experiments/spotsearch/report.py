@@ -23,6 +23,7 @@ from spotsearch.saved_fits import write_atomically
 CV_TABLE = "cv_results.csv"
 HEATMAP = "heatmap.png"
 CANDIDATES_PLOT = "candidates.png"
+STUDY_PLOT = "study.png"
 DASK_REPORT = "dask-report.html"
 SUMMARY = "summary.json"
 SAVED_FITS = "fits"  # every finished fit, one file each (experiments/spotsearch/saved_fits.py)
@@ -171,7 +172,7 @@ def write_summary(path: Path, **fields) -> None:
     write_atomically(path, (json.dumps(fields, indent=2, default=_jsonable) + "\n").encode())
 
 
-VERSIONS_OF = ("spotsearch", "scikit-learn", "dask", "distributed", "dask-ml", "numpy", "joblib", "cloudpickle")
+VERSIONS_OF = ("spotsearch", "scikit-learn", "dask", "distributed", "dask-ml", "numpy", "joblib", "cloudpickle", "optuna")
 
 
 def run_record(started: float) -> dict:
@@ -213,12 +214,23 @@ def summary_fields(search, where: Where, timings: dict[str, float], **extra) -> 
         **best_fields(search),
         "candidates": len(results["params"]),
         "splits": len({column.split("_", 1)[0] for column in results if re.fullmatch(r"split\d+_test_\w+", column)}),
+        **adaptive_fields(search),
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
         # The dashboard link's key opens the cluster's dashboard while this run lasts: not kept.
         "where": {**asdict(where), "dashboard": without_key(where.dashboard) if where.dashboard else None},
         "client": {"python": platform.python_version(), "machine": platform.machine()},
         **extra,
     }
+
+
+def adaptive_fields(search) -> dict:
+    """What an AdaptiveSearchCV's study did (adaptive.py): candidates tried, pruned, and the fits
+    pruning saved; nothing for another search."""
+    if not hasattr(search, "study_"):
+        return {}
+    states = [t.state.name.lower() for t in search.study_.trials]
+    return {"trials": {state: states.count(state) for state in sorted(set(states))} | {"asked": len(states)},
+            "fits_saved_by_pruning": search.fits_saved_by_pruning_}  # fmt: skip
 
 
 def _jsonable(value):
