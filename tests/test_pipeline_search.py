@@ -1,4 +1,5 @@
-"""A user's own search (experiments/pipeline_search.py): a pipeline searched by successive halving."""
+"""A user's own search (experiments/pipeline_search.py): a pipeline searched by successive halving, or
+by the adaptive search."""
 
 from __future__ import annotations
 
@@ -53,3 +54,35 @@ def test_a_pipeline_searched_by_successive_halving(tmp_path):
         again = list(csv.DictReader(file))
     untimed = [[value for name, value in row.items() if "time" not in name] for row in rows]
     assert [[value for name, value in row.items() if "time" not in name] for row in again] == untimed
+
+
+def test_the_pipeline_searched_by_the_adaptive_engine_and_resumed(tmp_path):
+    script = ROOT / "experiments" / "pipeline_search.py"
+    command = [sys.executable, str(script), "--engine", "adaptive", "--trials", "20", "--samples", "600",
+               "--features", "12", "--results", "r"]  # fmt: skip
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr and "Trial " not in run.stderr, "no traceback, no Optuna line per trial"
+    folder = only_run_folder(tmp_path / "r")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "cv_results.csv", "dask-report.html", "fits", "study.png", "summary.json"
+    ]  # fmt: skip
+    assert (folder / "fits" / "study.journal").is_file()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["search"] == "spotsearch.AdaptiveSearchCV" and summary["engine"] == "adaptive"
+    assert summary["trials"]["asked"] == 20
+    assert summary["trials"].get("complete", 0) + summary["trials"].get("pruned", 0) == 20
+    assert summary["candidates"] == summary["trials"]["complete"]
+    pruned = summary["trials"].get("pruned", 0)
+    assert 0 < summary["fits_saved_by_pruning"] <= 2 * pruned, "each pruned candidate ran its first fold"
+
+    saved = sorted((folder / "fits").glob("*.fit"))
+    for lost in saved[::3]:
+        lost.unlink()
+    (folder / "summary.json").unlink()  # as a run stopped mid-search leaves it
+    resumed = subprocess.run([*command, "--resume", folder.name], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    again = json.loads((folder / "summary.json").read_text())
+    assert again["resumed"] == {"fits_reused": len(saved) - len(saved[::3])}
+    assert (again["trials"], again["best_params"]) == (summary["trials"], summary["best_params"])

@@ -96,3 +96,27 @@ def test_a_result_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.undo()
     report.write_summary(tmp_path / "summary.json", best_params={"C": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_the_study_plot_shows_each_parameter_the_pruned_and_the_best_so_far_against_fits():
+    from matplotlib.collections import PathCollection
+
+    from spotsearch.plots import study_figure
+
+    trials = [
+        {"params": {"C": 1.0, "kernel": "rbf"}, "state": "COMPLETE", "value": 0.8, "fits": 3},
+        {"params": {"C": 100.0, "kernel": "poly"}, "state": "PRUNED", "value": 0.3, "fits": 1},
+        {"params": {"C": 10.0, "kernel": "rbf"}, "state": "COMPLETE", "value": 0.9, "fits": 3},
+        {"params": {"C": 0.1, "kernel": "poly"}, "state": "COMPLETE", "value": 0.7, "fits": 3},
+    ]
+    figure = study_figure(trials, {"C": True, "kernel": False}, title="t")
+    c_axis, kernel_axis, so_far = figure.axes[:3]
+    assert (c_axis.get_xscale(), kernel_axis.get_xscale()) == ("log", "linear")
+    pruned, evaluated, best = (collection.get_offsets() for collection in c_axis.collections
+                               if isinstance(collection, PathCollection))  # fmt: skip
+    assert pruned.tolist() == [[100.0, 0.3]]
+    assert sorted(map(tuple, evaluated.tolist())) == [(0.1, 0.7), (1.0, 0.8), (10.0, 0.9)]
+    assert best.tolist() == [[10.0, 0.9]]
+    (line,) = so_far.get_lines()
+    assert line.get_xdata().tolist() == [3, 4, 7, 10] and line.get_ydata().tolist() == [0.8, 0.8, 0.9, 0.9]
+    assert so_far.get_title() == "4 candidates, 1 pruned"
