@@ -99,7 +99,7 @@ def test_the_study_does_not_depend_on_the_order_the_fits_finish_in():
         loop = StudyLoop(
             study, space, n_splits=4, in_flight=6, n_trials=40, deadline=None,
             pruner=optuna.pruners.MedianPruner(n_startup_trials=5), submit=submit,
-            score=lambda future: future.score, cancel=lambda futures: [future.cancel() for future in futures],
+            score=lambda future: (future.score, 0.0), cancel=lambda futures: [future.cancel() for future in futures],
         )  # fmt: skip
         try:
             loop.run()

@@ -132,9 +132,9 @@ class AdaptiveSearchCV(base_search()):
             )  # fmt: skip
             return backend.submit_fit(configured(call, config, warning_filters), keys)
 
-        def score(future) -> float:
+        def score(future) -> tuple[float, float]:
             (out,) = backend.retrieve_result_callback(future.result())
-            return _optimised_score(out["test_scores"], metric, self.refit)
+            return _optimised_score(out["test_scores"], metric, self.refit), out["fit_time"] + out["score_time"]
 
         study = self._study(backend.saved)
         loop = StudyLoop(

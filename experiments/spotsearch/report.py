@@ -172,7 +172,17 @@ def write_summary(path: Path, **fields) -> None:
     write_atomically(path, (json.dumps(fields, indent=2, default=_jsonable) + "\n").encode())
 
 
-VERSIONS_OF = ("spotsearch", "scikit-learn", "dask", "distributed", "dask-ml", "numpy", "joblib", "cloudpickle", "optuna")
+VERSIONS_OF = (
+    "spotsearch",
+    "scikit-learn",
+    "dask",
+    "distributed",
+    "dask-ml",
+    "numpy",
+    "joblib",
+    "cloudpickle",
+    "optuna",
+)
 
 
 def run_record(started: float) -> dict:

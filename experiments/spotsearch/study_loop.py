@@ -33,6 +33,7 @@ class Candidate:
     trial: object  # optuna.trial.Trial
     told_before: int  # how many trials had been told when it was asked: what its pruner compares it with
     scores: dict[int, float] = field(default_factory=dict)  # by fold, as they arrive
+    seconds: dict[int, float] = field(default_factory=dict)  # each fold's fit and score time
     running: dict[Future, int] = field(default_factory=dict)  # its folds on their way, by future
     means: list[float] = field(default_factory=list)  # the mean score over folds 0..s, for each fold s taken
     state: object = None  # optuna's TrialState once decided: COMPLETE, PRUNED or FAIL
@@ -44,7 +45,7 @@ class Candidate:
 
 class StudyLoop:
     """Runs `study` to its budget. `submit(trial, fold)` sends a fold's fit and returns its
-    future, `score(future)` is that fit's score (raising the fit's error, if it raised),
+    future, `score(future)` is that fit's score and its seconds (raising the fit's error, if it raised),
     `cancel(futures)` stops fits; `pruner` is an Optuna pruner, or None for none."""
 
     def __init__(
@@ -102,7 +103,7 @@ class StudyLoop:
         if owner is None or owner.state is not None:
             return
         fold = owner.running.pop(future)
-        owner.scores[fold] = self._score(future)
+        owner.scores[fold], owner.seconds[fold] = self._score(future)
         self._take_folds(owner)
 
     def _take_folds(self, candidate: Candidate) -> None:
@@ -145,6 +146,7 @@ class StudyLoop:
         for step, mean in enumerate(candidate.means):
             trial.report(mean, step)
         trial.set_user_attr("fold_scores", [candidate.scores.get(fold) for fold in range(self.n_splits)])
+        trial.set_user_attr("fold_seconds", [candidate.seconds.get(fold) for fold in range(self.n_splits)])
         if candidate.state == _state("COMPLETE"):
             self.study.tell(trial, candidate.means[-1])
         else:
