@@ -266,6 +266,7 @@ def test_fit_on_its_own_runs_on_the_current_client_or_says_in_one_line_that_it_n
         ({"timeout": -5}, "timeout must be a number of seconds above 0, not -5"),
         ({"candidates_in_flight": 1.5}, "candidates_in_flight must be a whole number of at least 1, not 1.5"),
         ({"pruner": "mean"}, "pruner must be 'median', None or an Optuna pruner, not 'mean'"),
+        ({"pruner": "hyperband"}, "pruner HyperbandPruner reads trials still running"),
         ({"param_distributions": {"C": "big"}}, "C: 'big' is neither a list of choices"),
     ],
 )
@@ -276,6 +277,10 @@ def test_bad_settings_are_refused_in_one_line_before_the_cluster_is_asked(settin
         raise AssertionError("the cluster was asked for")
 
     monkeypatch.setattr(spotsearch.search, "fit_on_cluster", no_cluster)
+    if settings.get("pruner") == "hyperband":
+        import optuna
+
+        settings = {"pruner": optuna.pruners.HyperbandPruner()}
     with pytest.raises(ValueError) as refused:
         svc_search().set_params(**settings).fit(*digits())
     assert said in str(refused.value) and "\n" not in str(refused.value)

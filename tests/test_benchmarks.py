@@ -101,3 +101,26 @@ def test_the_text_benchmarks_search_is_the_same_through_the_cluster():
         through = fit_on_cluster(search(), X, y, progress=False)
     assert through.best_params_ == plain.best_params_
     assert list(through.cv_results_["mean_test_score"]) == list(plain.cv_results_["mean_test_score"])
+
+
+def test_the_adaptive_search_benchmark_counts_fits_to_the_target_for_every_engine(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "benchmarks" / "smart.py"), "--seeds", "1", "--candidates", "4",
+         "--cv", "3", "--samples", "300", "--share", "0.5"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    header = next(line for line in run.stdout.splitlines() if line.startswith("| engine"))
+    assert "| fits to target (median) |" in header
+    rows = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| ") and line != header]
+    assert [row[0] for row in rows] == ["| adaptive", "| random (40 candidates)", "| halving"]
+    for row in rows:
+        assert float(row[1]) > 0 and row[3] == "1/1", row  # half the best score is reached by every engine
+
+
+def test_fits_to_target_count_up_to_the_first_candidate_that_reaches_it():
+    from experiments.benchmarks.smart import to_target
+
+    tried = [(3, 1.0, 0.5), (1, 0.1, None), (3, 2.0, 0.9), (3, 1.0, 0.95)]
+    assert to_target(tried, 0.9) == (7, 3.1)
+    assert to_target(tried, 0.99) == (float("inf"), float("inf"))

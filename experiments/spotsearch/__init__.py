@@ -8,7 +8,8 @@ any Dask cluster, or on a cluster of AWS spot instances that this project deploy
         fit_on_cluster(search, X, y)
 
 `run` is the same for a script: the command line's flags, the progress, a run folder with the
-results, and every error as one line.
+results, and every error as one line. `AdaptiveSearchCV` is a search that learns where to look
+(Optuna's TPE) and prunes bad candidates after their first folds.
 
 The names are loaded when first used: `import spotsearch` alone loads none of Dask,
 scikit-learn or matplotlib. The nodes need none of this package (see node_code.py).
@@ -18,9 +19,10 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["Cluster", "ClusterError", "fit_on_cluster", "run"]
+__all__ = ["AdaptiveSearchCV", "Cluster", "ClusterError", "fit_on_cluster", "run"]
 
 _WHERE = {
+    "AdaptiveSearchCV": "spotsearch.adaptive",
     "Cluster": "spotsearch.cluster.connect",
     "ClusterError": "spotsearch.cluster.messages",
     "fit_on_cluster": "spotsearch.search",

@@ -186,6 +186,9 @@ def _pruner(pruner):
 
     if pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    if isinstance(pruner, (optuna.pruners.SuccessiveHalvingPruner, optuna.pruners.HyperbandPruner)):
+        raise ValueError(f"AdaptiveSearchCV: pruner {type(pruner).__name__} reads trials still running, which this "
+                         "search keeps out of a pruner's sight; use 'median' or one of finished trials")  # fmt: skip
     if pruner is None or isinstance(pruner, optuna.pruners.BasePruner):
         return pruner
     raise ValueError(f"AdaptiveSearchCV: pruner must be 'median', None or an Optuna pruner, not {pruner!r}")
