@@ -140,3 +140,54 @@ def test_private_names_are_imported_only_in_upstream_py():
     assert found.pop("on_nodes.py") == set(upstream.NODE_NAMES)
     found.pop("upstream.py")
     assert {name: names for name, names in found.items() if names} == {}
+
+
+def test_fit_inputs_give_each_fit_the_key_of_the_call_evaluate_candidates_makes(monkeypatch):
+    """AdaptiveSearchCV sends its fits itself, then evaluate_candidates takes them from the saved
+    fits by key: the keys must be the same, so the keywords must be."""
+    import sklearn.model_selection._search as search_module
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+    from sklearn.utils.parallel import delayed
+
+    from spotsearch.fit_keys import FitKeys
+
+    made, ours = [], []
+    real = search_module._fit_and_score
+
+    def recorded(*args, **kwargs):
+        made.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    class Recording(GridSearchCV):
+        def _run_search(self, evaluate_candidates):
+            base, X, y, splits, metric, keywords = upstream.fit_inputs(self, X_all, y_all, {"sample_weight": weights})
+            for train, test in splits:
+                _, args, kwargs = delayed(upstream.fit_and_score())(
+                    base, X, y, train=train, test=test, parameters={"C": 2.0}, **keywords
+                )
+                ours.append((args, kwargs))
+            assert metric == "f1_macro"
+            evaluate_candidates([{"C": 2.0}])
+
+    monkeypatch.setattr(search_module, "_fit_and_score", recorded)
+    X_all, y_all = np.random.default_rng(0).normal(size=(60, 3)), np.arange(60) % 3
+    weights = np.linspace(1, 2, 60)
+    search = Recording(SVC(), {"C": [2.0]}, cv=3, scoring=["accuracy", "f1_macro"], refit="f1_macro")
+    search.fit(X_all, y_all, sample_weight=weights)
+    assert len(made) == len(ours) == 3
+    assert [FitKeys().key(*call) for call in ours] == [FitKeys().key(*call) for call in made]
+    assert [sorted(kwargs) for _, kwargs in ours] == [sorted(set(kwargs) - {"split_progress", "candidate_progress"})
+                                                     for _, kwargs in made]  # fmt: skip
+
+
+def test_the_base_search_and_the_config_a_delayed_call_carries():
+    import warnings
+
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.utils.parallel import delayed
+
+    assert issubclass(GridSearchCV, upstream.base_search())
+    assert "self._checked_cv_orig = " in inspect.getsource(upstream.base_search().fit)
+    func, args, kwargs = upstream.configured(delayed(len)([1, 2]), {"assume_finite": True}, warnings.filters)
+    assert (func.config, func.warning_filters, func(*args, **kwargs)) == ({"assume_finite": True}, warnings.filters, 2)

@@ -16,17 +16,16 @@ def is_dask_ml(search) -> bool:
 
 
 def refuse_unsupported(search) -> None:
-    """dask-ml's incremental searches (Hyperband and the like) fail inside dask-ml with the pinned
-    dask and distributed: their fit calls `dask.persist` from the client's event loop, which
-    distributed refuses ("an asynchronous Client in a synchronous context"). Refused before any work."""
+    """dask-ml's incremental searches (Hyperband and the like) are broken upstream since dask 2025.3
+    (dask/dask-ml#1016): their fit calls `dask.persist` from the client's event loop, which dask
+    refuses ("an asynchronous Client in a synchronous context"). Refused before any work."""
     if not is_dask_ml(search):
         return
     if isinstance(search, incremental_search_base()):
         raise ClusterError(
-            f"dask-ml's {type(search).__name__} does not run with this project's dask and distributed (dask-ml "
-            "calls dask.persist inside the client's event loop, which distributed refuses); use scikit-learn's "
-            "HalvingRandomSearchCV or HalvingGridSearchCV for successive halving, or dask-ml's GridSearchCV "
-            "or RandomizedSearchCV"
+            f"dask-ml's {type(search).__name__} is broken upstream since dask 2025.3 (dask/dask-ml#1016: it calls "
+            "dask.persist inside the client's event loop); use spotsearch.AdaptiveSearchCV for an adaptive search "
+            "that prunes, or scikit-learn's HalvingRandomSearchCV or HalvingGridSearchCV for successive halving"
         )
 
 
