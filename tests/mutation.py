@@ -31,6 +31,8 @@ MODULES = {
     "stacks/config.py": ["tests/test_config.py"],
     "src/spotsearch/cost.py": ["tests/test_cost.py"],
     "src/spotsearch/data_file.py": ["tests/test_data_file.py"],
+    "src/spotsearch/study_loop.py": ["tests/test_study_loop.py"],
+    "src/spotsearch/search_space.py": ["tests/test_search_space.py"],
     "src/dask_node/worker_autoscaler.py": ["tests/test_node_worker_autoscaler.py"],
 }
 GOAL = 0.8  # of a module's mutants killed

@@ -96,3 +96,20 @@ def test_fit_on_cluster_takes_the_current_client_and_says_so_when_there_is_none(
     with Cluster() as cluster, Client(cluster):
         assert fit_on_cluster(search, X, y, progress=False) is search
     assert search.best_params_ == {"C": 1}
+
+
+def test_a_script_of_ones_own_with_the_adaptive_search_draws_its_study(tmp_path):
+    script = tmp_path / "my_adaptive.py"
+    script.write_text(
+        "from scipy.stats import loguniform\nfrom sklearn.datasets import load_digits\nfrom sklearn.svm import SVC\n\n"
+        "import spotsearch\n\nX, y = load_digits(return_X_y=True)\n"
+        "search = spotsearch.run(spotsearch.AdaptiveSearchCV(SVC(), {'C': loguniform(1e-2, 1e3)}, n_trials=8, cv=3),"
+        " X[:400], y[:400])\nprint('pruned:', search.n_pruned_)\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "pruned: " in run.stdout and "Traceback" not in run.stderr
+    (folder,) = (tmp_path / "results").iterdir()
+    names = {path.name for path in folder.iterdir()}
+    assert "study.png" in names and "candidates.png" not in names
+    assert json.loads((folder / "summary.json").read_text())["trials"]["asked"] == 8

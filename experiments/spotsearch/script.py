@@ -63,14 +63,16 @@ def run(search, X, y=None, *, test: tuple | None = None, name: str | None = None
     args = parser.parse_args(argv)
     X_test, y_test = test if test is not None else (None, None)
 
+    def plot(plotter: plots.Plotter, run: Path, search):
+        if hasattr(search, "study_"):  # AdaptiveSearchCV: its study, against each parameter and the fits
+            return plotter.study(run / report.STUDY_PLOT, search, title=name)
+        return plotter.candidates(run / report.CANDIDATES_PLOT, search.cv_results_, search.best_index_, title=name)
+
     def main() -> int:
         plotter = plots.Plotter()
         return experiment.run_search(
             args, plotter, name, search, (X, X_test, y, y_test), fit_params=fit_params,
-            plot=lambda run, search: plotter.candidates(
-                run / report.CANDIDATES_PLOT, search.cv_results_, search.best_index_, title=name
-            ),
-            **summary,
+            plot=lambda run, search: plot(plotter, run, search), **summary,
         )  # fmt: skip
 
     try:
