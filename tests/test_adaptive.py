@@ -131,20 +131,20 @@ def test_a_resume_after_ctrl_c_runs_only_unsaved_fits_and_ends_with_the_uninterr
     X, y = digits()
     whole = svc_search()
     fit_on_cluster(whole, X, y, client=process_cluster, progress=False, saved_fits=tmp_path / "whole")
-    counted = []
 
-    def interrupt_after_a_few(fits: int) -> None:
-        counted.append(fits)
-        if sum(counted) >= 12 and counted[-1]:
-            counted.append(0)
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # what Ctrl-C does
+    class InterruptedAfterTwelve(SavedFits):
+        def save(self, key: str, value) -> None:
+            super().save(key, value)
+            if len(self) == 12:  # on fits saved: the scheduler counts a fit before the laptop has it
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # what Ctrl-C does
 
     with pytest.raises(KeyboardInterrupt):
-        fit_on_cluster(
-            svc_search(), X, y, client=process_cluster, saved_fits=tmp_path / "cut", on_fits=interrupt_after_a_few
-        )
+        fit_on_cluster(svc_search(), X, y, client=process_cluster, saved_fits=InterruptedAfterTwelve(tmp_path / "cut"),
+                       progress=False)  # fmt: skip
     assert_clean(process_cluster)
     kept = {path.name for path in (tmp_path / "cut").glob(f"*{SUFFIX}")}
+    others = {path.name for path in (tmp_path / "cut").iterdir()} - kept
+    assert others == {"search.json", JOURNAL}, "the study kept as a journal, no lock or part of one left"
     assert 12 <= len(kept) < len(list((tmp_path / "whole").glob(f"*{SUFFIX}"))), "interrupted mid-search"
 
     resumed, saved = svc_search(), CountedSaves(tmp_path / "cut")

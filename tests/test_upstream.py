@@ -146,6 +146,7 @@ def test_fit_inputs_give_each_fit_the_key_of_the_call_evaluate_candidates_makes(
     """AdaptiveSearchCV sends its fits itself, then evaluate_candidates takes them from the saved
     fits by key: the keys must be the same, so the keywords must be."""
     import sklearn.model_selection._search as search_module
+    from sklearn.base import clone
     from sklearn.model_selection import GridSearchCV
     from sklearn.svm import SVC
     from sklearn.utils.parallel import delayed
@@ -156,7 +157,7 @@ def test_fit_inputs_give_each_fit_the_key_of_the_call_evaluate_candidates_makes(
     real = search_module._fit_and_score
 
     def recorded(*args, **kwargs):
-        made.append((args, kwargs))
+        made.append((FitKeys().key(args, kwargs), sorted(kwargs)))  # keyed before the fit changes the estimator
         return real(*args, **kwargs)
 
     class Recording(GridSearchCV):
@@ -164,9 +165,9 @@ def test_fit_inputs_give_each_fit_the_key_of_the_call_evaluate_candidates_makes(
             base, X, y, splits, metric, keywords = upstream.fit_inputs(self, X_all, y_all, {"sample_weight": weights})
             for train, test in splits:
                 _, args, kwargs = delayed(upstream.fit_and_score())(
-                    base, X, y, train=train, test=test, parameters={"C": 2.0}, **keywords
-                )
-                ours.append((args, kwargs))
+                    clone(base), X, y, train=train, test=test, parameters={"C": 2.0}, **keywords
+                )  # a clone for each, as evaluate_candidates makes them
+                ours.append((FitKeys().key(args, kwargs), sorted(kwargs)))
             assert metric == "f1_macro"
             evaluate_candidates([{"C": 2.0}])
 
@@ -176,9 +177,9 @@ def test_fit_inputs_give_each_fit_the_key_of_the_call_evaluate_candidates_makes(
     search = Recording(SVC(), {"C": [2.0]}, cv=3, scoring=["accuracy", "f1_macro"], refit="f1_macro")
     search.fit(X_all, y_all, sample_weight=weights)
     assert len(made) == len(ours) == 3
-    assert [FitKeys().key(*call) for call in ours] == [FitKeys().key(*call) for call in made]
-    assert [sorted(kwargs) for _, kwargs in ours] == [sorted(set(kwargs) - {"split_progress", "candidate_progress"})
-                                                     for _, kwargs in made]  # fmt: skip
+    assert [key for key, _ in ours] == [key for key, _ in made]
+    assert [names for _, names in ours] == [sorted(set(names) - {"split_progress", "candidate_progress"})
+                                            for _, names in made]  # fmt: skip
 
 
 def test_the_base_search_and_the_config_a_delayed_call_carries():

@@ -8,19 +8,23 @@ RandomizedSearchCV. Its fits are ordinary (candidate, split) fits of the project
 picks them is study_loop.py; the candidates in cv_results_ are those evaluated on every fold (a
 pruned candidate is in `study_`, with the folds it ran).
 
-The study lives on the laptop: in a journal file beside the saved fits (`study.journal`), and
-rebuilt from them, the same trials for the same seed, after a lost scheduler or on --resume.
+The study lives on the laptop: in memory while the search runs, in a journal file beside the saved
+fits (`study.journal`) when it ends, however it ends; after a lost scheduler or on --resume it is
+rebuilt from the saved fits (which return at once), the same trials for the same seed.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from contextvars import ContextVar
 from numbers import Integral
+from pathlib import Path
+from uuid import uuid4
 
 import numpy as np
 
-from spotsearch.cluster.messages import ClusterError
+from spotsearch.cluster.messages import ClusterError, console
 from spotsearch.upstream import base_search
 
 JOURNAL = "study.journal"
@@ -136,7 +140,7 @@ class AdaptiveSearchCV(base_search()):
             (out,) = backend.retrieve_result_callback(future.result())
             return _optimised_score(out["test_scores"], metric, self.refit), out["fit_time"] + out["score_time"]
 
-        study = self._study(backend.saved)
+        study = self._study()
         loop = StudyLoop(
             study, space, n_splits=len(splits), n_trials=self.n_trials, pruner=_pruner(self.pruner),
             deadline=None if self.timeout is None else time.monotonic() + self.timeout,
@@ -144,8 +148,12 @@ class AdaptiveSearchCV(base_search()):
                                                                      lambda: _filling(backend.client, len(splits))),
             submit=submit, score=score, cancel=backend.cancel,
         )  # fmt: skip
-        with _quiet_optuna(), backend.collecting():
-            candidates = loop.run()
+        try:
+            with _quiet_optuna(), backend.collecting():
+                candidates = loop.run()
+        finally:  # however it ends: finished, an error, Ctrl-C, a lost scheduler
+            if backend.saved.folder is not None:
+                keep_journal(study, backend.saved.folder / JOURNAL)
         pruned = [c for c in candidates if c.state.name == "PRUNED"]
         evaluated = [c for c in candidates if c.state.name != "PRUNED"]
         self.study_, self.n_trials_, self.n_pruned_ = study, len(candidates), len(pruned)
@@ -154,25 +162,40 @@ class AdaptiveSearchCV(base_search()):
             [decode(c.trial.params) for c in evaluated], more_results={"trial_number": [c.number for c in evaluated]}
         )
 
-    def _study(self, saved):
-        """A new study, in the journal beside the saved fits if they are in a folder: one left by
-        an earlier attempt is replaced, as the loop rebuilds the same trials from the saved fits."""
+    def _study(self):
+        """A new study, in memory: the loop rebuilds an earlier attempt's trials from the saved
+        fits (see the module's docstring); `keep_journal` writes it beside them."""
         import optuna
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
         from sklearn.utils import check_random_state
 
-        storage = None
-        if saved.folder is not None:
-            (saved.folder / JOURNAL).unlink(missing_ok=True)
-            storage = JournalStorage(JournalFileBackend(str(saved.folder / JOURNAL)))
         seed = self.random_state
         if seed is not None and not isinstance(seed, Integral):
             seed = int(check_random_state(seed).randint(2**31 - 1))
         sampler = (self.sampler or _tpe)(seed=seed)
         with _quiet_optuna():
-            return optuna.create_study(storage=storage, sampler=sampler, direction="maximize",
-                                       study_name=type(self.estimator).__name__)  # fmt: skip
+            return optuna.create_study(sampler=sampler, direction="maximize", study_name=type(self.estimator).__name__)
+
+
+def keep_journal(study, path: Path) -> None:
+    """`study` as an Optuna journal file at `path` (what `optuna.load_study` and optuna-dashboard
+    read), written whole then renamed over the last: a Ctrl-C in the middle of the search's
+    writes never leaves a journal cut short, or the lock of Optuna's journal, which a later run
+    would wait on for ever. A disk that refuses it costs a warning, never the search."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    temporary = path.with_name(f".{path.name}-{uuid4().hex}")
+    try:
+        with _quiet_optuna():
+            kept = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(temporary))),
+                                       study_name=study.study_name, direction="maximize")  # fmt: skip
+            kept.add_trials(study.get_trials(deepcopy=False))
+        os.replace(temporary, path)
+    except OSError as error:
+        console(f"warning: the study's journal was not written in {path.parent} ({error.strerror or error})")
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _tpe(seed):
