@@ -134,7 +134,8 @@ class ClusterBackend(Collector, dask_backend()):
         runs, and a task it held would stay on the cluster until then."""
         task = self._task_of.pop(result, None)
         if task is not None and result.cancelled():
-            self._results.pop(task, None), self._callbacks.pop(task, None)  # the collector skips it
+            self._results.pop(task, None)  # the collector skips it
+            self._callbacks.pop(task, None)
             self.client.cancel([task])
 
     def _send(self, items: list, keys: list[str | None], callback) -> concurrent.futures.Future:
