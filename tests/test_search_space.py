@@ -27,3 +27,23 @@ def test_the_search_space_takes_what_randomized_search_cv_takes():
     assert candidate["scale"] is scalers[1] and candidate["kernel"] == "rbf"
     with pytest.raises(ValueError, match="x: scipy's norm has no Optuna counterpart"):
         optuna_space({"x": norm()})
+
+
+@pytest.mark.parametrize("given", [{}, [("C", [1, 2])], None])
+def test_a_search_space_that_is_not_a_non_empty_dict_is_refused_in_one_line(given):
+    from spotsearch.search_space import optuna_space
+
+    with pytest.raises(ValueError, match=r"^AdaptiveSearchCV: param_distributions must be a non-empty dict, not "):
+        optuna_space(given)
+
+
+def test_plain_choices_none_among_them_are_kept_as_they_are_and_reciprocal_is_log_uniform():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from scipy.stats import reciprocal
+
+    from spotsearch.search_space import optuna_space
+
+    space, decode = optuna_space({"class_weight": [None, "balanced"], "alpha": reciprocal(1e-4, 1e-1)})
+    assert space["class_weight"] == CategoricalDistribution([None, "balanced"])
+    assert space["alpha"] == FloatDistribution(1e-4, 1e-1, log=True)
+    assert decode({"class_weight": None, "alpha": 0.01}) == {"class_weight": None, "alpha": 0.01}

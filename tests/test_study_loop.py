@@ -131,3 +131,41 @@ def test_a_fit_that_raises_ends_the_loop_with_its_error_and_cancels_every_fit_on
     time.sleep(0.6)  # every timer has fired
     assert all(future.done() for _, _, future in fits.sent), "nothing left running"
     assert any(future.cancelled() for _, _, future in fits.sent), "those on their way were cancelled"
+
+
+def test_a_candidate_is_told_the_mean_of_its_folds_with_each_fold_on_record():
+    fits = FakeFits()
+    study, _ = fits.run(in_flight=2, n_trials=4)
+    for trial in study.trials:
+        expected = 1 - abs(math.log10(trial.params["x"])) / 3
+        assert trial.value == pytest.approx(expected)
+        assert trial.intermediate_values == pytest.approx({0: expected, 1: expected, 2: expected})
+        assert trial.user_attrs["fold_scores"] == pytest.approx([expected] * 3)
+        assert len(trial.user_attrs["fold_seconds"]) == 3
+
+
+def test_a_candidate_whose_folds_failed_is_told_failed_and_never_pruned():
+    import optuna
+
+    fits = FakeFits()
+
+    def score(future):  # error_score's NaN for trial 6, a real score for the others
+        return (math.nan if future.trial.number == 6 else future.result()), 0.0
+
+    study, _ = fits.run(in_flight=2, n_trials=10, score=score, pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    failed = study.trials[6]
+    assert failed.state.name == "FAIL" and len(failed.intermediate_values) == 3, "every fold ran, as in scikit-learn"
+    assert {t.state.name for t in study.trials[:6]} <= {"COMPLETE", "PRUNED"}
+
+
+def test_a_time_budget_asks_no_candidate_once_it_is_over():
+    import optuna
+
+    from spotsearch.study_loop import StudyLoop
+
+    study = optuna.create_study(direction="maximize")
+    loop = StudyLoop(
+        study, {"x": optuna.distributions.FloatDistribution(0, 1)}, n_splits=3, in_flight=2, n_trials=None,
+        deadline=time.monotonic() - 1, pruner=None, submit=None, score=None, cancel=None,
+    )  # fmt: skip
+    assert loop.run() == [] and study.trials == []
