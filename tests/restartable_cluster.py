@@ -7,8 +7,24 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+from spotsearch.saved_fits import SavedFits
+from spotsearch.search import fit_on_cluster
+
+
+class CountedSaves(SavedFits):
+    """SavedFits that counts the fits saved, that is, the fits this search ran."""
+
+    def __init__(self, folder=None) -> None:
+        super().__init__(folder)
+        self.saves: list[str] = []
+
+    def save(self, key: str, value) -> None:
+        self.saves.append(key)
+        super().save(key, value)
 
 
 def free_port() -> int:
@@ -55,3 +71,33 @@ class RestartableCluster:
                 process.terminate()
                 process.wait(timeout=60)
         self.log.close()
+
+    def fit_losing_the_scheduler(self, search, X, y, saved: CountedSaves, *, after: int = 10, **options) -> int:
+        """Fit `search` here, the scheduler killed once `after` fits are saved and started again
+        at the same address (what a replaced spot scheduler does); the cluster is clean after.
+        Returns the fits saved when it was lost."""
+        from distributed import Client
+
+        from .search_cases import assert_clean
+
+        at_loss = []
+
+        def lose_the_scheduler_mid_search() -> None:
+            # On fits saved, not fits counted: the scheduler counts a fit before its result reaches
+            # the laptop, and on a busy machine that lag is several fits.
+            while len(saved) < after:
+                time.sleep(0.02)
+            self.kill_scheduler()
+            at_loss.append(len(saved))
+            self.start()  # what the scheduler's replacement and the workers' restart do
+
+        self.start()
+        try:
+            with Client(self.address, timeout="60s") as client:
+                client.wait_for_workers(2, timeout=120)
+                threading.Thread(target=lose_the_scheduler_mid_search, daemon=True).start()
+                fit_on_cluster(search, X, y, client=client, saved_fits=saved, wait_for_workers=180, **options)
+                assert_clean(client)
+        finally:
+            self.stop()
+        return at_loss[0]

@@ -18,20 +18,8 @@ from spotsearch.adaptive import JOURNAL, AdaptiveSearchCV
 from spotsearch.saved_fits import SUFFIX, SavedFits
 from spotsearch.search import fit_on_cluster
 
-from .restartable_cluster import RestartableCluster
+from .restartable_cluster import CountedSaves, RestartableCluster
 from .search_cases import assert_clean, comparable, digits
-
-
-class CountedSaves(SavedFits):
-    """SavedFits that counts the fits saved, that is, the fits the search ran."""
-
-    def __init__(self, folder=None) -> None:
-        super().__init__(folder)
-        self.saves: list[str] = []
-
-    def save(self, key: str, value) -> None:
-        self.saves.append(key)
-        super().save(key, value)
 
 
 def svc_search(**options) -> AdaptiveSearchCV:
@@ -159,28 +147,12 @@ def test_a_resume_after_ctrl_c_runs_only_unsaved_fits_and_ends_with_the_uninterr
 
 
 def test_a_lost_scheduler_costs_only_the_fits_in_flight_and_leaves_the_study_as_it_was(process_cluster, tmp_path):
-    from distributed import Client
 
     X, y = digits()
     whole = svc_search()
     fit_on_cluster(whole, X, y, client=process_cluster, progress=False)
-    search, saved, cluster = svc_search(), CountedSaves(tmp_path / "fits"), RestartableCluster(tmp_path)
-
-    def lose_the_scheduler_mid_search() -> None:
-        while len(saved) < 10:
-            time.sleep(0.02)
-        cluster.kill_scheduler()
-        cluster.start()  # what the scheduler's replacement and the workers' restart do
-
-    cluster.start()
-    try:
-        with Client(cluster.address, timeout="60s") as client:
-            client.wait_for_workers(2, timeout=120)
-            threading.Thread(target=lose_the_scheduler_mid_search, daemon=True).start()
-            fit_on_cluster(search, X, y, client=client, progress=False, saved_fits=saved, wait_for_workers=180)
-            assert_clean(client)
-    finally:
-        cluster.stop()
+    search, saved = svc_search(), CountedSaves(tmp_path / "fits")
+    RestartableCluster(tmp_path).fit_losing_the_scheduler(search, X, y, saved, progress=False)
     assert len(saved.saves) == len(set(saved.saves)), "no saved fit ran again"
     assert trials(search) == trials(whole)
 

@@ -16,7 +16,7 @@ from spotsearch.cluster.messages import ClusterError
 from spotsearch.saved_fits import IDENTITY, SUFFIX, SavedFits
 from spotsearch.search import fit_on_cluster
 
-from .restartable_cluster import RestartableCluster
+from .restartable_cluster import CountedSaves, RestartableCluster
 from .search_cases import (
     CASES,
     DASK_ML_CASES,
@@ -26,18 +26,6 @@ from .search_cases import (
     digits,
     first_columns,
 )
-
-
-class CountedSaves(SavedFits):
-    """SavedFits that counts the fits saved, that is, the fits this search ran."""
-
-    def __init__(self, folder) -> None:
-        super().__init__(folder)
-        self.saves: list[str] = []
-
-    def save(self, key: str, value) -> None:
-        self.saves.append(key)
-        super().save(key, value)
 
 
 def randomized_without_a_seed():
@@ -359,7 +347,6 @@ def test_a_fit_that_raises_an_os_error_is_the_searchs_error_not_a_lost_scheduler
 
 @pytest.mark.parametrize("engine", ["dask-ml", "scikit-learn"])
 def test_a_search_that_loses_its_scheduler_waits_for_the_next_and_loses_no_finished_fit(tmp_path, engine, capsys):
-    from distributed import Client
     from sklearn.model_selection import GridSearchCV as Plain
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer
@@ -377,30 +364,10 @@ def test_a_search_that_loses_its_scheduler_waits_for_the_next_and_loses_no_finis
         grid = {"functiontransformer__func": [first_columns(16), first_columns(64)], "svc__C": [1, 10],
                 "svc__gamma": [1e-4, 1e-3, 1e-2, 1e-1, 1]}  # fmt: skip
     search = GridSearchCV(estimator, grid, cv=3)
-    saved = CountedSaves(tmp_path / "fits")
-    counted, at_loss = [], {}
-    cluster = RestartableCluster(tmp_path)
+    saved, counted, cluster = CountedSaves(tmp_path / "fits"), [], RestartableCluster(tmp_path)
+    at_loss = cluster.fit_losing_the_scheduler(search, X, y, saved, on_fits=counted.append)
 
-    def lose_the_scheduler_mid_search() -> None:
-        # On fits saved, not fits counted: the scheduler counts a fit before its result reaches
-        # the laptop, and on a busy machine that lag is several fits.
-        while len(saved) < 10:
-            time.sleep(0.02)
-        cluster.kill_scheduler()
-        at_loss["saved"] = len(saved)
-        cluster.start()  # what the scheduler's replacement and the workers' restart do
-
-    cluster.start()
-    try:
-        with Client(cluster.address, timeout="60s") as client:
-            client.wait_for_workers(2, timeout=120)
-            threading.Thread(target=lose_the_scheduler_mid_search, daemon=True).start()
-            fit_on_cluster(search, X, y, saved_fits=saved, on_fits=counted.append, wait_for_workers=180, client=client)
-            assert_clean(client)
-    finally:
-        cluster.stop()
-
-    assert at_loss["saved"] >= 10, "what had finished before the loss was kept"
+    assert at_loss >= 10, "what had finished before the loss was kept"
     assert len(saved.saves) == len(set(saved.saves)) == 60, "no kept fit ran again"
     plain = Plain(estimator, grid, cv=3).fit(X, y)
     # dask-ml averages the split scores its own way (last-digit differences): its splits are compared.
@@ -453,3 +420,13 @@ def test_a_scheduler_that_does_not_come_back_ends_the_search_in_one_line_and_kee
     assert "\n" not in str(ended.value)
     assert len(fit_files(tmp_path / "fits")) >= 4
     assert "  still waiting for the scheduler and a worker: " in capsys.readouterr().err, "the wait is visible"
+
+
+def test_a_value_a_run_decides_once_is_kept_with_its_fits_for_its_resumes(tmp_path):
+    """The adaptive search's candidates in flight: decided by the first run, the resume's too."""
+    search, X, y, _ = CASES["multi-metric, refit by one"]()
+    first = SavedFits(tmp_path).open_for(search, X, y, {})
+    assert first.kept("candidates_in_flight", lambda: 7) == 7
+    resumed = SavedFits(tmp_path).open_for(search, X, y, {})
+    assert resumed.kept("candidates_in_flight", lambda: pytest.fail("decided again")) == 7
+    assert SavedFits().kept("candidates_in_flight", lambda: 3) == 3, "the control: in memory, made once"
