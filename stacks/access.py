@@ -56,11 +56,13 @@ def scheduler_statements(
     settings: ClusterSettings,
     interface_id: str,
     state_arn: str,
+    spend_arn: str,
     group_arn: str,
 ) -> list[dict]:
     """What a scheduler instance needs to take over from the one before it: this cluster's
-    scheduler interface only, onto this cluster's scheduler instances only; and the cluster's
-    state (when it started, or that it ended), which it keeps."""
+    scheduler interface only, onto this cluster's scheduler instances only; the cluster's
+    state (when it started, or that it ended), which it keeps; and what the cluster spends,
+    which it meters (image/dask_node/cost_cap.py)."""
     ec2 = f"arn:{partition}:ec2:{region_account}"
     return [
         # EC2 authorizes the interface and the instance separately: each has its statement.
@@ -81,7 +83,24 @@ def scheduler_statements(
                 "StringEquals": {"aws:ResourceTag/aws:autoscaling:groupName": scheduler_group_name(settings)}
             },
         },
-        {"Sid": "KeepClusterState", "Effect": "Allow", "Action": "ssm:PutParameter", "Resource": state_arn},
+        {
+            "Sid": "KeepClusterState",
+            "Effect": "Allow",
+            "Action": "ssm:PutParameter",
+            "Resource": [state_arn, spend_arn],
+        },
+        {"Sid": "ReadClusterSpend", "Effect": "Allow", "Action": "ssm:GetParameter", "Resource": spend_arn},
+        # Prices have no resource scope in IAM; they are public figures. The Pricing API is asked
+        # for an on-demand scheduler's price only.
+        {
+            "Sid": "PriceTheNodes",
+            "Effect": "Allow",
+            "Action": [
+                "ec2:DescribeSpotPriceHistory",
+                *(["pricing:GetProducts"] if settings.scheduler_market == "on-demand" else []),
+            ],
+            "Resource": "*",
+        },
         # At a spot notice: out of its own group, which then launches the next scheduler.
         {
             "Sid": "HandOverAtSpotNotice",
@@ -184,6 +203,7 @@ class NodeRole(Construct):
                     settings=settings,
                     interface_id=scheduler_interface_id,
                     state_arn=state_arn,
+                    spend_arn=f"arn:{partition}:ssm:{region_account}:parameter{settings.spend_parameter}",
                     group_arn=scheduler_group_arn,
                 )
                 if role == "scheduler"

@@ -33,6 +33,8 @@ MAX_ALLOWED_NETWORKS = 15
 # Wider than this in total, the cluster is open to a large part of the internet: an IPv4 /8
 # (16.7 million addresses), or an IPv6 /32 (a whole provider's allocation).
 PUBLIC_BOUND = {4: 2**24, 6: 2**96}
+# A cluster's dollar cap (max_cost_usd) above this is a typo, not a budget.
+MAX_COST_USD = 100_000
 MAX_WORKER_TYPES = 40  # overrides in one mixed instances policy
 ROOT_VOLUME_MIN_GB = 8  # Amazon Linux 2023's root snapshot; EC2 refuses a smaller volume
 
@@ -127,6 +129,13 @@ def check_spot_price(where: str, value: Any) -> str | None:
     if not ok:
         raise fail(where, 'must be a positive price in USD per hour such as "0.25"', value)
     return text
+
+
+def cost_cap(where: str, value: Any) -> float:
+    """A cluster's dollar cap: a positive, finite amount of USD, at most MAX_COST_USD."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_COST_USD:
+        raise fail(where, f"must be an amount of USD above 0 and at most {MAX_COST_USD}, such as 20", value)
+    return float(value)
 
 
 def one_network(where: str, cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

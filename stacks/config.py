@@ -17,6 +17,7 @@ from stacks.checks import (
     SettingsError,
     check_spot_price,
     cidrs,
+    cost_cap,
     fail,
     instance_types,
     known_regions,
@@ -82,6 +83,10 @@ class ClusterSettings:
     spot_max_price: str | None = None  # USD per hour; None caps at the on-demand price
     idle_timeout_minutes: int = 30
     max_lifetime_hours: int = 12
+    # USD the cluster may spend from its start before it ends itself (image/dask_node/cost_cap.py).
+    # A default cluster (2 workers and a scheduler, spot) spends about $3 in its 12 hours and never
+    # meets it; one of 50 workers forgotten over a weekend stops at $20 instead of about $40.
+    max_cost_usd: float = 20.0
     worker_processes: int | Literal["auto"] = "auto"
     worker_threads: int | Literal["auto"] = "auto"
     root_volume_gb: int = 30
@@ -107,6 +112,12 @@ class ClusterSettings:
         """SSM name of the cluster's state: when it started (the lifetime cap counts from then,
         across scheduler replacements) or that it ended. Both roles read it; schedulers write it."""
         return f"/{self.resource_prefix}/cluster/state"
+
+    @property
+    def spend_parameter(self) -> str:
+        """SSM name of what the cluster has spent since its start, metered by its scheduler node;
+        it survives a scheduler's replacement. The schedulers read and write it; the laptop reads it."""
+        return f"/{self.resource_prefix}/cluster/spend"
 
     def secret_parameter(self, role: str, name: str) -> str:
         """Full SSM name of one of a role's secrets, such as /dask-dask/worker/worker.key."""
@@ -217,6 +228,7 @@ def parse_cluster(name: str, raw: Any) -> ClusterSettings:
         spot_max_price=check_spot_price(at("spot_max_price"), get("spot_max_price")),
         idle_timeout_minutes=positive_int(at("idle_timeout_minutes"), get("idle_timeout_minutes")),
         max_lifetime_hours=positive_int(at("max_lifetime_hours"), get("max_lifetime_hours"), maximum=24 * 14),
+        max_cost_usd=cost_cap(at("max_cost_usd"), get("max_cost_usd")),
         worker_processes=workers_shape(at("worker_processes"), get("worker_processes")),
         worker_threads=workers_shape(at("worker_threads"), get("worker_threads")),
         root_volume_gb=root_volume(at("root_volume_gb"), get("root_volume_gb")),

@@ -196,6 +196,7 @@ class Scheduler(Construct):
         subnet_id: str,
         instance_profile_arn: str,
         address: SchedulerAddress,
+        max_cost_usd: str,
     ) -> None:
         super().__init__(scope, id)
         s = common.settings
@@ -204,9 +205,10 @@ class Scheduler(Construct):
             common,
             "scheduler",
             userdata.scheduler_variables(
-                s, common.image_uri, common.registry, interface_id=address.interface.id, address=address.private_ip
+                s, common.image_uri, common.registry, interface_id=address.interface.id, address=address.private_ip,
+                max_cost_usd=max_cost_usd,
             ),
-        )
+        )  # fmt: skip
         self.launch_template = _launch_template(
             self, common, role="scheduler", user_data=self.user_data, instance_profile_arn=instance_profile_arn
         )

@@ -99,6 +99,13 @@ class DaskClusterStack(TerraformStack):
             description=f"Dask cluster {settings.name}: its start and its scheduler's image, or {userdata.STATE_ENDED}",
             lifecycle=TerraformResourceLifecycle(ignore_changes=["value"]),
         )  # fmt: skip
+        # Written by the schedulers' cost meter (image/dask_node/cost_cap.py): what the cluster has
+        # spent since the start recorded in the state, so that a replacement carries it on.
+        spend = SsmParameter(
+            self, "cluster-spend", name=settings.spend_parameter, type="SecureString", value=userdata.STATE_NEW,
+            description=f"Dask cluster {settings.name}: USD spent since its start, metered by its scheduler",
+            lifecycle=TerraformResourceLifecycle(ignore_changes=["value"]),
+        )  # fmt: skip
         common = NodeCommon(
             settings=settings,
             ami_id=ami.insecure_value,
@@ -109,7 +116,7 @@ class DaskClusterStack(TerraformStack):
             spot_max_price=f'${{var.{price} == "" ? null : var.{price}}}',
             tags=tags,
             templates=TerraformAsset(self, "userdata", path=str(userdata.TEMPLATE_DIR), type=AssetType.DIRECTORY).path,
-            boot_after=[image.pushed, state, *tls.parameters, *([jupyter.parameter] if jupyter else [])],
+            boot_after=[image.pushed, state, spend, *tls.parameters, *([jupyter.parameter] if jupyter else [])],
         )
         address = SchedulerAddress(self, "scheduler-address", common=common, subnet_id=network.scheduler_subnet_id)
         roles = {
@@ -126,6 +133,7 @@ class DaskClusterStack(TerraformStack):
             subnet_id=network.scheduler_subnet_id,
             instance_profile_arn=roles["scheduler"].instance_profile.arn,
             address=address,
+            max_cost_usd=f"${{var.{variables.max_cost_usd.friendly_unique_id}}}",
         )
         workers_group = WorkerGroup(
             self,
@@ -139,6 +147,8 @@ class DaskClusterStack(TerraformStack):
         )
 
         public_ip, private_ip = address.public_ip, address.private_ip
+        hourly = hourly_cost_estimate(self, settings, bounds.maximum, instance_types)
+        cap = f"var.{variables.max_cost_usd.friendly_unique_id}"
         outputs = {
             "scheduler_address": (f"tls://{public_ip}:{SCHEDULER_PORT}", "Connect clients here (mutual TLS)"),
             "scheduler_private_address": (f"tls://{private_ip}:{SCHEDULER_PORT}", "Address inside the VPC"),
@@ -162,10 +172,16 @@ class DaskClusterStack(TerraformStack):
             ),
             "scheduler_market": (settings.scheduler_market, "spot or on-demand"),
             "estimated_hourly_cost_usd": (
-                hourly_cost_estimate(self, settings, bounds.maximum, instance_types),
+                hourly,
                 "Current spot prices: max_workers nodes and a spot scheduler, each at its dearest allowed type "
                 "(an on-demand scheduler is not included)",
             ),
+            "max_cost_usd": (f"${{{cap}}}", "USD the cluster may spend from its start; at this amount it ends itself"),
+            "hours_to_cost_cap": (
+                f'${{format("%.1f", {cap} / max(tonumber({hourly[2:-1]}), 0.001))}}',
+                "Hours the cluster may run at max_workers before it reaches max_cost_usd, at the hourly estimate",
+            ),
+            "cluster_spend_parameter": (settings.spend_parameter, "SSM parameter: what the cluster has spent"),
         }
         if jupyter:
             outputs["jupyter_url"] = (

@@ -44,6 +44,9 @@ REPLACEMENT_WAIT_SECONDS = 1200
 # wanted fewer of them for a minute (EC2 bills at least a minute, a node takes minutes to boot).
 AUTOSCALER_INTERVAL_SECONDS = 5
 SCALE_DOWN_AFTER_SECONDS = 60
+# How often the scheduler node meters what the cluster has spent (image/dask_node/cost_cap.py):
+# the cap may be passed by at most this long at the cluster's hourly rate.
+COST_METER_SECONDS = 60
 
 
 def template_files(role: str) -> list[str]:
@@ -78,13 +81,17 @@ def scheduler_command(
     dashboard_port: int = DASHBOARD_LOCAL_PORT,
     idle_seconds: float | None = None,
     boot_grace_seconds: float | None = None,
+    max_cost_usd: float | str | None = None,
+    metered: bool = True,
 ) -> list[str]:
     """The `dask scheduler` command line the scheduler container runs (tests run it on loopback).
 
     The dashboard listens on loopback only: the TLS gateway is its only way out. The cluster's
     idle rule is dask_node.idle_shutdown's (image/dask_node/) (tasks, clients, JupyterLab, boot), not Dask's
     `--idle-timeout` (tasks only). The first worker is awaited as long as a worker node retries
-    its bootstrap steps.
+    its bootstrap steps. The cost cap (dask_node.cost_cap) asks AWS what the cluster runs:
+    `metered=False` leaves it out (a scheduler on loopback without AWS); `max_cost_usd` may be a
+    Terraform value (the deploy-time variable).
     """
     if idle_seconds is None:
         idle_seconds = settings.idle_timeout_minutes * 60
@@ -102,7 +109,24 @@ def scheduler_command(
         f"--cluster-idle-seconds={idle_seconds:g}",
         f"--cluster-boot-grace-seconds={boot_grace_seconds:g}",
         *([f"--jupyter-port={JUPYTER_LOCAL_PORT}"] if settings.jupyter else []),
+        *(cost_cap_options(settings, max_cost_usd) if metered else []),
     ]  # fmt: skip
+
+
+def cost_cap_options(settings: ClusterSettings, max_cost_usd: float | str | None = None) -> list[str]:
+    """The cost cap preload's options: the cap, where to meter and where to keep the spend."""
+    if max_cost_usd is None:
+        max_cost_usd = f"{settings.max_cost_usd:g}"
+    return [
+        "--preload=dask_node.cost_cap",
+        f"--cost-cap-usd={max_cost_usd}",
+        f"--cost-cluster={settings.name}",
+        f"--cost-region={settings.region}",
+        f"--cost-state-parameter={settings.state_parameter}",
+        f"--cost-spend-parameter={settings.spend_parameter}",
+        f"--cost-volume-gb={settings.root_volume_gb}",
+        f"--cost-interval={COST_METER_SECONDS:g}",
+    ]
 
 
 def gateway_command(
@@ -189,10 +213,17 @@ def _common(settings: ClusterSettings, role: str, image_uri: str, registry: str)
 
 
 def scheduler_variables(
-    settings: ClusterSettings, image_uri: str, registry: str, *, interface_id: str, address: str
+    settings: ClusterSettings,
+    image_uri: str,
+    registry: str,
+    *,
+    interface_id: str,
+    address: str,
+    max_cost_usd: str | None = None,
 ) -> dict[str, object]:
-    """`interface_id` and `address` are Terraform values: the scheduler's network interface,
-    which each scheduler instance attaches, and its private address."""
+    """`interface_id`, `address` and `max_cost_usd` are Terraform values: the scheduler's network
+    interface, which each scheduler instance attaches, its private address, and the cost cap
+    (the deploy-time variable)."""
     return {
         **_common(settings, "scheduler", image_uri, registry),
         "scheduler_interface_id": interface_id,
@@ -200,7 +231,7 @@ def scheduler_variables(
         "dashboard_port": DASHBOARD_PORT,
         "idle_seconds": settings.idle_timeout_minutes * 60,
         "scheduler_spot": settings.scheduler_market == "spot",
-        "scheduler_command": shlex.join(scheduler_command(settings)),
+        "scheduler_command": shlex.join(scheduler_command(settings, max_cost_usd=max_cost_usd)),
         "gateway_command": shlex.join(gateway_command(settings)),
         "autoscaler_command": shlex.join(autoscaler_command(settings)),
         "jupyter": settings.jupyter,

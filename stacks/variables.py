@@ -11,7 +11,7 @@ import json
 from cdktf import TerraformLocal, TerraformVariable, TerraformVariableValidationConfig
 from constructs import Construct
 
-from stacks.checks import MAX_WORKER_TYPES, PRICE_RE, node_instance_types
+from stacks.checks import MAX_COST_USD, MAX_WORKER_TYPES, PRICE_RE, node_instance_types
 from stacks.config import MAX_WORKERS, ClusterSettings
 from stacks.nodes import WorkerBounds
 
@@ -146,11 +146,30 @@ class DeployTimeVariables(Construct):
                 )
             ],
         )
+        cost_cap = TerraformVariable(
+            self,
+            "max-cost-usd-variable",
+            type="number",
+            default=settings.max_cost_usd,
+            description="USD the cluster may spend from its start; at this amount it ends itself",
+            validation=[
+                TerraformVariableValidationConfig(
+                    condition=f"${{var.max_cost_usd > 0 && var.max_cost_usd <= {MAX_COST_USD}}}",
+                    error_message=(
+                        f"max_cost_usd: must be an amount of USD above 0 and at most {MAX_COST_USD}, such as 20, "
+                        "got ${jsonencode(var.max_cost_usd)}."
+                    ),
+                )
+            ],
+        )
         # Outputs of the same names exist too; construct ids must differ, Terraform names need not.
-        for variable, name in ((workers, "workers"), (low, "min_workers"), (high, "max_workers")):
+        for variable, name in (
+            (workers, "workers"), (low, "min_workers"), (high, "max_workers"), (cost_cap, "max_cost_usd")
+        ):  # fmt: skip
             variable.override_logical_id(name)
         instance_types.override_logical_id("worker_instance_types")
         spot_price.override_logical_id("spot_max_price")
         for local, name in ((bounds.minimum, "min_worker_nodes"), (bounds.maximum, "max_worker_nodes")):
             local.override_logical_id(name)
         self.bounds, self.instance_types, self.spot_max_price = bounds, instance_types, spot_price
+        self.max_cost_usd = cost_cap

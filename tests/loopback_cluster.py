@@ -134,6 +134,7 @@ class LoopbackCluster:
         command = userdata.scheduler_command(
             cluster, tls_dir=str(self.tls_dir), host="127.0.0.1", port=self.port, dashboard_port=self.dashboard_port,
             idle_seconds=idle_seconds, boot_grace_seconds=boot_grace_seconds,
+            metered=False,  # no AWS on loopback: the cost cap's meter is tested on moto and the emulated deploy
         )  # fmt: skip
         self._start("scheduler", [DASK, *command[1:]])
         gateway = userdata.gateway_command(

@@ -87,6 +87,10 @@ BAD = [
     ({"region": "eu-westt-1"}, 'clusters.dask.region: must be an AWS region such as eu-west-1, got "eu-westt-1"'),
     ({"idle_timeout_minutes": 0}, "clusters.dask.idle_timeout_minutes: must be a positive whole number, got 0"),
     ({"max_lifetime_hours": 1000}, "clusters.dask.max_lifetime_hours: must be at most 336, got 1000"),
+    ({"max_cost_usd": 0}, "clusters.dask.max_cost_usd: must be an amount of USD above 0 and at most 100000, such as 20, got 0"),
+    ({"max_cost_usd": "20"}, 'clusters.dask.max_cost_usd: must be an amount of USD above 0 and at most 100000, such as 20, got "20"'),
+    ({"max_cost_usd": True}, "clusters.dask.max_cost_usd: must be an amount of USD above 0 and at most 100000, such as 20, got true"),
+    ({"max_cost_usd": -1.5}, "clusters.dask.max_cost_usd: must be an amount of USD above 0 and at most 100000, such as 20, got -1.5"),
     ({"worker_processes": "many"}, 'clusters.dask.worker_processes: must be a positive whole number, got "many"'),
     ({"worker_threads": 0}, "clusters.dask.worker_threads: must be a positive whole number, got 0"),
     ({"root_volume_gb": -1}, "clusters.dask.root_volume_gb: must be a positive whole number, got -1"),
@@ -231,7 +235,7 @@ def test_every_setting_given_is_the_setting_kept():
         "scheduler_instance_types": ["m6i.large"], "subnet_ids": ["subnet-0123456789abcdef0"],
         "min_workers": 1, "max_workers": 7, "spot_max_price": "0.35", "idle_timeout_minutes": 15,
         "max_lifetime_hours": 6, "worker_processes": 4, "worker_threads": "auto", "root_volume_gb": 8,
-        "tags": {"team": "ml"}, "jupyter": True,
+        "tags": {"team": "ml"}, "jupyter": True, "max_cost_usd": 12.5,
     }  # fmt: skip
     settings = parse_cluster("lab", raw)
     kept = {name: getattr(settings, name) for name in raw}
@@ -248,6 +252,7 @@ AT_AND_PAST_THE_LIMIT = [
     ("worker_threads", 256, 257, "must be at most 256"),
     ("root_volume_gb", 8, 7, "must be at least 8 (the size of Amazon Linux 2023's root snapshot)"),
     ("root_volume_gb", 16384, 16385, "must be at most 16384"),
+    ("max_cost_usd", 100000, 100000.01, "must be an amount of USD above 0 and at most 100000, such as 20"),
 ]
 
 

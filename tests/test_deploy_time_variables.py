@@ -56,10 +56,12 @@ def test_good_overrides_are_accepted(variables_only):
         "-var=max_workers=12",
         '-var=worker_instance_types=["m6i.2xlarge","m5.2xlarge"]',
         "-var=spot_max_price=",
+        "-var=max_cost_usd=7.5",
     )
     assert run.returncode == 0, run.stderr
     outputs = planned_outputs(run)
     assert (outputs["min_worker_nodes"], outputs["max_worker_nodes"]) == ("1", "12")
+    assert outputs["max_cost_usd"] == "7.5"
 
 
 @pytest.mark.parametrize(
@@ -105,6 +107,9 @@ BAD = [
     ("-var=spot_max_price=abc", f'{PRICE} "abc".'),
     ("-var=spot_max_price=-1", f'{PRICE} "-1".'),
     ("-var=spot_max_price=0", f'{PRICE} "0".'),
+    ("-var=max_cost_usd=0", "max_cost_usd: must be an amount of USD above 0 and at most 100000, such as 20, got 0."),
+    ("-var=max_cost_usd=-5", "max_cost_usd: must be an amount of USD above 0 and at most 100000, such as 20, got -5."),
+    ("-var=max_cost_usd=100001", "such as 20, got 100001."),
 ]  # fmt: skip
 
 

@@ -20,6 +20,8 @@ from distributed.comm import connect
 from distributed.protocol.serialize import ToPickle
 from distributed.security import Security
 
+from dask_node import cost_cap
+
 from . import loopback_cluster
 
 
@@ -276,9 +278,10 @@ def test_a_worker_stream_speaks_only_for_its_own_worker(cluster):
     assert paused[itself] == "paused"
 
 
-@pytest.mark.parametrize("topic", ["print", "warn"])
+@pytest.mark.parametrize("topic", ["print", "warn", cost_cap.TOPIC])
 def test_a_worker_key_cannot_send_the_events_a_client_acts_on(cluster, topic):
-    """A Client prints `print` events on the terminal and unpickles `warn` ones."""
+    """A Client prints `print` events on the terminal and unpickles `warn` ones; a search ends
+    when the cost cap's say the cluster has ended."""
     reply = asyncio.run(request(cluster, "worker", {"op": "log_event", "topic": topic, "msg": {"args": ("\x1b]0;x",)}}))
     assert isinstance(reply, OSError), reply
     assert f"an event on topic ['{topic}']" in scheduler_log(cluster)

@@ -217,14 +217,21 @@ def test_lifetime_cap_ends_the_cluster_and_powers_off(rendered, role, tmp_path):
     assert token_reads and all("X-aws-ec2-metadata-token: token" in c for c in token_reads)
 
 
-def test_an_idle_scheduler_ends_the_cluster(rendered, tmp_path):
-    idle = "2026-11-29 closing: cluster idle for 1800 s: closing the scheduler"
+@pytest.mark.parametrize(
+    ("logged", "reason"),
+    [
+        ("cluster idle for 1800 s: closing the scheduler", "cluster idle for 1800 s"),
+        ("cost cap of $20.00 reached ($20.0113 spent): closing the scheduler", "cost cap of $20.00 reached"),
+    ],
+)
+def test_an_idle_scheduler_or_one_at_its_cost_cap_ends_the_cluster(rendered, tmp_path, logged, reason):
     calls = run_subcommand(
-        rendered, "scheduler", tmp_path, "watch", DOCKER_STATE="exited", DOCKER_EXIT="0", DOCKER_LOGS=idle
-    )
+        rendered, "scheduler", tmp_path, "watch", DOCKER_STATE="exited", DOCKER_EXIT="0",
+        DOCKER_LOGS=f"2026-11-29 - distributed.scheduler - INFO - {logged}",
+    )  # fmt: skip
     commands = [c for c in calls if c.startswith(("aws", "systemctl"))]
     assert commands == [*cluster_end("scheduler", rendered["variant"]), "systemctl poweroff"]
-    assert any("Dask scheduler ended (exited, exit code 0; cluster idle for 1800 s)" in c for c in calls)
+    assert any(f"Dask scheduler ended (exited, exit code 0; {reason})" in c for c in calls)
 
 
 @pytest.mark.parametrize("code", ["0", "137"])

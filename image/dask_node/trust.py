@@ -20,7 +20,7 @@ on every connection the scheduler process reads from, incoming or outgoing:
   meter (`identity`, `scheduler_info`) and to every client (events), which would load it. The
   one exception is a failed task's exception and traceback (`task-erred`), which go only to the
   client that submitted the task, as its results do. Events a Client acts on (`print`
-  writes to the terminal, `warn` unpickles) are dropped. Tasks cannot open a client
+  writes to the terminal, `warn` unpickles) and the cost cap's are dropped. Tasks cannot open a client
   (`get_client()` inside a task is refused), and P2P shuffles, whose worker requests carry
   pickled specs, are refused: scikit-learn searches use neither;
 - no role: the connection is closed.
@@ -41,6 +41,7 @@ from distributed.comm.core import CommClosedError
 from distributed.comm.tcp import TCP, TLS
 from distributed.protocol import pickle as dask_pickle
 
+from dask_node.cost_cap import TOPIC as COST_TOPIC
 from dask_node.tls import role_of
 
 log = logging.getLogger("distributed.scheduler.trust")
@@ -71,8 +72,9 @@ STREAM = frozenset({
 # Where a worker's message may hold a pickle, kept unread: Dask's own worker sends a failed
 # task's exception and traceback so, for the client that submitted it.
 PICKLES_ALLOWED = frozenset({("task-erred", "exception"), ("task-erred", "traceback")})
-# Event topics every Client acts on (distributed's client.py `_handle_print`, `_handle_warn`).
-CLIENT_TOPICS = frozenset({"print", "warn"})
+# Event topics every Client acts on (distributed's client.py `_handle_print`, `_handle_warn`),
+# and the cost cap's (dask_node.cost_cap), which a search acts on: a worker may send none of them.
+CLIENT_TOPICS = frozenset({"print", "warn", COST_TOPIC})
 
 # Set while the scheduler process reads from a worker: a pickled object in that message is refused.
 _reading_from_worker: contextvars.ContextVar[str | None] = contextvars.ContextVar("reading_from_worker", default=None)
