@@ -38,6 +38,7 @@ VARIANTS: dict[str, dict] = {
         "worker_threads": 2,
         "idle_timeout_minutes": 15,
         "jupyter": True,
+        "max_cost_usd": 50,
     },
 }
 

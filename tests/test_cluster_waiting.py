@@ -55,13 +55,58 @@ def test_a_scheduler_that_does_not_answer_gets_the_ended_cluster_hint_within_sec
         hint = next(line for line in lines if "no answer from" in line).strip()
         assert hint == (
             f"no answer from {address} yet: a cluster that is starting takes a few minutes; one that was idle "
-            "for its idle timeout or reached its lifetime cap has ended, and `cdktf deploy loopback` starts it again"
+            "for its idle timeout or reached its lifetime or cost cap has ended, and `cdktf deploy loopback` starts it again"
         )
         assert search.poll() is None, "it still waits, up to its timeout"
     finally:
         search.terminate()  # as a user's SIGTERM: the script ends what it started (its plotting helper)
         search.communicate(timeout=60)
     assert search.returncode == 128 + 15
+
+
+def test_a_cluster_that_ended_at_its_cost_cap_is_refused_in_one_line_and_a_redeployed_one_is_waited_for(
+    loopback, aws_on_loopback, tmp_path
+):
+    """What its scheduler kept in SSM says the cap ended it, and its scheduler group is at 0: the
+    user hears it within seconds, with what to do. Redeployed (the group back at 1), the same
+    state is a cluster starting again: waited for, as any."""
+    import boto3
+
+    group = "dask-loopback-scheduler"
+    boto3.client("ssm", region_name="us-east-1").put_parameter(
+        Name="/dask-loopback/cluster/spend", Type="SecureString", Overwrite=True,
+        Value=json.dumps({"started": 1, "spent_usd": 20.0113, "metered_at": 2.0, "cap_usd": 20.0, "warned": True,
+                          "ended": True}),
+    )  # fmt: skip
+    scaling = boto3.client("autoscaling", region_name="us-east-1")
+    boto3.client("ec2", region_name="us-east-1").create_launch_template(
+        LaunchTemplateName="scheduler", LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "m6i.large"}
+    )
+    scaling.create_auto_scaling_group(
+        AutoScalingGroupName=group, LaunchTemplate={"LaunchTemplateName": "scheduler"}, MinSize=0, MaxSize=1,
+        DesiredCapacity=0, AvailabilityZones=["us-east-1a"],
+    )  # fmt: skip
+    outputs = loopback.outputs_file(tmp_path / "outputs.json")
+    document = json.loads(outputs.read_text())
+    address = f"tls://127.0.0.1:{loopback_cluster.free_port()}"
+    document["loopback"].update(
+        scheduler_address=address, cluster_spend_parameter="/dask-loopback/cluster/spend", scheduler_group_name=group
+    )
+    outputs.write_text(json.dumps(document))
+    started = time.monotonic()
+    run = run_experiment("--stack", "loopback", "--outputs", str(outputs), "--timeout", "600", cwd=tmp_path)
+    assert_one_line_error(
+        run,
+        "cluster loopback has reached its cost cap and ended ($20.01 of its $20.00 cap spent); raise max_cost_usd "
+        "(in cdktf.json, or `cdktf deploy --var max_cost_usd=...`) and run `cdktf deploy loopback`",
+    )
+    assert time.monotonic() - started < 300, "refused at the hint, not after the timeout"
+    scaling.set_desired_capacity(AutoScalingGroupName=group, DesiredCapacity=1)
+    run = run_experiment("--stack", "loopback", "--outputs", str(outputs), "--timeout", "8", cwd=tmp_path)
+    assert run.returncode == 2 and "cost cap" not in run.stderr.replace("lifetime or cost cap", ""), run.stderr
+    assert run.stderr.splitlines()[-1] == (
+        f"error: {address}: scheduler not reachable within 8 s; is the cluster up, and is your address in allowed_cidrs?"
+    )
 
 
 def test_tls_rejected(loopback, tmp_path):

@@ -82,7 +82,7 @@ def allowed(documents: list[str], action: str, resource: str, tags: dict[str, st
     return PermissionResult.DENIED not in results and PermissionResult.PERMITTED in results
 
 
-@pytest.fixture(scope="module", params=["default", "custom"])
+@pytest.fixture(scope="module", params=["default", "custom", "ondemand"])
 def cluster(request, synthesized, settings):
     s = settings[request.param]
     return s, role_policies(synthesized[request.param], s.region, s.name)
@@ -106,6 +106,8 @@ def arns(s, role_name: str) -> dict[str, str]:
         "other scheduler group": f"{group}:autoScalingGroupName/dask-other-scheduler",
         "state": f"{prefix}/dask-{s.name}/cluster/state",
         "other state": f"{prefix}/dask-other/cluster/state",
+        "spend": f"{prefix}/dask-{s.name}/cluster/spend",
+        "other spend": f"{prefix}/dask-other/cluster/spend",
     }
 
 
@@ -210,6 +212,24 @@ def test_only_a_scheduler_keeps_the_clusters_state_and_its_own_group(cluster):
         assert not allowed(scheduler, action, r["scheduler group"]), action
 
 
+def test_only_a_scheduler_meters_the_clusters_spend(cluster):
+    """The cost cap (image/dask_node/cost_cap.py) reads prices and keeps the spend; a task on a
+    worker node could otherwise reset it, or end the cluster by raising it."""
+    s, policies = cluster
+    scheduler, worker = policies[f"dask-{s.name}-scheduler"], policies[f"dask-{s.name}-worker"]
+    r = arns(s, "scheduler")
+    for action in ("ssm:GetParameter", "ssm:PutParameter"):
+        assert allowed(scheduler, action, r["spend"]), action
+        assert not allowed(scheduler, action, r["other spend"]), action
+        assert not allowed(worker, action, r["spend"]), f"a worker node may {action} the spend"
+    assert not allowed(scheduler, "ssm:DeleteParameter", r["spend"])
+    assert allowed(scheduler, "ec2:DescribeSpotPriceHistory", "*")
+    assert not allowed(worker, "ec2:DescribeSpotPriceHistory", "*")
+    # The Pricing API only for a cluster whose scheduler runs on demand (its workers never do).
+    assert allowed(scheduler, "pricing:GetProducts", "*") == (s.scheduler_market == "on-demand")
+    assert not allowed(worker, "pricing:GetProducts", "*")
+
+
 def test_a_worker_cannot_read_the_schedulers_secrets(cluster):
     s, policies = cluster
     documents, r = policies[f"dask-{s.name}-worker"], arns(s, "worker")
@@ -230,6 +250,8 @@ def test_unscoped_statements_are_only_those_iam_cannot_scope(cluster):
                         "ecr:GetAuthorizationToken",
                         "autoscaling:DescribeAutoScalingGroups",
                         "ec2:DescribeInstances",
+                        "ec2:DescribeSpotPriceHistory",
+                        "pricing:GetProducts",
                         "ssmmessages:CreateControlChannel",
                         "ssmmessages:CreateDataChannel",
                         "ssmmessages:OpenControlChannel",

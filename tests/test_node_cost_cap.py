@@ -204,7 +204,7 @@ def spend(spent: float, *, ended: bool = False) -> cost_cap.Spend:
 def test_each_round_is_an_event_and_the_cap_closes_the_scheduler_with_the_line_its_node_reads(caplog):
     scheduler = FakeScheduler()
     cap = cost_cap.CostCap(
-        scheduler, FakeMeter((spend(3.0), False), OSError("throttled"), (spend(16.5), True), (spend(20.01, ended=True), False))
+        scheduler, close_delay=0, meter=FakeMeter((spend(3.0), False), OSError("throttled"), (spend(16.5), True), (spend(20.01, ended=True), False))
     )  # fmt: skip
     with caplog.at_level("INFO", logger="distributed.scheduler.cost-cap"):
         for _ in range(4):

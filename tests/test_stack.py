@@ -229,7 +229,7 @@ def test_node_keys_travel_through_secure_ssm_parameters_under_their_role(synthes
     doc = synthesized["default"]
     parameters = {p["name"]: p for p in everything(doc, "aws_ssm_parameter")}
     assert sorted(parameters) == sorted(
-        ["/dask-default/cluster/state"]
+        ["/dask-default/cluster/state", "/dask-default/cluster/spend"]
         + [f"/dask-default/{role}/{name}" for role in ("scheduler", "worker") for name in ("ca.pem", f"{role}.key", f"{role}.pem")]
     )  # fmt: skip
     for role in ("scheduler", "worker"):
@@ -296,6 +296,9 @@ def test_scheduler_is_a_spot_group_of_one_at_a_fixed_address(synthesized):
     state = {p["name"]: p for p in everything(doc, "aws_ssm_parameter")}["/dask-default/cluster/state"]
     assert state["type"] == "SecureString" and state["value"] == "new"
     assert state["lifecycle"]["ignore_changes"] == ["value"], "the schedulers keep it; a redeploy must not reset it"
+    spend = {p["name"]: p for p in everything(doc, "aws_ssm_parameter")}["/dask-default/cluster/spend"]
+    assert spend["type"] == "SecureString" and spend["value"] == "new"
+    assert spend["lifecycle"]["ignore_changes"] == ["value"], "the schedulers meter it; a redeploy must not reset it"
 
 
 def test_scheduler_and_workers_launch_hardened(synthesized):

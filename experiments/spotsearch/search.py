@@ -20,6 +20,7 @@ from contextlib import ExitStack, contextmanager, nullcontext, suppress
 
 from spotsearch.cluster.messages import ClusterError
 from spotsearch.cluster.polling import Poller
+from spotsearch.cluster.spend import CapWatch, say_at_start
 from spotsearch.dask_ml_engine import dask_ml_scheduler, is_dask_ml, refuse_unsupported
 from spotsearch.progress import FitCounter, expected_fits, progress_bar
 from spotsearch.reconnect import identity, reconnected, scheduler_lost
@@ -155,23 +156,27 @@ def fit_on_cluster(
     for one at the same address, sends its data again and goes on with the fits not yet
     finished. The user's own modules the search uses, and this project's node code
     (experiments/spotsearch/on_nodes.py), are sent to the nodes first (user_code.ship); a module
-    the nodes still cannot import is named in one line (ClusterError), before any work. If the
-    search raises (its own error, Ctrl-C), what it submitted is cancelled and its data released
-    before the exception reaches the caller. On a cluster with no worker yet (adaptive, from
-    none), scikit-learn's searches wait up to `wait_for_workers` seconds for the first (see
-    `worker_held`); dask-ml's graph waits in the scheduler's queue (its tasks are what asks for
-    nodes). The search's parameters are left as they were.
+    the nodes still cannot import is named in one line (ClusterError), before any work. On a
+    deployed cluster, the spend so far against its dollar cap is said first; a cluster at its cap
+    is refused, and one that reaches it mid-search ends the search in one line (ClusterError)
+    with the number of fits saved. If the search raises (its own error, Ctrl-C), what it
+    submitted is cancelled and its data released before the exception reaches the caller. On a
+    cluster with no worker yet (adaptive, from none), scikit-learn's searches wait up to
+    `wait_for_workers` seconds for the first (see `worker_held`); dask-ml's graph waits in the
+    scheduler's queue (its tasks are what asks for nodes). The search's parameters are left as they were.
     """
     if client is None:
         client = current_client()
     if progress is None:
         progress = on_fits is None and ("ipykernel" in sys.modules or sys.stderr.isatty())
     refuse_unsupported(search)
+    say_at_start(client)
     saved = saved_fits if isinstance(saved_fits, SavedFits) else SavedFits(saved_fits)
     saved.open_for(search, X, y, fit_params)
     shown = progress_bar(expected_fits(search, X, y, fit_params), on_fits) if progress else nullcontext(on_fits)
     with ExitStack() as searching:
         on_fits = searching.enter_context(shown)
+        cap = searching.enter_context(CapWatch(client))
         counting = searching.enter_context(FitCounter(client, on_fits, saved)) if on_fits else None
         # A search that draws its candidates at random draws the same ones when it runs again.
         searching.enter_context(params_set(search, **saved.fixed_random_state(search)))
@@ -182,6 +187,8 @@ def fit_on_cluster(
             except BaseException as error:
                 if not scheduler_lost(client, error, scheduler_id):
                     raise
+                if cap.ended:  # the cluster ended at its dollar cap: no scheduler comes back
+                    raise ClusterError(cap.stopped_line(saved)) from None
                 # The lost attempt's frames hold its futures: gone with them, the new scheduler
                 # is not asked to keep their keys.
                 traceback.clear_frames(error.__traceback__)

@@ -39,6 +39,9 @@ WARN_AT = 0.8
 GP3_USD_PER_GB_MONTH = 0.08
 HOURS_PER_MONTH = 730
 PUBLIC_IPV4_USD_PER_HOUR = 0.005
+# Between the event that says the cap ended the cluster and the close: clients' streams carry it
+# first, so a running search names why its scheduler went.
+CLOSE_DELAY_SECONDS = 2.0
 ACTIVE_STATES = ["pending", "running", "shutting-down", "stopping"]
 
 
@@ -175,8 +178,8 @@ class CostMeter:
 class CostCap:
     """The scheduler's side: a round in a thread, its event, and the close at the cap."""
 
-    def __init__(self, scheduler, meter: CostMeter) -> None:
-        self.scheduler, self.meter = scheduler, meter
+    def __init__(self, scheduler, meter: CostMeter, close_delay: float = CLOSE_DELAY_SECONDS) -> None:
+        self.scheduler, self.meter, self.close_delay = scheduler, meter, close_delay
         self.closing = False
         self.failing: str | None = None
 
@@ -201,6 +204,7 @@ class CostCap:
         if spend.ended:
             self.closing = True
             log.info("cost cap of $%.2f reached ($%.4f spent): closing the scheduler", spend.cap_usd, spend.spent_usd)
+            await asyncio.sleep(self.close_delay)
             self.scheduler._ongoing_background_tasks.call_soon(self.scheduler.close, reason="cluster-cost-cap")
 
 

@@ -10,13 +10,14 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from spotsearch.cluster.messages import ClusterError, WithoutMessage, console
 from spotsearch.cluster.outputs import COST_OUTPUTS, DEFAULT_OUTPUTS, read_outputs
+from spotsearch.cluster.spend import ended_at_cap
 from spotsearch.cluster.tls_files import private_tls_files, security_for
 from spotsearch.cluster.versions import check_versions, stale_code_warning
 from spotsearch.cluster.waiting import probe, wait_for_nodes, worker_nodes
@@ -188,6 +189,7 @@ def connect(
                 dashboard=found["dashboard_url"],
                 cost_basis=cost_basis,
                 adaptive=bounds if bounds and bounds[0] != bounds[1] else None,
+                ended=lambda: ended_at_cap(found, stack),
             )
     else:
         security = security_for(tls_ca, tls_cert, tls_key)
@@ -246,12 +248,13 @@ def _remote(
     dashboard: str | None = None,
     cost_basis: dict | None = None,
     adaptive: tuple[int, int] | None = None,
+    ended: Callable[[], str | None] | None = None,
 ) -> Iterator[tuple[object, Where]]:
     from distributed import Client
 
     from spotsearch.cluster.forwarder import local_link
 
-    probe(address, security, timeout, stack=stack)
+    probe(address, security, timeout, stack=stack, ended=ended)
     with Client(address, security=security, timeout=f"{max(timeout, 10):g}s") as client:
         if adaptive:
             console(

@@ -15,11 +15,14 @@ from spotsearch.cluster.polling import Poller
 ENDED_HINT_SECONDS = 5.0
 
 
-def probe(address: str, security, timeout: float, *, stack: str | None = None) -> None:
+def probe(address: str, security, timeout: float, *, stack: str | None = None,
+          ended: Callable[[], str | None] | None = None) -> None:  # fmt: skip
     """Tell an unreachable scheduler from a TLS rejection before Dask retries either for long.
 
     A TLS 1.3 server checks the client's certificate after the handshake: the probe reads the
-    scheduler's first message (a Dask server speaks first), where a rejection shows."""
+    scheduler's first message (a Dask server speaks first), where a rejection shows. `ended`
+    says, once the scheduler has been silent a few seconds, whether the cluster is over for good
+    (at its cost cap): then that line, at once, rather than a wait for the timeout."""
     from distributed.comm.addressing import parse_address, parse_host_port
 
     scheme, location = parse_address(address)
@@ -52,10 +55,13 @@ def probe(address: str, security, timeout: float, *, stack: str | None = None) -
                 ) from None
             if hint_at is not None and time.monotonic() >= hint_at:
                 hint_at = None
+                if ended is not None and (line := ended()):
+                    raise ClusterError(line) from None
                 redeploy = f"`cdktf deploy {stack}`" if stack else "`cdktf deploy`"
                 console(
                     f"  no answer from {address} yet: a cluster that is starting takes a few minutes; one that was "
-                    f"idle for its idle timeout or reached its lifetime cap has ended, and {redeploy} starts it again"
+                    f"idle for its idle timeout or reached its lifetime or cost cap has ended, and {redeploy} starts "
+                    "it again"
                 )
             if time.monotonic() >= deadline:
                 raise ClusterError(
