@@ -59,7 +59,7 @@ class CapWatch:
             console(f"warning: the cluster has spent {_amounts(message)}; at the cap it ends, with this search")
 
     def stopped_line(self, saved) -> str:
-        where = f" in {saved.folder}: resume with --resume" if saved.folder else " (in memory only)"
+        where = f" in {saved.folder}, from where the same search resumes" if saved.folder else " (in memory only)"
         return f"{ended_line(self.ended)}; {len(saved)} finished fits are saved{where}"
 
     def __enter__(self) -> CapWatch:
