@@ -159,7 +159,7 @@ class DaskClusterStack(TerraformStack):
             "image_uri": (image.uri, "The exact image every node runs"),
             "ecr_repository_url": (image.repository.repository_url, "ECR repository of the image"),
             "worker_group_name": (workers_group.group.name, "Auto Scaling group of the workers"),
-            "scheduler_group_name": (scheduler.group.name, "Auto Scaling group of one: the scheduler"),
+            "scheduler_group_name": (scheduler.name, "Auto Scaling group of one: the scheduler"),
             "workers": (bounds.minimum.as_number, "Worker nodes the cluster keeps: clients wait for these"),
             "min_workers": (bounds.minimum.as_number, "Fewest worker nodes"),
             "max_workers": (bounds.maximum.as_number, "Most worker nodes"),

@@ -114,11 +114,11 @@ def scheduler_command(
 
 
 def cost_cap_options(settings: ClusterSettings, max_cost_usd: float | str | None = None) -> list[str]:
-    """The cost cap preload's options: the cap, where to meter and where to keep the spend."""
+    """The cost cap's options (dask_node.idle_shutdown starts it): the cap, where to meter and
+    where to keep the spend."""
     if max_cost_usd is None:
         max_cost_usd = f"{settings.max_cost_usd:g}"
     return [
-        "--preload=dask_node.cost_cap",
         f"--cost-cap-usd={max_cost_usd}",
         f"--cost-cluster={settings.name}",
         f"--cost-region={settings.region}",

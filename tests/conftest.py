@@ -58,7 +58,10 @@ EMULATED_REPLACEMENT_WAIT_SECONDS = 120
 # The adaptive cluster of the emulated deploy: none to three worker nodes, which go after 8 s
 # of less work (60 s on AWS), looked at every second (5 s).
 EMULATED_ADAPTIVE = {**{k: v for k, v in EMULATED.items() if k != "workers"}, "min_workers": 0, "max_workers": 3}
-EMULATED_PACE = {"AUTOSCALER_INTERVAL_SECONDS": 1, "SCALE_DOWN_AFTER_SECONDS": 8}
+EMULATED_PACE = {"AUTOSCALER_INTERVAL_SECONDS": 1, "SCALE_DOWN_AFTER_SECONDS": 8, "COST_METER_SECONDS": 1}
+# The emulated deploy's cluster with a dollar cap of USD 1: at moto's spot price (USD 0.00001 an
+# hour) it would take days to spend; a test sets a price that reaches it in seconds.
+EMULATED_COST_CAP = {**EMULATED, "workers": 1, "max_cost_usd": 1}
 
 
 def terraform_env(folder: Path) -> dict[str, str]:
@@ -232,6 +235,12 @@ def emulated_synth(raw: dict) -> tuple:
 def emulated_stack():
     """The emulated deploy's cluster of fixed size."""
     return emulated_synth(EMULATED)
+
+
+@pytest.fixture(scope="session")
+def emulated_cost_cap_stack():
+    """The emulated deploy's cluster with a dollar cap."""
+    return emulated_synth(EMULATED_COST_CAP)
 
 
 @pytest.fixture(scope="session")

@@ -224,14 +224,40 @@ def test_each_round_is_an_event_and_the_cap_closes_the_scheduler_with_the_line_i
 
 
 def test_the_stacks_options_are_the_ones_the_preload_takes():
+    """Dask allows one preload with options: idle_shutdown takes the cap's too, all or none."""
+    from click import UsageError
+
+    from dask_node import idle_shutdown
     from stacks.config import parse_cluster
-    from stacks.userdata import cost_cap_options
+    from stacks.userdata import cost_cap_options, scheduler_command
 
     settings = parse_cluster("emu", {"allowed_cidrs": ["10.0.0.0/8"], "max_cost_usd": 7.5, "root_volume_gb": 40})
-    preload, *options = cost_cap_options(settings)
-    assert preload == "--preload=dask_node.cost_cap"
-    assert cost_cap.dask_setup.make_context("dask_setup", options).params == {
+    command = scheduler_command(settings)
+    assert [o for o in command if o.startswith("--preload")] == [
+        "--preload=dask_node.trust", "--preload=dask_node.idle_shutdown"
+    ], "a second preload with options stops `dask scheduler`"  # fmt: skip
+    options = [o for o in command if o.startswith(("--cluster-", "--cost-"))]
+    assert options[-len(cost_cap_options(settings)) :] == cost_cap_options(settings)
+    assert idle_shutdown.dask_setup.make_context("dask_setup", list(options)).params == {
+        "cluster_idle_seconds": 1800.0, "cluster_boot_grace_seconds": 900.0, "jupyter_port": None,
         "cost_cap_usd": 7.5, "cost_cluster": "emu", "cost_region": "us-east-1",
         "cost_state_parameter": "/dask-emu/cluster/state", "cost_spend_parameter": "/dask-emu/cluster/spend",
         "cost_volume_gb": 40, "cost_interval": 60.0,
     }  # fmt: skip
+    started = []
+    idle = idle_shutdown.dask_setup.make_context("dask_setup", options[:2])
+    idle_shutdown.cost_cap.start, before = (lambda scheduler, **kw: started.append(kw)), idle_shutdown.cost_cap.start
+    try:
+        scheduler = SimpleNamespace(periodic_callbacks={})
+        idle_shutdown.dask_setup.callback(scheduler, **idle.params)
+        assert started == [] and list(scheduler.periodic_callbacks) == ["cluster-idle-shutdown"]
+        full = idle_shutdown.dask_setup.make_context("dask_setup", list(options))
+        idle_shutdown.dask_setup.callback(scheduler, **full.params)
+        assert started == [{"cap_usd": 7.5, "cluster": "emu", "region": "us-east-1", "state_parameter":
+                            "/dask-emu/cluster/state", "spend_parameter": "/dask-emu/cluster/spend",
+                            "volume_gb": 40, "interval": 60.0}]  # fmt: skip
+        partial = idle_shutdown.dask_setup.make_context("dask_setup", [*options[:2], "--cost-cap-usd=5"])
+        with pytest.raises(UsageError, match="--cost-cap-usd needs --cost-cluster"):
+            idle_shutdown.dask_setup.callback(scheduler, **partial.params)
+    finally:
+        idle_shutdown.cost_cap.start = before

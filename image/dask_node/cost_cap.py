@@ -15,9 +15,8 @@ counts that time. Each round is an event on the `spotsearch-cost` topic, which c
 (spotsearch's spend watch); at 80% of the cap one event, once per cluster, says so; at the cap
 the scheduler closes with a line its node's watch takes as the cluster's end, as when idle.
 
-    dask scheduler ... --preload dask_node.cost_cap --cost-cap-usd 20 --cost-cluster dask \\
-        --cost-region us-east-1 --cost-state-parameter /dask-dask/cluster/state \\
-        --cost-spend-parameter /dask-dask/cluster/spend --cost-volume-gb 30 --cost-interval 60
+Dask takes one preload with options of its own: dask_node.idle_shutdown, which also decides the
+cluster's end, takes the cap's (`--cost-cap-usd` and the others) and starts it.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 
-import click
 from tornado.ioloop import PeriodicCallback
 
 log = logging.getLogger("distributed.scheduler.cost-cap")
@@ -208,27 +206,20 @@ class CostCap:
             self.scheduler._ongoing_background_tasks.call_soon(self.scheduler.close, reason="cluster-cost-cap")
 
 
-@click.command()
-@click.option("--cost-cap-usd", type=click.FloatRange(min=0, min_open=True), required=True)
-@click.option("--cost-cluster", required=True)
-@click.option("--cost-region", required=True)
-@click.option("--cost-state-parameter", required=True)
-@click.option("--cost-spend-parameter", required=True)
-@click.option("--cost-volume-gb", type=click.IntRange(min=0), required=True)
-@click.option("--cost-interval", type=click.FloatRange(min=0.1), default=60.0)
-def dask_setup(scheduler, cost_cap_usd: float, cost_cluster: str, cost_region: str, cost_state_parameter: str,
-               cost_spend_parameter: str, cost_volume_gb: int, cost_interval: float) -> None:  # fmt: skip
+def start(scheduler, *, cap_usd: float, cluster: str, region: str, state_parameter: str, spend_parameter: str,
+          volume_gb: int, interval: float) -> None:  # fmt: skip
+    """Meter the cluster's spend every `interval` seconds in `scheduler`, and close it at `cap_usd`."""
     import boto3
 
     meter = CostMeter(
-        ec2=boto3.client("ec2", region_name=cost_region),
-        ssm=boto3.client("ssm", region_name=cost_region),
+        ec2=boto3.client("ec2", region_name=region),
+        ssm=boto3.client("ssm", region_name=region),
         # The Pricing API answers in us-east-1 for every region; asked only for on-demand nodes.
         pricing_client=lambda: boto3.client("pricing", region_name="us-east-1"),
-        cluster=cost_cluster, region=cost_region, cap_usd=cost_cap_usd, state_parameter=cost_state_parameter,
-        spend_parameter=cost_spend_parameter, volume_gb=cost_volume_gb,
+        cluster=cluster, region=region, cap_usd=cap_usd, state_parameter=state_parameter,
+        spend_parameter=spend_parameter, volume_gb=volume_gb,
     )  # fmt: skip
     cap = CostCap(scheduler, meter)
-    scheduler.periodic_callbacks["cluster-cost-cap"] = PeriodicCallback(cap.check, cost_interval * 1000)
+    scheduler.periodic_callbacks["cluster-cost-cap"] = PeriodicCallback(cap.check, interval * 1000)
     scheduler._ongoing_background_tasks.call_soon(cap.check)  # the first round at once, not an interval later
-    log.info("the cluster ends once it has spent $%.2f (metered every %.0f s)", cost_cap_usd, cost_interval)
+    log.info("the cluster ends once it has spent $%.2f (metered every %.0f s)", cap_usd, interval)

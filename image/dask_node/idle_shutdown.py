@@ -13,10 +13,13 @@ any of these holds, and it closes after `--cluster-idle-seconds` with none of th
   `--cluster-boot-grace-seconds` ago (nodes pull the image and fetch keys first). A cluster
   whose workers never come still ends, once the grace is over.
 
-When the scheduler closes, its node scales the worker group to 0 and powers off.
+When the scheduler closes, its node scales the worker group to 0 and powers off. It also closes
+at the cluster's dollar cap, which this preload starts (dask_node.cost_cap) when given one.
 
     dask scheduler ... --preload dask_node.idle_shutdown --cluster-idle-seconds 1800 \
-        --cluster-boot-grace-seconds 1200 [--jupyter-port 8889]
+        --cluster-boot-grace-seconds 1200 [--jupyter-port 8889] [--cost-cap-usd 20 --cost-cluster dask \
+        --cost-region us-east-1 --cost-state-parameter /dask-dask/cluster/state \
+        --cost-spend-parameter /dask-dask/cluster/spend --cost-volume-gb 30 --cost-interval 60]
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import time
 
 import click
 from tornado.ioloop import PeriodicCallback
+
+from dask_node import cost_cap
 
 log = logging.getLogger("distributed.scheduler.idle-shutdown")
 CHECK_SECONDS = 1.0
@@ -94,10 +99,31 @@ def _listening(port: int) -> bool:
 @click.option("--cluster-idle-seconds", type=click.FloatRange(min=1), required=True)
 @click.option("--cluster-boot-grace-seconds", type=click.FloatRange(min=0), required=True)
 @click.option("--jupyter-port", type=int, default=None)
-def dask_setup(scheduler, cluster_idle_seconds: float, cluster_boot_grace_seconds: float, jupyter_port: int | None):
+# The dollar cap (dask_node.cost_cap), started here: Dask allows one preload with options.
+@click.option("--cost-cap-usd", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--cost-cluster")
+@click.option("--cost-region")
+@click.option("--cost-state-parameter")
+@click.option("--cost-spend-parameter")
+@click.option("--cost-volume-gb", type=click.IntRange(min=0))
+@click.option("--cost-interval", type=click.FloatRange(min=0.1), default=60.0)
+def dask_setup(scheduler, cluster_idle_seconds: float, cluster_boot_grace_seconds: float, jupyter_port: int | None,
+               cost_cap_usd: float | None, cost_cluster: str | None, cost_region: str | None,
+               cost_state_parameter: str | None, cost_spend_parameter: str | None, cost_volume_gb: int | None,
+               cost_interval: float):  # fmt: skip
     monitor = IdleShutdown(scheduler, cluster_idle_seconds, cluster_boot_grace_seconds, jupyter_port)
     scheduler.periodic_callbacks["cluster-idle-shutdown"] = PeriodicCallback(monitor.check, CHECK_SECONDS * 1000)
     log.info(
         "the cluster closes after %.0f s without tasks, clients or notebooks (first worker awaited up to %.0f s)",
         cluster_idle_seconds, cluster_boot_grace_seconds,
     )  # fmt: skip
+    if cost_cap_usd is not None:
+        where = (cost_cluster, cost_region, cost_state_parameter, cost_spend_parameter, cost_volume_gb)
+        if None in where:
+            raise click.UsageError("--cost-cap-usd needs --cost-cluster, --cost-region, --cost-state-parameter, "
+                                   "--cost-spend-parameter and --cost-volume-gb")  # fmt: skip
+        cost_cap.start(
+            scheduler, cap_usd=cost_cap_usd, cluster=cost_cluster, region=cost_region,
+            state_parameter=cost_state_parameter, spend_parameter=cost_spend_parameter, volume_gb=cost_volume_gb,
+            interval=cost_interval,
+        )  # fmt: skip

@@ -285,6 +285,7 @@ class EmulatedDeploy:
     interface_holder: Node | None = None  # the scheduler node the scheduler's interface is up in
     group_history: list[tuple[float, int, int]] = field(default_factory=list)  # (moment, instances, desired)
     group_errors: list[BaseException] = field(default_factory=list)
+    spot_price: str | None = None  # USD per hour, every type and zone; None: moto's own
     _group_thread: threading.Thread | None = None
     _clients: dict = field(default_factory=dict)
     _clients_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -331,6 +332,10 @@ class EmulatedDeploy:
             from moto.ec2.models.elastic_network_interfaces import NetworkInterfaceBackend
 
             NetworkInterfaceBackend.attach_network_interface = self._attach
+        if getattr(self, "_price_history", None):
+            from moto.ec2.responses.spot_instances import SpotInstances
+
+            SpotInstances.describe_spot_price_history = self._price_history
         for process in self.laptop_processes:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
@@ -398,9 +403,12 @@ class EmulatedDeploy:
         self.subnet_id = subnet
         interface = self.aws("ec2", "create_network_interface", SubnetId=subnet, PrivateIpAddress=SCHEDULER_ADDRESS)
         self.interface_id = interface["NetworkInterface"]["NetworkInterfaceId"]
-        (state,) = [p for p in self.document["resource"]["aws_ssm_parameter"].values() if p["name"].endswith("/state")]
-        self.aws("ssm", "put_parameter", Name=state["name"], Value=state["value"], Type=state["type"])
+        for parameter in self.document["resource"]["aws_ssm_parameter"].values():
+            if "/cluster/" in parameter["name"]:  # the cluster's state and spend
+                self.aws("ssm", "put_parameter", Name=parameter["name"], Value=parameter["value"],
+                         Type=parameter["type"])  # fmt: skip
         self._refuse_attaching_an_interface_in_use()
+        self._spot_prices_set_here()
 
     def _refuse_attaching_an_interface_in_use(self) -> None:
         """EC2 refuses to attach an interface another instance has; moto does not."""
@@ -416,6 +424,21 @@ class EmulatedDeploy:
             return attach(backend, eni_id, instance_id, device_index)
 
         NetworkInterfaceBackend.attach_network_interface = attach_if_free
+
+    def _spot_prices_set_here(self) -> None:
+        """moto quotes one spot price, USD 0.00001 an hour; a test may set another (`spot_price`)."""
+        from moto.ec2.responses.spot_instances import SpotInstances
+
+        self._price_history = history = SpotInstances.describe_spot_price_history
+
+        def priced_here(responses):
+            result = history(responses)
+            if self.spot_price is not None:
+                for entry in result.result["SpotPriceHistory"]:
+                    entry["SpotPrice"] = self.spot_price
+            return result
+
+        SpotInstances.describe_spot_price_history = priced_here
 
     @property
     def group_name(self) -> str:
@@ -655,6 +678,8 @@ class EmulatedDeploy:
             )  # fmt: skip
         if instance_id:  # EC2 gives an instance its address; moto picks its own: the node's is put there
             self._moto_instance(instance_id).nics[0].private_ip_address = address
+            # Both groups are spot (the stack's default market); moto's groups launch on demand.
+            self._moto_instance(instance_id).lifecycle = "spot"
         node = Node(name, role, address, namespace, folder, metadata)
         self.nodes.append(node)
         if role == "scheduler":
@@ -699,12 +724,17 @@ class EmulatedDeploy:
         path.chmod(0o600)
         return path
 
-    def on_laptop(self, *command: str, cwd: Path, stdin=subprocess.DEVNULL) -> subprocess.Popen:
+    def on_laptop(self, *command: str, cwd: Path, stdin=subprocess.DEVNULL, aws: bool = False) -> subprocess.Popen:
         """A command on the laptop, which reaches the cluster only through the network; it is
-        killed with the deploy if it is still running then."""
+        killed with the deploy if it is still running then. With `aws`, it has the user's AWS
+        credentials (moto's)."""
+        env = None
+        if aws:
+            env = {**os.environ, "AWS_ENDPOINT_URL": f"http://{AWS_ADDRESS}:{AWS_PORT}",
+                   "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}  # fmt: skip
         process = subprocess.Popen(
             ["ip", "netns", "exec", self.laptop, *command], cwd=cwd, stdin=stdin, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env,
         )  # fmt: skip
         self.laptop_processes.append(process)
         return process

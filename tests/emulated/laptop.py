@@ -21,11 +21,14 @@ STACK = "emu"
 LAPTOP_START_SECONDS = 180
 
 
-def run_on_laptop(cluster: EmulatedDeploy, script: str, results: Path, *args: str) -> subprocess.Popen:
-    """An experiment script on the laptop, against the stack in the outputs file."""
+def run_on_laptop(
+    cluster: EmulatedDeploy, script: str, results: Path, *args: str, aws: bool = False
+) -> subprocess.Popen:
+    """An experiment script on the laptop, against the stack in the outputs file (with `aws`,
+    and the user's AWS credentials)."""
     return cluster.on_laptop(
         sys.executable, str(ROOT / "experiments" / script), "--stack", STACK, "--outputs", str(cluster.outputs_file),
-        "--results", str(results), *args, cwd=results.parent,
+        "--results", str(results), *args, cwd=results.parent, aws=aws,
     )  # fmt: skip
 
 
