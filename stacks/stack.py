@@ -133,7 +133,8 @@ class DaskClusterStack(TerraformStack):
             subnet_id=network.scheduler_subnet_id,
             instance_profile_arn=roles["scheduler"].instance_profile.arn,
             address=address,
-            max_cost_usd=f"${{var.{variables.max_cost_usd.friendly_unique_id}}}",
+            # A token, not "${var...}" text: inside templatefile's arguments, text is escaped.
+            max_cost_usd=Token.as_string(variables.max_cost_usd.number_value),
         )
         workers_group = WorkerGroup(
             self,

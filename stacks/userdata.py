@@ -81,8 +81,8 @@ def scheduler_command(
     dashboard_port: int = DASHBOARD_LOCAL_PORT,
     idle_seconds: float | None = None,
     boot_grace_seconds: float | None = None,
-    max_cost_usd: float | str | None = None,
     metered: bool = True,
+    cap_in_template: bool = False,
 ) -> list[str]:
     """The `dask scheduler` command line the scheduler container runs (tests run it on loopback).
 
@@ -90,8 +90,8 @@ def scheduler_command(
     idle rule is dask_node.idle_shutdown's (image/dask_node/) (tasks, clients, JupyterLab, boot), not Dask's
     `--idle-timeout` (tasks only). The first worker is awaited as long as a worker node retries
     its bootstrap steps. The cost cap (dask_node.cost_cap) asks AWS what the cluster runs:
-    `metered=False` leaves it out (a scheduler on loopback without AWS); `max_cost_usd` may be a
-    Terraform value (the deploy-time variable).
+    `metered=False` leaves it out (a scheduler on loopback without AWS). The cap itself is a
+    deploy-time variable: `cap_in_template` leaves `--cost-cap-usd` to the template, which adds it.
     """
     if idle_seconds is None:
         idle_seconds = settings.idle_timeout_minutes * 60
@@ -109,17 +109,15 @@ def scheduler_command(
         f"--cluster-idle-seconds={idle_seconds:g}",
         f"--cluster-boot-grace-seconds={boot_grace_seconds:g}",
         *([f"--jupyter-port={JUPYTER_LOCAL_PORT}"] if settings.jupyter else []),
-        *(cost_cap_options(settings, max_cost_usd) if metered else []),
+        *(cost_cap_options(settings, with_cap=not cap_in_template) if metered else []),
     ]  # fmt: skip
 
 
-def cost_cap_options(settings: ClusterSettings, max_cost_usd: float | str | None = None) -> list[str]:
+def cost_cap_options(settings: ClusterSettings, *, with_cap: bool = True) -> list[str]:
     """The cost cap's options (dask_node.idle_shutdown starts it): the cap, where to meter and
     where to keep the spend."""
-    if max_cost_usd is None:
-        max_cost_usd = f"{settings.max_cost_usd:g}"
     return [
-        f"--cost-cap-usd={max_cost_usd}",
+        *([f"--cost-cap-usd={settings.max_cost_usd:g}"] if with_cap else []),
         f"--cost-cluster={settings.name}",
         f"--cost-region={settings.region}",
         f"--cost-state-parameter={settings.state_parameter}",
@@ -219,11 +217,11 @@ def scheduler_variables(
     *,
     interface_id: str,
     address: str,
-    max_cost_usd: str | None = None,
+    max_cost_usd: str,
 ) -> dict[str, object]:
     """`interface_id`, `address` and `max_cost_usd` are Terraform values: the scheduler's network
     interface, which each scheduler instance attaches, its private address, and the cost cap
-    (the deploy-time variable)."""
+    (the deploy-time variable, which the template adds to the scheduler's command)."""
     return {
         **_common(settings, "scheduler", image_uri, registry),
         "scheduler_interface_id": interface_id,
@@ -231,7 +229,8 @@ def scheduler_variables(
         "dashboard_port": DASHBOARD_PORT,
         "idle_seconds": settings.idle_timeout_minutes * 60,
         "scheduler_spot": settings.scheduler_market == "spot",
-        "scheduler_command": shlex.join(scheduler_command(settings, max_cost_usd=max_cost_usd)),
+        "scheduler_command": shlex.join(scheduler_command(settings, cap_in_template=True)),
+        "max_cost_usd": max_cost_usd,
         "gateway_command": shlex.join(gateway_command(settings)),
         "autoscaler_command": shlex.join(autoscaler_command(settings)),
         "jupyter": settings.jupyter,

@@ -37,7 +37,8 @@ def rendered(request, synthesized, tmp_path_factory) -> dict[str, str]:
     templates = {t["name"].rsplit("-", 1)[1]: t for t in doc["resource"]["aws_launch_template"].values()}
     folder = tmp_path_factory.mktemp(f"render-{request.param}")
     outputs = {role: {"value": with_sample_values(templates[role]["user_data"])} for role in ("scheduler", "worker")}
-    values = terraform_outputs(folder, {"output": outputs})
+    # The deploy-time variables at their defaults (the dollar cap is one).
+    values = terraform_outputs(folder, {"output": outputs, "variable": doc["variable"]})
     scripts = {role: gzip.decompress(base64.b64decode(values[role])).decode() for role in ("scheduler", "worker")}
     sizes = {role: len(base64.b64decode(values[role])) for role in ("scheduler", "worker")}
     scripts["variant"], scripts["sizes"] = request.param, sizes
@@ -337,9 +338,9 @@ def test_each_scheduler_takes_over_the_address_and_the_clusters_start(rendered):
     script = rendered["scheduler"]
     variant = rendered["variant"]
     steps = [
-        "  arm_cluster_lifetime || give_up",
+        "  step state arm_cluster_lifetime || give_up",
         "  prepare_node || give_up",
-        f"  take_address || give_up \"could not take over the scheduler's address {SCHEDULER_IP}\"",
+        f"  step address take_address || give_up \"could not take over the scheduler's address {SCHEDULER_IP}\"",
         "  start_dask || give_up",
     ]  # fmt: skip
     positions = [script.index(step) for step in steps]
@@ -366,3 +367,13 @@ def test_jupyter_starts_with_its_token_from_ssm_only_where_asked(rendered):
         assert "-p 127.0.0.1:8889:8889" in jupyter, "published on loopback only: the gateway serves it"
         assert "jupyter lab --ip=0.0.0.0 --port=8889 --no-browser" in jupyter, "inside its own network namespace"
         assert f"DASK_SCHEDULER_ADDRESS='tls://{SCHEDULER_IP}:8786'" in jupyter, "the scheduler's private address"
+
+
+def test_the_scheduler_runs_with_its_dollar_cap_from_the_deploy_time_variable(rendered):
+    """Rendered by Terraform: the cap is var.max_cost_usd (cdktf.json's value by default)."""
+    script = rendered["scheduler"]
+    cap = "50" if rendered["variant"] == "custom" else "20"
+    variant = rendered["variant"]
+    assert f"--cost-cap-usd={cap} >/dev/null" in script
+    assert f"--cost-spend-parameter=/dask-{variant}/cluster/spend --cost-volume-gb=30" in script
+    assert "--cost-" not in rendered["worker"], "worker nodes meter nothing"
