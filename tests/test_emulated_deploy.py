@@ -116,6 +116,16 @@ def test_boot_brings_up_scheduler_and_workers_with_private_keys(cluster):
         assert calls[install + 1] == ["systemctl", "enable", "--now", "docker"]
         assert all(authorized for _, authorized in node.metadata.reads), "IMDSv2 tokens on every read"
         assert any("iam/security-credentials/" in path for path, _ in node.metadata.reads), "role credentials"
+    # Each node logs its boot as a timeline: each step's seconds and when it ended, from the
+    # start of its user-data (tls beside ecr-login and pull).
+    for node in cluster.nodes:
+        steps = re.findall(r"timeline: ([\w-]+) (\d+) s, at (\d+) s$", node.log(), re.M)
+        names = [name for name, _, _ in steps]
+        first, last = (["state"], ["address", "dask"]) if node.role == "scheduler" else ([], ["scheduler", "dask"])
+        assert names[: len(first) + 2] == [*first, "metadata", "docker"] and names[-2:] == last, names
+        assert sorted(names[len(first) + 2 : -2]) == ["ecr-login", "pull", "tls"], names
+        assert "timeline: user-data started" in node.log()
+        print(f"\n{node.name} boot timeline: " + ", ".join(f"{n} {s} s (at {a} s)" for n, s, a in steps))
     # The scheduler took over its interface, and recorded the cluster's start for the lifetime cap.
     assert cluster.interface_holder is scheduler
     assert f"scheduler up: tls://{SCHEDULER_ADDRESS}:8786" in scheduler.log()

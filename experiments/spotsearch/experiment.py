@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from spotsearch import cost, data_file, plots, report
@@ -100,7 +100,7 @@ def run_search(
         # Inline: the report embeds Bokeh, so it opens offline and years from now.
         with (
             report.written_whole(run / report.DASK_REPORT) as dask_report,
-            performance_report(filename=str(dask_report), mode="inline"),
+            _unless_cluster_gone(performance_report(filename=str(dask_report), mode="inline")),
         ):
             # Worker nodes over the search phase: they come and go on an adaptive cluster.
             with (
@@ -159,3 +159,20 @@ def _mark_ended_early(run: Path, error: BaseException) -> None:
         report.mark_ended(run, "interrupted")
     else:
         report.mark_ended(run, "failed", error=f"{type(error).__name__}: {error}")
+
+
+@contextmanager
+def _unless_cluster_gone(context) -> Iterator[None]:
+    """`context` (Dask's performance report) around the block, but not closed when the block ends
+    with the cluster gone for good (a ClusterError: ended at its cost cap, or not back in time):
+    closing it asks the scheduler, and would wait for one until the client's timeout."""
+    context.__enter__()
+    try:
+        yield
+    except ClusterError:
+        raise
+    except BaseException:
+        if not context.__exit__(*sys.exc_info()):
+            raise
+    else:
+        context.__exit__(None, None, None)

@@ -333,9 +333,11 @@ class EmulatedDeploy:
 
             NetworkInterfaceBackend.attach_network_interface = self._attach
         if getattr(self, "_price_history", None):
+            from moto.ec2.models.instances import InstanceBackend
             from moto.ec2.responses.spot_instances import SpotInstances
 
             SpotInstances.describe_spot_price_history = self._price_history
+            InstanceBackend.run_instances = self._run_instances
         for process in self.laptop_processes:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
@@ -426,8 +428,20 @@ class EmulatedDeploy:
         NetworkInterfaceBackend.attach_network_interface = attach_if_free
 
     def _spot_prices_set_here(self) -> None:
-        """moto quotes one spot price, USD 0.00001 an hour; a test may set another (`spot_price`)."""
+        """Both groups are spot (the stack's default market), where moto's groups launch on demand;
+        moto quotes one spot price, USD 0.00001 an hour, and a test may set another (`spot_price`)."""
+        from moto.ec2.models.instances import InstanceBackend
         from moto.ec2.responses.spot_instances import SpotInstances
+
+        self._run_instances = run = InstanceBackend.run_instances
+
+        def run_spot(backend, *args, **kwargs):
+            reservation = run(backend, *args, **kwargs)
+            for instance in reservation.instances:
+                instance.lifecycle = "spot"
+            return reservation
+
+        InstanceBackend.run_instances = run_spot
 
         self._price_history = history = SpotInstances.describe_spot_price_history
 
@@ -678,8 +692,6 @@ class EmulatedDeploy:
             )  # fmt: skip
         if instance_id:  # EC2 gives an instance its address; moto picks its own: the node's is put there
             self._moto_instance(instance_id).nics[0].private_ip_address = address
-            # Both groups are spot (the stack's default market); moto's groups launch on demand.
-            self._moto_instance(instance_id).lifecycle = "spot"
         node = Node(name, role, address, namespace, folder, metadata)
         self.nodes.append(node)
         if role == "scheduler":
