@@ -15,7 +15,9 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 
 from spotsearch.saved_fits import SUFFIX
 
@@ -77,7 +79,12 @@ def test_the_scheduler_node_meters_the_spend_and_a_replacement_carries_it_on(clu
 def test_at_the_cap_a_search_stops_in_one_line_and_the_cluster_ends(cluster, tmp_path):
     scheduler = cluster.interface_holder
     results = tmp_path / "remote"
-    search = run_on_laptop(cluster, "svc_digits.py", results)
+    # The digits six times over, a little blurred: fits of a second or so, a search of many
+    # seconds, that the cap ends mid-way (the plain digits' whole search takes a few seconds).
+    X, y = load_digits(return_X_y=True)
+    noise = np.random.default_rng(0).normal(0, 0.5, (6 * len(X), X.shape[1]))
+    np.savez(tmp_path / "digits6.npz", X=np.tile(X, (6, 1)) + noise, y=np.tile(y, 6))
+    search = run_on_laptop(cluster, "svc_digits.py", results, "--data", str(tmp_path / "digits6.npz"))
     shown: list[str] = []
     reader = threading.Thread(target=lambda: shown.extend(iter(lambda: search.stdout.read(1), "")), daemon=True)
     reader.start()
