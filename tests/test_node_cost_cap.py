@@ -139,6 +139,10 @@ def test_the_warning_comes_once_at_80_percent_and_the_cap_ends_it(aws):
     clock.now = launched + 1.01 * 3600
     spend, warned = meter(aws, clock, cap=cap).meter()  # a replacement does not warn again
     assert spend.ended and not warned and kept(aws)["ended"] is True
+    # A redeploy that raises the cap replaces the scheduler: it warns at 80% of the new cap.
+    clock.now += 60
+    spend, warned = meter(aws, clock, cap=spend.spent_usd / 0.85).meter()
+    assert warned and not spend.ended
 
 
 def test_an_on_demand_instance_costs_its_price_from_the_pricing_api(aws):

@@ -60,7 +60,8 @@ class Spend:
         try:
             kept = json.loads(value)
             if kept["started"] == started:
-                return cls(**{**kept, "cap_usd": cap_usd})
+                # A redeploy that changed the cap warns again at 80% of the new one.
+                return cls(**{**kept, "cap_usd": cap_usd, "warned": kept["warned"] and kept["cap_usd"] == cap_usd})
         except (ValueError, KeyError, TypeError):
             pass
         return cls(started=started, spent_usd=0.0, metered_at=float(started), cap_usd=cap_usd)
