@@ -94,6 +94,11 @@ def test_any_search_is_reported(tmp_path, case, printed):
 
 
 def test_a_failing_plot_keeps_the_finished_search(tmp_path):
-    run, summary, rows = run_case("multi-metric, refit by one", tmp_path, "--plot-fails")
+    case = "multi-metric, refit by one"
+    run, summary, rows = run_case(case, tmp_path, "--plot-fails")
     assert "warning: the plot was not drawn (FileNotFoundError: " in run.stdout
-    assert summary["best_params"] and len(rows) == 3 and "test_accuracy" in summary
+    expected, candidates = plainly(case)  # the search and its report, as if the plot had worked
+    assert {name: summary[name] for name in expected} == expected and summary["status"] == "finished"
+    assert [json.loads(row["params"]) for row in rows] == json.loads(json.dumps(candidates, default=str))
+    (folder,) = (tmp_path / "results").iterdir()
+    assert not (folder / "candidates.png").exists() and not (folder / "no-such-folder").exists()
