@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 
 import pytest
 from distributed import Client, LocalCluster
@@ -77,6 +78,25 @@ def test_the_warning_is_said_once_while_a_search_runs(client, capsys):
         assert watch.ended is None
     time.sleep(0.5)
     assert "warning" not in capsys.readouterr().err, "said once"
+
+
+def test_any_client_shows_the_schedulers_warning_and_a_search_says_it_in_one_line_instead(client, capsys):
+    """dask_node.cost_cap logs a plain `warn` event too: every Client (a notebook's) shows it."""
+    text = f"{spend.CLIENT_WARNING}the cluster has spent 80% of its cost cap ($16.00 of $20.00); it ends at the cap"
+
+    def warned_with(expected: str) -> list[str]:
+        with warnings.catch_warnings(record=True) as shown:  # the filters as they are (a new text: shown once)
+            logged(client, {**ENDED, "ended": False})  # the control, on the topic: no warning
+            client.log_event("warn", expected)
+            deadline = time.monotonic() + 5
+            while not shown and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return [str(w.message) for w in shown]
+
+    assert warned_with(text) == [text]
+    with spend.CapWatch(client):
+        assert warned_with(text.replace("80%", "81%")) == []  # left out while a search runs: it says it itself
+    assert warned_with(text.replace("80%", "82%")) == [text.replace("80%", "82%")]
 
 
 def test_a_search_whose_cluster_reaches_its_cap_stops_at_once_in_one_line_with_its_saved_fits(tmp_path):

@@ -213,18 +213,19 @@ def test_each_round_is_an_event_and_the_cap_closes_the_scheduler_with_the_line_i
     with caplog.at_level("INFO", logger="distributed.scheduler.cost-cap"):
         for _ in range(4):
             asyncio.run(cap.check())
-    assert [e for _, e in scheduler.events] == [
-        {"spent_usd": 3.0, "cap_usd": 20.0, "metered_at": 100.0, "warning": False, "ended": False},
-        {"spent_usd": 16.5, "cap_usd": 20.0, "metered_at": 100.0, "warning": True, "ended": False},
-        {"spent_usd": 20.01, "cap_usd": 20.0, "metered_at": 100.0, "warning": False, "ended": True},
+    assert scheduler.events == [
+        (cost_cap.TOPIC, {"spent_usd": 3.0, "cap_usd": 20.0, "metered_at": 100.0, "warning": False, "ended": False}),
+        (cost_cap.TOPIC, {"spent_usd": 16.5, "cap_usd": 20.0, "metered_at": 100.0, "warning": True, "ended": False}),
+        ("warn", "max_cost_usd: the cluster has spent 82% of its cost cap ($16.50 of $20.00); it ends at the cap"),
+        (cost_cap.TOPIC, {"spent_usd": 20.01, "cap_usd": 20.0, "metered_at": 100.0, "warning": False, "ended": True}),
+        ("warn", "max_cost_usd: the cluster has reached its cost cap ($20.01 of $20.00) and ends now"),
     ]
-    assert {topic for topic, _ in scheduler.events} == {cost_cap.TOPIC}
     assert scheduler.closed == [{"reason": "cluster-cost-cap"}]
     assert "cost cap of $20.00 reached ($20.0100 spent): closing the scheduler" in caplog.text
     assert "could not meter the cluster's spend this round (throttled)" in caplog.text
     assert "the cluster has spent 82% of its cost cap ($16.50 of $20.00)" in caplog.text
     asyncio.run(cap.check())  # closing: no more rounds
-    assert len(scheduler.events) == 3
+    assert len(scheduler.events) == 5
 
 
 def test_the_stacks_options_are_the_ones_the_preload_takes():

@@ -33,6 +33,7 @@ from tornado.ioloop import PeriodicCallback
 log = logging.getLogger("distributed.scheduler.cost-cap")
 TOPIC = "spotsearch-cost"  # spotsearch.cluster.spend reads it; dask_node.trust keeps workers off it
 WARN_AT = 0.8
+CLIENT_WARNING = "max_cost_usd: "  # starts the warning every client shows
 # List prices in USD (us-east-1, 2026): gp3 storage per GB-month, a public IPv4 address per hour.
 GP3_USD_PER_GB_MONTH = 0.08
 HOURS_PER_MONTH = 730
@@ -198,11 +199,17 @@ class CostCap:
         self.scheduler.log_event(TOPIC, event)
         log.info("the cluster has spent $%.4f of its $%.2f cap", spend.spent_usd, spend.cap_usd)
         if warn and not spend.ended:
-            log.warning("the cluster has spent %.0f%% of its cost cap ($%.2f of $%.2f); it ends at the cap",
-                        100 * spend.spent_usd / spend.cap_usd, spend.spent_usd, spend.cap_usd)  # fmt: skip
+            line = (f"the cluster has spent {100 * spend.spent_usd / spend.cap_usd:.0f}% of its cost cap "
+                    f"(${spend.spent_usd:.2f} of ${spend.cap_usd:.2f}); it ends at the cap")  # fmt: skip
+            log.warning(line)
+            # Every Client shows a `warn` event's text as a warning (a notebook's too); a plain
+            # string, never a pickle. spotsearch's searches say it their own way (CLIENT_WARNING).
+            self.scheduler.log_event("warn", f"{CLIENT_WARNING}{line}")
         if spend.ended:
             self.closing = True
             log.info("cost cap of $%.2f reached ($%.4f spent): closing the scheduler", spend.cap_usd, spend.spent_usd)
+            self.scheduler.log_event("warn", f"{CLIENT_WARNING}the cluster has reached its cost cap "
+                                     f"(${spend.spent_usd:.2f} of ${spend.cap_usd:.2f}) and ends now")  # fmt: skip
             await asyncio.sleep(self.close_delay)
             self.scheduler._ongoing_background_tasks.call_soon(self.scheduler.close, reason="cluster-cost-cap")
 

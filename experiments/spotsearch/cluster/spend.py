@@ -5,11 +5,16 @@ starts, once at 80%, and as the reason a search stops when the cap ends the clus
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from contextlib import suppress
 
 from spotsearch.cluster.messages import ClusterError, console
 
 TOPIC = "spotsearch-cost"  # dask_node.cost_cap's; the scheduler lets no worker log on it
+# dask_node.cost_cap also tells every Client (a notebook's) with a `warn` event starting so; a
+# search says it its own way, in one line, and leaves that warning out.
+CLIENT_WARNING = "max_cost_usd: "
 RAISE_IT = "raise max_cost_usd (in cdktf.json, or `cdktf deploy --var max_cost_usd=...`) and redeploy"
 
 
@@ -63,12 +68,16 @@ class CapWatch:
         return f"{ended_line(self.ended)}; {len(saved)} finished fits are saved{where}"
 
     def __enter__(self) -> CapWatch:
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.filterwarnings("ignore", message=re.escape(CLIENT_WARNING), category=UserWarning)
         self.client.subscribe_topic(TOPIC, self._event)
         return self
 
     def __exit__(self, *exc_info) -> None:
         with suppress(Exception):  # a client whose scheduler has gone cannot say it unsubscribes
             self.client.unsubscribe_topic(TOPIC)
+        self._warnings.__exit__(*exc_info)
 
 
 def ended_at_cap(outputs: dict, stack: str) -> str | None:
