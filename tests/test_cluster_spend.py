@@ -5,6 +5,10 @@ a search starts: tests/test_cluster_waiting.py; the whole of it: test_emulated_c
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
 import threading
 import time
 import warnings
@@ -131,3 +135,57 @@ def test_a_search_whose_cluster_reaches_its_cap_stops_at_once_in_one_line_with_i
         f"{len(saved)} finished fits are saved in {tmp_path / 'fits'}, from where the same search resumes"
     )
     assert 5 <= len(saved) < 60 and ended - gone[0] < 120, "stopped, not waited for a scheduler for 300 s"
+
+
+def test_a_script_whose_cluster_reaches_its_cap_ends_in_one_line_without_waiting_for_a_scheduler(tmp_path):
+    """The shipped script on a TLS cluster like a deployed one: what it does after the search
+    (Dask's performance report, the node count's last look, closing) asks no gone scheduler."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from .conftest import ROOT
+    from .loopback_cluster import start
+
+    X, y = load_digits(return_X_y=True)  # six times over, blurred: fits of a second or so
+    noise = np.random.default_rng(0).normal(0, 0.5, (6 * len(X), X.shape[1]))
+    np.savez(tmp_path / "digits6.npz", X=np.tile(X, (6, 1)) + noise, y=np.tile(y, 6))
+    cluster = start(tmp_path / "cluster", workers=("127.0.0.2",))
+    try:
+        outputs = cluster.outputs_file(tmp_path / "outputs.json", workers=1)
+        script = subprocess.Popen(
+            [sys.executable, str(ROOT / "experiments" / "svc_digits.py"), "--stack", "loopback", "--outputs",
+             str(outputs), "--results", str(tmp_path / "r"), "--data", str(tmp_path / "digits6.npz")],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 300
+        while len(list((tmp_path / "r").glob("*/fits/*.fit"))) < 3:
+            assert time.monotonic() < deadline and script.poll() is None, script.stderr.read()
+            time.sleep(0.05)
+        with cluster.client() as meter:
+            logged(meter, ENDED)
+        time.sleep(0.5)
+        # As at the cap: the scheduler closes, then its node powers off and its address answers
+        # nothing. Here a listener that never speaks holds the port: connections to it hang.
+        scheduler = cluster.processes["scheduler"]
+        os.killpg(scheduler.pid, signal.SIGTERM)
+        scheduler.wait(timeout=60)
+        silent = socket.create_server(("127.0.0.1", cluster.port), backlog=64)
+        gone = time.monotonic()
+        _, errors = script.communicate(timeout=300)
+        ended = time.monotonic()
+    finally:
+        cluster.stop()
+        if "silent" in locals():
+            silent.close()
+    (run,) = (tmp_path / "r").iterdir()
+    saved = len(list((run / "fits").glob("*.fit")))
+    assert script.returncode == 2, errors
+    assert errors.strip().splitlines()[-1] == (
+        f"error: the cluster has reached its cost cap and ended ($20.01 of its $20.00 cap spent); {RAISE}; "
+        f"{saved} finished fits are saved in {run / 'fits'}, from where the same search resumes"
+    )
+    assert ended - gone < 60, "ended at once, not after the client's timeout"
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"

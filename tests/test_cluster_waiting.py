@@ -73,13 +73,14 @@ def test_a_cluster_that_ended_at_its_cost_cap_is_refused_in_one_line_and_a_redep
     import boto3
 
     group = "dask-loopback-scheduler"
-    boto3.client("ssm", region_name="us-east-1").put_parameter(
+    aws = boto3.session.Session(region_name="us-east-1")  # not boto3's default one: it keeps credentials
+    aws.client("ssm").put_parameter(
         Name="/dask-loopback/cluster/spend", Type="SecureString", Overwrite=True,
         Value=json.dumps({"started": 1, "spent_usd": 20.0113, "metered_at": 2.0, "cap_usd": 20.0, "warned": True,
                           "ended": True}),
     )  # fmt: skip
-    scaling = boto3.client("autoscaling", region_name="us-east-1")
-    boto3.client("ec2", region_name="us-east-1").create_launch_template(
+    scaling = aws.client("autoscaling")
+    aws.client("ec2").create_launch_template(
         LaunchTemplateName="scheduler", LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "m6i.large"}
     )
     scaling.create_auto_scaling_group(

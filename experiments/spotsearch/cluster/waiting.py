@@ -156,11 +156,13 @@ class NodeMeter:
         self._poller.start()
         return self
 
-    def stop(self) -> None:
-        self._poller.stop()
+    def stop(self, *, last_look: bool = True) -> None:
+        self._poller.stop(last_look=last_look)
 
     def __enter__(self) -> NodeMeter:
         return self.start()
 
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
+    def __exit__(self, error_type, *_) -> None:
+        # A last look only after a search that ended well: after an error the count goes in no
+        # report, and its scheduler may be gone for good (asking one waits for the client's timeout).
+        self.stop(last_look=error_type is None)
