@@ -72,10 +72,11 @@ def test_each_instance_of_the_cluster_costs_its_spot_price_volume_and_address_fr
     clock = Clock(launched + 3600)
     spend, warned = meter(aws, clock).meter()
     assert all(cost_cap.public_addresses(i) == 1 for i in ours)
-    assert spend.spent_usd == pytest.approx(2 * (SPOT + EXTRAS), rel=1e-3)
+    assert spend.spent_usd == pytest.approx(2 * (SPOT + EXTRAS), rel=1e-9)
     assert (warned, spend.ended, spend.metered_at) == (False, False, clock.now)
     assert kept(aws) == {"started": int(launched - 600), "spent_usd": spend.spent_usd, "metered_at": clock.now,
                          "cap_usd": 20.0, "warned": False, "ended": False}  # fmt: skip
+    assert aws.ssm.get_parameter(Name=SPEND)["Parameter"]["Type"] == "SecureString"
 
 
 def test_rounds_add_the_time_since_the_last_and_a_replacement_carries_the_spend_on(aws):
@@ -85,10 +86,10 @@ def test_rounds_add_the_time_since_the_last_and_a_replacement_carries_the_spend_
     first = meter(aws, clock)
     first.meter()
     clock.now += 1800
-    assert first.meter()[0].spent_usd == pytest.approx(SPOT + EXTRAS, rel=1e-3)
+    assert first.meter()[0].spent_usd == pytest.approx(SPOT + EXTRAS, rel=1e-9)
     # The scheduler is replaced: the next one reads what was kept and counts on from there.
     clock.now += 3600
-    assert meter(aws, clock).meter()[0].spent_usd == pytest.approx(2 * (SPOT + EXTRAS), rel=1e-3)
+    assert meter(aws, clock).meter()[0].spent_usd == pytest.approx(2 * (SPOT + EXTRAS), rel=1e-9)
 
 
 def test_a_new_start_of_the_cluster_starts_its_spend_from_nothing(aws):
@@ -97,7 +98,7 @@ def test_a_new_start_of_the_cluster_starts_its_spend_from_nothing(aws):
                "cap_usd": 20.0, "warned": True, "ended": True}  # fmt: skip
     started(aws, launched, value=json.dumps(earlier))
     spend, warned = meter(aws, Clock(launched + 3600)).meter()
-    assert spend.spent_usd == pytest.approx(SPOT + EXTRAS, rel=1e-3) and not spend.ended and not warned
+    assert spend.spent_usd == pytest.approx(SPOT + EXTRAS, rel=1e-9) and not spend.ended and not warned
 
 
 def test_a_round_that_fails_adds_nothing_and_the_next_counts_its_time(aws, monkeypatch):
@@ -113,7 +114,7 @@ def test_a_round_that_fails_adds_nothing_and_the_next_counts_its_time(aws, monke
             m.meter()
     assert kept(aws)["metered_at"] == launched + 1200
     clock.now += 1200
-    assert m.meter()[0].spent_usd == pytest.approx(SPOT + EXTRAS, rel=1e-3)
+    assert m.meter()[0].spent_usd == pytest.approx(SPOT + EXTRAS, rel=1e-9)
 
 
 def test_a_spot_instance_without_a_price_fails_the_round_rather_than_counting_nothing(aws):
@@ -160,9 +161,9 @@ def test_an_on_demand_instance_costs_its_price_from_the_pricing_api(aws):
                     ("tenancy", "Shared"), ("preInstalledSw", "NA"), ("capacitystatus", "Used"))]},
         )  # fmt: skip
         m = meter(aws, Clock(launched + 3600), pricing=pricing)
-        assert m.meter()[0].spent_usd == pytest.approx(0.096 + EXTRAS, rel=1e-3)
+        assert m.meter()[0].spent_usd == pytest.approx(0.096 + EXTRAS, rel=1e-9)
         m.clock.now += 3600
-        assert m.meter()[0].spent_usd == pytest.approx(2 * (0.096 + EXTRAS), rel=1e-3)  # asked once: the stub has one
+        assert m.meter()[0].spent_usd == pytest.approx(2 * (0.096 + EXTRAS), rel=1e-9)  # asked once: the stub has one
         stub.assert_no_pending_responses()
 
 
@@ -176,12 +177,16 @@ def test_public_addresses_count_an_elastic_ip_on_a_second_interface():
     }  # fmt: skip
     assert cost_cap.public_addresses(instance) == 2
     assert cost_cap.public_addresses({"NetworkInterfaces": [{"PrivateIpAddresses": [{}]}]}) == 0
+    # Each place an address shows on its own: a secondary private address's, the instance's.
+    secondary = {"NetworkInterfaces": [{"PrivateIpAddresses": [{}, {"Association": {"PublicIp": "192.0.2.4"}}]}]}
+    assert cost_cap.public_addresses(secondary) == 1
+    assert cost_cap.public_addresses({"PublicIpAddress": "192.0.2.5"}) == 1
 
 
 class FakeScheduler:
     def __init__(self) -> None:
         self.events, self.closed = [], []
-        self._ongoing_background_tasks = SimpleNamespace(call_soon=lambda f, **kw: self.closed.append(kw))
+        self._ongoing_background_tasks = SimpleNamespace(call_soon=lambda f, **kw: self.closed.append((f, kw)))
 
     def log_event(self, topic, message) -> None:
         self.events.append((topic, message))
@@ -220,12 +225,12 @@ def test_each_round_is_an_event_and_the_cap_closes_the_scheduler_with_the_line_i
         (cost_cap.TOPIC, {"spent_usd": 20.01, "cap_usd": 20.0, "metered_at": 100.0, "warning": False, "ended": True}),
         ("warn", "max_cost_usd: the cluster has reached its cost cap ($20.01 of $20.00) and ends now"),
     ]
-    assert scheduler.closed == [{"reason": "cluster-cost-cap"}]
+    assert scheduler.closed == [(scheduler.close, {"reason": "cluster-cost-cap"})]
     assert "cost cap of $20.00 reached ($20.0100 spent): closing the scheduler" in caplog.text
     assert "could not meter the cluster's spend this round (throttled)" in caplog.text
     assert "the cluster has spent 82% of its cost cap ($16.50 of $20.00)" in caplog.text
     asyncio.run(cap.check())  # closing: no more rounds
-    assert len(scheduler.events) == 5
+    assert len(scheduler.events) == 5 and cap.meter.rounds == []
 
 
 def test_the_stacks_options_are_the_ones_the_preload_takes():
@@ -266,3 +271,38 @@ def test_the_stacks_options_are_the_ones_the_preload_takes():
             idle_shutdown.dask_setup.callback(scheduler, **partial.params)
     finally:
         idle_shutdown.cost_cap.start = before
+
+
+def test_a_failing_round_is_logged_once_until_it_fails_otherwise_or_succeeds(caplog):
+    scheduler = FakeScheduler()
+    throttled = OSError("throttled")
+    cap = cost_cap.CostCap(scheduler, close_delay=0, meter=FakeMeter(
+        throttled, OSError("throttled"), OSError("no route"), (spend(1.0), False), OSError("throttled")))  # fmt: skip
+    with caplog.at_level("WARNING", logger="distributed.scheduler.cost-cap"):
+        for _ in range(5):
+            asyncio.run(cap.check())
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "could not meter the cluster's spend this round (throttled); the next round counts it",
+        "could not meter the cluster's spend this round (no route); the next round counts it",
+        "could not meter the cluster's spend this round (throttled); the next round counts it",
+    ]
+
+
+def test_an_instance_launched_after_the_meters_clock_adds_nothing(aws):
+    """Clocks differ a little: an instance EC2 says launched a moment from now costs nothing yet."""
+    launched = launch(aws)["LaunchTime"].timestamp()
+    started(aws, launched - 60)
+    assert meter(aws, Clock(launched - 0.5)).meter()[0].spent_usd == 0.0
+
+
+def test_a_state_that_is_not_a_start_and_a_type_without_a_price_fail_the_round_naming_them(aws):
+    aws.ssm.put_parameter(Name=STATE, Value="ended", Type="SecureString", Overwrite=True)
+    aws.ssm.put_parameter(Name=SPEND, Value="new", Type="SecureString", Overwrite=True)
+    with pytest.raises(LookupError, match="the cluster's state is 'ended', not its start"):
+        meter(aws, Clock(0)).meter()
+    pricing = boto3.client("pricing", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(pricing) as stub:
+        stub.add_response("get_products", {"PriceList": [], "FormatVersion": "aws_v1"})
+        with pytest.raises(LookupError, match=r"no on-demand price for m6i\.large in eu-west-1"):
+            cost_cap.on_demand_price(pricing, REGION, "m6i.large")
