@@ -6,7 +6,7 @@
 #   make test-busy  `make test` while busy processes keep the cores loaded (BUSY=2 of them):
 #                no test may depend on how fast the machine is
 #   make mutation  mutation testing of the modules tests/mutation.py names (mutmut), with each
-#                module's score; about 20 minutes, not part of `make test` (docs/testing.md)
+#                module's score; about 30 minutes, not part of `make test` (docs/testing.md)
 #   make cdktf   only the pinned cdktf CLI, as .venv/bin/cdktf (for deploying)
 # Needs: python3 (3.11, with venv), Node.js with npm, Terraform 1.11 on PATH.
 
