@@ -17,6 +17,7 @@ from cdktf_cdktf_provider_aws.ssm_parameter import SsmParameter
 from constructs import Construct
 
 from stacks.config import NODE_ROLES, ClusterSettings
+from stacks.data_sources import read_statements
 from stacks.userdata import scheduler_group_name, worker_group_name
 
 # What the SSM agent needs for Session Manager, the only way onto a node (no SSH key, no SSH
@@ -132,6 +133,7 @@ class NodeRole(Construct):
     set the desired capacity of this cluster's worker group (to 0 when the cluster ends). The
     scheduler's autoscaler may also protect and terminate instances of that group, and no other;
     a scheduler may set its own group's size, take the scheduler's interface and keep the state.
+    Workers may read the S3 data the settings name (`data_sources`), and nothing else in S3.
     """
 
     def __init__(
@@ -209,6 +211,8 @@ class NodeRole(Construct):
                 if role == "scheduler"
                 else []
             ),
+            # The data the user named: read by the fits, on the workers only.
+            *(read_statements(settings.data_sources, partition) if role == "worker" else []),
             {
                 "Sid": "SessionManagerRegistration",
                 "Effect": "Allow",

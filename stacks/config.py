@@ -29,6 +29,7 @@ from stacks.checks import (
     unique,
     workers_shape,
 )
+from stacks.data_sources import data_sources
 
 CONFIG_FILE = "cdktf.json"
 SCHEDULER_PORT = 8786
@@ -91,6 +92,8 @@ class ClusterSettings:
     worker_threads: int | Literal["auto"] = "auto"
     root_volume_gb: int = 30
     subnet_ids: tuple[str, ...] = ()
+    # S3 prefixes and objects the workers may read, for searches on data kept there (stacks/data_sources.py).
+    data_sources: tuple[str, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
     jupyter: bool = False
 
@@ -233,6 +236,7 @@ def parse_cluster(name: str, raw: Any) -> ClusterSettings:
         worker_threads=workers_shape(at("worker_threads"), get("worker_threads")),
         root_volume_gb=root_volume(at("root_volume_gb"), get("root_volume_gb")),
         subnet_ids=subnets,
+        data_sources=data_sources(at("data_sources"), raw.get("data_sources", [])),
         tags=_tags(at("tags"), raw.get("tags", {})),
         jupyter=true_or_false(at("jupyter"), get("jupyter")),
     )

@@ -183,6 +183,7 @@ class DaskClusterStack(TerraformStack):
                 "Hours the cluster may run at max_workers before it reaches max_cost_usd, at the hourly estimate",
             ),
             "cluster_spend_parameter": (settings.spend_parameter, "SSM parameter: what the cluster has spent"),
+            "data_sources": (list(settings.data_sources), "S3 prefixes and objects the workers may read"),
         }
         if jupyter:
             outputs["jupyter_url"] = (

@@ -39,6 +39,7 @@ VARIANTS: dict[str, dict] = {
         "idle_timeout_minutes": 15,
         "jupyter": True,
         "max_cost_usd": 50,
+        "data_sources": ["s3://ml-team-data/emails/", "s3://shared.datasets/2026/digits.parquet"],
     },
 }
 

@@ -108,6 +108,24 @@ BAD = [
     ({"tags": {f"t{i}": "v" for i in range(45)}}, "clusters.dask.tags: at most 44 tags (AWS allows 50 per resource; the stack sets 6), got 45"),
     ({"tags": {"daskminworkers": "9"}}, 'clusters.dask.tags: DaskMinWorkers is set by the stack itself; choose another tag name, got "daskminworkers"'),
     ({"jupyter": "yes"}, 'clusters.dask.jupyter: must be true or false, got "yes"'),
+    ({"data_sources": "s3://my-data/train/"}, 'clusters.dask.data_sources: must be a list of strings, got "s3://my-data/train/"'),
+    ({"data_sources": ["my-data/train/"]}, 'clusters.dask.data_sources: each entry must be an S3 location such as "s3://my-bucket/training-data/", got "my-data/train/"'),
+    ({"data_sources": ["s3://my-data"]}, 'clusters.dask.data_sources: name a prefix (ending in /) or an object; the whole bucket is "s3://my-data/", got "s3://my-data"'),
+    ({"data_sources": ["s3://My_Data/train/"]}, "clusters.dask.data_sources: the bucket name must be 3-63 lowercase letters, digits, dots and hyphens, a letter or digit at each end, got"),
+    ({"data_sources": ["s3://ab/train/"]}, "clusters.dask.data_sources: the bucket name must be 3-63"),
+    ({"data_sources": ["s3://my..data/x/"]}, "clusters.dask.data_sources: the bucket name must be 3-63"),
+    ({"data_sources": ["s3://10.0.0.1/x/"]}, 'clusters.dask.data_sources: a bucket name cannot be an IP address, got "s3://10.0.0.1/x/"'),
+    ({"data_sources": ["s3://data--ol-s3/x/"]}, "clusters.dask.data_sources: the bucket name has a prefix or suffix S3 reserves"),
+    ({"data_sources": ["s3://my-data/train*/"]}, "clusters.dask.data_sources: must not hold * ? or $: IAM would read them as wildcards or variables and widen the access, got"),
+    ({"data_sources": ["s3://my-data/${aws:username}/"]}, "clusters.dask.data_sources: must not hold * ? or $"),
+    ({"data_sources": ["s3://my-data/x?/"]}, "clusters.dask.data_sources: must not hold * ? or $"),
+    ({"data_sources": ["s3://my-data//train/"]}, 'clusters.dask.data_sources: has an empty path segment (//), got "s3://my-data//train/"'),
+    ({"data_sources": ["s3://my-data/" + "k" * 1025]}, "clusters.dask.data_sources: the key or prefix is longer than S3's 1024 bytes"),
+    ({"data_sources": ["s3://my-data/a\tb/"]}, "clusters.dask.data_sources: holds a control character"),
+    ({"data_sources": ["s3://my-data/a/", "s3://my-data/a/"]}, 'clusters.dask.data_sources: lists the same entry twice, got "s3://my-data/a/"'),
+    ({"data_sources": ["s3://my-data/a/", "s3://my-data/a/b.csv"]}, 'clusters.dask.data_sources: is already inside s3://my-data/a/; keep one, got "s3://my-data/a/b.csv"'),
+    ({"data_sources": [f"s3://my-data/{i}/" for i in range(21)]}, "clusters.dask.data_sources: at most 20 entries (name a common prefix instead), got 21"),
+    ({"data_sources": [f"s3://my-data-{i}/" + "p" * 300 + "/" for i in range(20)]}, "clusters.dask.data_sources: too long for IAM's 10240-character role policy"),
     ({"wrokers": 3}, "clusters.dask: unknown setting"),
 ]  # fmt: skip
 
@@ -236,6 +254,7 @@ def test_every_setting_given_is_the_setting_kept():
         "min_workers": 1, "max_workers": 7, "spot_max_price": "0.35", "idle_timeout_minutes": 15,
         "max_lifetime_hours": 6, "worker_processes": 4, "worker_threads": "auto", "root_volume_gb": 8,
         "tags": {"team": "ml"}, "jupyter": True, "max_cost_usd": 12.5,
+        "data_sources": ["s3://my-data/train/", "s3://other.data/2026/emails.parquet"],
     }  # fmt: skip
     settings = parse_cluster("lab", raw)
     kept = {name: getattr(settings, name) for name in raw}

@@ -7,8 +7,9 @@ allow or not for an action on a resource. Terraform references in the policies a
 the values AWS would give them in account 123456789012.
 
 Conditions are evaluated here, not by moto: its evaluator counts a missing key as a match and
-an unmet condition of an Allow as a Deny. Only StringEquals is used, and evaluated as IAM does:
-every key present in the request (a resource's tags) with the given value.
+an unmet condition of an Allow as a Deny. Only StringEquals and StringLike are used, and
+evaluated as IAM does: every key present in the request (a resource's tags, s3:prefix, the
+KMS encryption context) with one of the given values.
 """
 
 from __future__ import annotations
@@ -64,17 +65,38 @@ def managed(arn: str) -> str:
     return json.dumps(MANAGED[name]["Document"])
 
 
-def allowed(documents: list[str], action: str, resource: str, tags: dict[str, str] | None = None) -> bool:
-    """Whether the documents allow `action` on `resource`, whose tags are `tags`."""
+def _like(pattern: str, value: str) -> bool:
+    """IAM's StringLike: * any characters (slashes too), ? one, everything else literal."""
+    return re.fullmatch(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), value, re.DOTALL) is not None
+
+
+def _applies(condition: dict, context: dict[str, str]) -> bool:
+    """Whether a statement's condition holds for a request with these context keys: every key
+    it names present and matching one of its values (a key the request lacks fails it, as in IAM)."""
+    for operator, wanted in condition.items():
+        assert operator in ("StringEquals", "StringLike"), f"condition {operator} is not evaluated here"
+        for key, values in wanted.items():
+            values = values if isinstance(values, list) else [values]
+            if key not in context:
+                return False
+            if operator == "StringEquals" and context[key] not in values:
+                return False
+            if operator == "StringLike" and not any(_like(value, context[key]) for value in values):
+                return False
+    return True
+
+
+def allowed(
+    documents: list[str], action: str, resource: str, tags: dict[str, str] | None = None, context: dict | None = None
+) -> bool:
+    """Whether the documents allow `action` on `resource`, whose tags are `tags`, for a request
+    with these condition keys (`context`: s3:prefix, kms:ViaService, ...)."""
+    request = {**{f"aws:ResourceTag/{k}": v for k, v in (tags or {}).items()}, **(context or {})}
     results = []
     for document in documents:
         for statement in json.loads(document)["Statement"]:
             if "Condition" in statement:
-                (operator,) = statement["Condition"]
-                assert operator == "StringEquals", f"condition {operator} is not evaluated here"
-                wanted = statement["Condition"][operator]
-                context = {f"aws:ResourceTag/{k}": v for k, v in (tags or {}).items()}
-                if any(context.get(key) != value for key, value in wanted.items()):
+                if not _applies(statement["Condition"], request):
                     continue  # not applicable to this request
                 statement = {k: v for k, v in statement.items() if k != "Condition"}
             policy = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
@@ -275,3 +297,72 @@ def test_the_evaluation_counts_managed_policies(synthesized, settings):
     }
     documents = role_policies(doc, s.region, s.name)[f"dask-{s.name}-worker"]
     assert allowed(documents, "ssm:GetParameter", arns(s, "worker")["another team's secret"])
+
+
+def test_workers_read_exactly_the_data_sources_and_nothing_else(settings, synthesized):
+    """data_sources (stacks/data_sources.py): object reads under each prefix and of each object
+    named, listing under them only, decryption only through S3 for those objects; no writes, no
+    other bucket, prefix or object, and nothing at all for the scheduler, which runs no fit."""
+    s = settings["custom"]
+    policies = role_policies(synthesized["custom"], s.region, s.name)
+    worker, scheduler = policies[f"dask-{s.name}-worker"], policies[f"dask-{s.name}-scheduler"]
+    s3 = "arn:aws:s3:::"
+    readable = [f"{s3}ml-team-data/emails/train.parquet", f"{s3}ml-team-data/emails/2026/11/part-0.csv",
+                f"{s3}shared.datasets/2026/digits.parquet"]  # fmt: skip
+    unreadable = [f"{s3}ml-team-data/emails-private/x.csv", f"{s3}ml-team-data/other/x.csv",
+                  f"{s3}ml-team-data/emails", f"{s3}shared.datasets/2026/digits.parquet.bak",
+                  f"{s3}shared.datasets/2026/other.parquet", f"{s3}another-bucket/emails/x.csv"]  # fmt: skip
+    for arn in readable:
+        assert allowed(worker, "s3:GetObject", arn) and allowed(worker, "s3:GetObjectVersion", arn), arn
+        assert not allowed(scheduler, "s3:GetObject", arn), f"the scheduler may read {arn}"
+        for action in ("s3:PutObject", "s3:DeleteObject", "s3:PutObjectAcl", "s3:DeleteObjectVersion"):
+            assert not allowed(worker, action, arn), f"a worker may {action} {arn}"
+    for arn in unreadable:
+        assert not allowed(worker, "s3:GetObject", arn), f"a worker may read {arn}"
+    listing = {"ml-team-data": ["emails/", "emails/2026/"], "shared.datasets": ["2026/digits.parquet"]}
+    for bucket, prefixes in listing.items():
+        for prefix in prefixes:
+            assert allowed(worker, "s3:ListBucket", f"{s3}{bucket}", context={"s3:prefix": prefix}), prefix
+        for prefix in ("", "other/", "emails-private/", "2026/"):
+            assert not allowed(worker, "s3:ListBucket", f"{s3}{bucket}", context={"s3:prefix": prefix}), prefix
+        assert not allowed(worker, "s3:ListBucket", f"{s3}{bucket}"), "a listing of the whole bucket"
+        assert not allowed(scheduler, "s3:ListBucket", f"{s3}{bucket}", context={"s3:prefix": prefixes[0]})
+    key = f"arn:aws:kms:{s.region}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    through_s3 = {"kms:ViaService": f"s3.{s.region}.amazonaws.com"}
+    for arn in (*readable, f"{s3}ml-team-data"):  # an object, or its bucket with an S3 Bucket Key
+        assert allowed(worker, "kms:Decrypt", key, context={**through_s3, "kms:EncryptionContext:aws:s3:arn": arn})
+    assert not allowed(worker, "kms:Decrypt", key, context={"kms:EncryptionContext:aws:s3:arn": readable[0]}), (
+        "decryption outside S3"
+    )
+    for arn in unreadable:
+        context = {**through_s3, "kms:EncryptionContext:aws:s3:arn": arn}
+        assert not allowed(worker, "kms:Decrypt", key, context=context), f"decryption of {arn}"
+    assert not allowed(
+        worker, "kms:Decrypt", key, context={**through_s3, "kms:EncryptionContext:aws:s3:arn": f"{s3}another-bucket"}
+    )
+    assert not allowed(
+        scheduler, "kms:Decrypt", key, context={**through_s3, "kms:EncryptionContext:aws:s3:arn": readable[0]}
+    )
+
+
+def test_only_the_workers_of_a_cluster_with_data_sources_read_s3(cluster):
+    s, policies = cluster
+    for documents in policies.values():
+        for action in ("s3:GetObject", "s3:ListBucket", "kms:Decrypt"):
+            assert allowed(documents, action, "arn:aws:s3:::ml-team-data/emails/x.csv") == (
+                action == "s3:GetObject" and bool(s.data_sources) and documents is policies[f"dask-{s.name}-worker"]
+            )
+
+
+def test_the_worker_policy_leaves_data_sources_the_room_their_check_counts_on(settings, synthesized):
+    """stacks/data_sources.py refuses entries whose statements would take the worker's inline
+    policy past IAM's limit, counting on the rest of the policy taking at most
+    WORKER_POLICY_OTHER_CHARS; here is that rest, as IAM counts it (no whitespace), with the
+    longest region name and partition and account AWS could give it."""
+    from stacks.data_sources import WORKER_POLICY_OTHER_CHARS
+
+    for variant in ("default", "ondemand"):
+        s = settings[variant]
+        (document,) = role_policies(synthesized[variant], "ap-southeast-5", s.name)[f"dask-{s.name}-worker"]
+        compact = json.dumps(json.loads(document.replace(":aws:", ":aws-us-gov:")), separators=(",", ":"))
+        assert len(compact) <= WORKER_POLICY_OTHER_CHARS - 200, len(compact)
