@@ -64,12 +64,12 @@ def test_every_problem_with_the_file_is_one_line_naming_it(tmp_path, table):
     cases = {
         ("missing.csv", None): "no such file",
         ("data.pkl", None): "not a data file this reads (.csv, .parquet, .npy, .npz)",
-        ("data.csv", "price"): "has no column 'price' (--target); its columns: ['a', 'b', 'label', 'last']",
+        ("data.csv", "price"): "has no column 'price' (the target); its columns: ['a', 'b', 'label', 'last']",
         ("one.csv", None): "needs a column to predict from besides the target",
         ("flat.npy", None): "must be a 2-D array with the target as one column, got shape (5,)",
         ("narrow.npy", None): "must be a 2-D array with the target as one column, got shape (5, 1)",
-        ("data.npy", "9"): "--target must be a column number below 4, got '9'",
-        ("data.npy", "label"): "--target must be a column number below 4, got 'label'",
+        ("data.npy", "9"): "the target must be a column number below 4, got '9'",
+        ("data.npy", "label"): "the target must be a column number below 4, got 'label'",
         ("data.npz", None): "has no array 'y'; its arrays: ['X']",
         ("uneven.npz", None): "X has 4 rows and y 3",
     }

@@ -192,3 +192,25 @@ def test_the_base_search_and_the_config_a_delayed_call_carries():
     assert "self._checked_cv_orig = " in inspect.getsource(upstream.base_search().fit)
     func, args, kwargs = upstream.configured(delayed(len)([1, 2]), {"assume_finite": True}, warnings.filters)
     assert (func.config, func.warning_filters, func(*args, **kwargs)) == ({"assume_finite": True}, warnings.filters, 2)
+
+
+def test_best_index_and_the_estimators_fit_params_are_those_fit_uses():
+    """A search on data in S3 refits on the cluster (s3_data.py): its best candidate and the
+    estimator's fit parameters must be the ones `BaseSearchCV.fit` would use."""
+    from sklearn.datasets import load_iris
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, HalvingGridSearchCV
+
+    X, y = load_iris(return_X_y=True)
+    grid = {"C": [0.001, 0.1, 10.0]}
+    several = GridSearchCV(LogisticRegression(max_iter=300), grid, scoring=["accuracy", "f1_macro"],
+                           refit="f1_macro").fit(X, y)  # fmt: skip
+    assert upstream.best_index(several, "f1_macro", "f1_macro", several.cv_results_) == several.best_index_
+    halving = HalvingGridSearchCV(LogisticRegression(max_iter=300), grid, factor=2, random_state=0).fit(X, y)
+    last_round = np.flatnonzero(halving.cv_results_["iter"] == halving.cv_results_["iter"].max())
+    assert upstream.best_index(halving, True, "score", halving.cv_results_) == halving.best_index_
+    assert halving.best_index_ in last_round  # the halving search's own choice, not the best rank overall
+    weights, groups = np.ones(len(y)), np.arange(len(y)) % 3
+    params = upstream.estimator_fit_params(several, {"sample_weight": weights, "groups": groups})
+    assert list(params) == ["sample_weight"] and params["sample_weight"] is weights

@@ -9,7 +9,8 @@ any Dask cluster, or on a cluster of AWS spot instances that this project deploy
 
 `run` is the same for a script: the command line's flags, the progress, a run folder with the
 results, and every error as one line. `AdaptiveSearchCV` is a search that learns where to look
-(Optuna's TPE) and prunes bad candidates after their first folds.
+(Optuna's TPE) and prunes bad candidates after their first folds. `S3Data` names a table in S3
+that the workers read where it lives, in place of X and y.
 
 The names are loaded when first used: `import spotsearch` alone loads none of Dask,
 scikit-learn or matplotlib. The nodes need none of this package (see node_code.py).
@@ -19,12 +20,13 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["AdaptiveSearchCV", "Cluster", "ClusterError", "fit_on_cluster", "run"]
+__all__ = ["AdaptiveSearchCV", "Cluster", "ClusterError", "S3Data", "fit_on_cluster", "run"]
 
 _WHERE = {
     "AdaptiveSearchCV": "spotsearch.adaptive",
     "Cluster": "spotsearch.cluster.connect",
     "ClusterError": "spotsearch.cluster.messages",
+    "S3Data": "spotsearch.s3_data",
     "fit_on_cluster": "spotsearch.search",
     "run": "spotsearch.script",
 }

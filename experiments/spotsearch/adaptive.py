@@ -118,6 +118,7 @@ class AdaptiveSearchCV(base_search()):
 
         from spotsearch.fit_keys import FitKeys
         from spotsearch.joblib_backend import ACTIVE
+        from spotsearch.s3_data import REFIT
         from spotsearch.search_space import optuna_space
         from spotsearch.study_loop import StudyLoop
         from spotsearch.upstream import configured, fit_and_score, fit_inputs
@@ -138,7 +139,9 @@ class AdaptiveSearchCV(base_search()):
 
         def score(future) -> tuple[float, float]:
             (out,) = backend.retrieve_result_callback(future.result())
-            return _optimised_score(out["test_scores"], metric, self.refit), out["fit_time"] + out["score_time"]
+            # REFIT: the search's own refit while it runs without one (its data is in S3: s3_data.py).
+            refit = REFIT.get(self.refit)
+            return _optimised_score(out["test_scores"], metric, refit), out["fit_time"] + out["score_time"]
 
         study = self._study()
         loop = StudyLoop(

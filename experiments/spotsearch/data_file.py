@@ -8,9 +8,10 @@ import argparse
 import hashlib
 from pathlib import Path
 
+from spotsearch import node_code
 from spotsearch.cluster.messages import ClusterError, shown
 
-SUFFIXES = (".csv", ".parquet", ".npy", ".npz")
+SUFFIXES = node_code.module().SUFFIXES
 HELD_OUT = 0.2  # of a file's rows, kept for the best model's held-out evaluation
 SEED = 0  # of the split: the same file splits the same way, so `--resume` finds the same data
 
@@ -48,52 +49,12 @@ def _refuse(path: Path, why: str) -> ClusterError:
 
 
 def read(path: Path, target: str | None = None) -> tuple:
-    """(X, y) from the file: a table's columns but the target (a DataFrame, so that a pipeline
-    can name its columns) and the target's; an array's columns but the target's."""
-    import numpy as np
-    import pandas as pd
-
-    if path.suffix.lower() not in SUFFIXES:
-        raise _refuse(path, f"not a data file this reads ({', '.join(SUFFIXES)})")
+    """(X, y) from the file (on_nodes.read_table, which reads the workers' data in S3 too)."""
+    node = node_code.module()
     try:
-        if path.suffix.lower() == ".csv":
-            table = pd.read_csv(path)
-        elif path.suffix.lower() == ".parquet":
-            table = pd.read_parquet(path)
-        else:
-            arrays = np.load(path, allow_pickle=False)  # a pickle in an array file runs code: refused
-    except FileNotFoundError:
-        raise _refuse(path, "no such file") from None
-    except (OSError, ValueError, ImportError) as error:  # unreadable, malformed, a pickled array
-        raise _refuse(path, f"cannot be read ({type(error).__name__}: {str(error).splitlines()[0]})") from None
-    if path.suffix.lower() in (".csv", ".parquet"):
-        name = target if target is not None else table.columns[-1]
-        if name not in table.columns:
-            raise _refuse(path, f"has no column {shown(name)} (--target); its columns: {shown(list(table.columns))}")
-        if len(table.columns) < 2:
-            raise _refuse(path, "needs a column to predict from besides the target")
-        return table.drop(columns=[name]), table[name].to_numpy()
-    if path.suffix.lower() == ".npz":
-        with arrays:  # an .npz file is read lazily, from a file kept open until closed
-            names = ("X", target or "y")
-            missing = [name for name in names if name not in arrays.files]
-            if missing:
-                raise _refuse(path, f"has no array {shown(missing[0])}; its arrays: {shown(arrays.files)}")
-            X, y = (arrays[name] for name in names)
-    else:
-        if arrays.ndim != 2 or arrays.shape[1] < 2:
-            raise _refuse(path, f"must be a 2-D array with the target as one column, got shape {arrays.shape}")
-        try:
-            column = int(target) if target is not None else arrays.shape[1] - 1
-            y = arrays[:, column]
-        except (ValueError, IndexError):
-            raise _refuse(
-                path, f"--target must be a column number below {arrays.shape[1]}, got {shown(target)}"
-            ) from None
-        X = np.delete(arrays, column, axis=1)
-    if len(X) != len(y):
-        raise _refuse(path, f"X has {len(X)} rows and y {len(y)}")
-    return X, y
+        return node.read_table(path, path.suffix, target)
+    except node.DataProblem as problem:
+        raise _refuse(path, str(problem)) from None
 
 
 def split(X, y, held_out: float) -> tuple:

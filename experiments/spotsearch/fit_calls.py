@@ -113,12 +113,14 @@ def with_parameters(result, call: tuple):
 
 class SharedValues:
     """What the fits of one search share, each sent to every worker once and named in the fits'
-    calls: the search's data as joblib scattered it (`data_futures`, id of X or y: its future),
-    and each value of SHARED_FROM_BYTES or more, pickled (the search itself, the split's rows,
+    calls: the search's data as joblib scattered it (`data_futures`, id of X or y: its future)
+    or, read from S3, as each worker reads it (`tables`, id of X or y: its name and spec), and
+    each value of SHARED_FROM_BYTES or more, pickled (the search itself, the split's rows,
     scikit-learn's settings). `release` when the search is over."""
 
-    def __init__(self, client, data_futures: dict) -> None:
+    def __init__(self, client, data_futures: dict, tables: dict | None = None) -> None:
         self._client, self._data = client, data_futures
+        self._tables = tables or {}  # id of X or y read from S3 by the workers: (shared name, spec)
         self._shared: dict[str, object] = {}  # by name: a future (or its scatter, on its way)
         self._named: dict[int, tuple[object, str]] = {}  # id of a shared value: (value, its name)
         self._by_digest: dict[bytes, str] = {}  # a shared value's name by its pickle's digest
@@ -137,6 +139,10 @@ class SharedValues:
         return pickled(calls, refs), shared
 
     async def _name(self, value) -> str | None:
+        if id(value) in self._tables:  # data in S3: each worker reads it itself (s3_data.py)
+            name, spec = self._tables[id(value)]
+            self._shared.setdefault(name, spec)
+            return name
         if id(value) in self._data:  # X and y, scattered to every worker before the search
             name = f"data-{self._data[id(value)].key}"
             self._shared.setdefault(name, self._data[id(value)])

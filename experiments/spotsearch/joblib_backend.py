@@ -74,7 +74,7 @@ class ClusterBackend(Collector, dask_backend()):
 
     default_n_jobs = 1  # joblib calls that do not ask for the cluster (n_jobs=None) stay where they are
 
-    def __init__(self, *args, saved: SavedFits | None = None, **kwargs) -> None:
+    def __init__(self, *args, saved: SavedFits | None = None, tables: dict | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.saved = saved if saved is not None else SavedFits()
         self.fit_keys = FitKeys()  # this attempt's: a search run again counts its fits again
@@ -83,7 +83,7 @@ class ClusterBackend(Collector, dask_backend()):
         self.submitted: set = set()  # every fit task this search sent, until it is released
         self._outbox: list[tuple] = []  # batches ready to go in the next message
         self._task_of: dict[concurrent.futures.Future, object] = {}  # submit_fit's fits on the cluster
-        self._shared = SharedValues(self.client, self.data_futures)
+        self._shared = SharedValues(self.client, self.data_futures, tables)
         # Finished fits are collected together (see `_collect`), not gathered one by one.
         self.waiting_futures = as_completed([], loop=self.client.loop, raise_errors=False)
         # distributed logs a traceback for an object it cannot pickle; the search says it in one line.

@@ -171,6 +171,7 @@ def fit_on_cluster(
         progress = on_fits is None and ("ipykernel" in sys.modules or sys.stderr.isatty())
     refuse_unsupported(search)
     say_at_start(client)
+    X, y = _data_in_s3(client, search, X, y, fit_params, wait_for_workers)
     saved = saved_fits if isinstance(saved_fits, SavedFits) else SavedFits(saved_fits)
     saved.open_for(search, X, y, fit_params)
     shown = progress_bar(expected_fits(search, X, y, fit_params), on_fits) if progress else nullcontext(on_fits)
@@ -195,6 +196,24 @@ def fit_on_cluster(
             reconnected(client, wait_for_workers)
             if counting is not None:
                 counting.restart()
+
+
+def _data_in_s3(client, search, X, y, fit_params: dict, timeout: float) -> tuple:
+    """(X, y) as the search gets them: an S3Data's, read on the cluster (s3_data.py), else as given."""
+    from spotsearch.s3_data import S3Data, opened
+    from spotsearch.user_code import ship
+
+    if not isinstance(X, S3Data):
+        return X, y
+    if y is not None:
+        raise ClusterError("fit_on_cluster: S3Data holds y too (its target); give no y")
+    if is_dask_ml(search):
+        raise ClusterError(
+            f"fit_on_cluster: dask-ml's {type(search).__name__} needs X in this process; S3Data works with "
+            "scikit-learn's searches and AdaptiveSearchCV"
+        )
+    ship(client, search, fit_params)  # the node code, which reads it
+    return opened(X, client, timeout)
 
 
 def current_client():
@@ -226,8 +245,9 @@ def _fit_with_joblib(client, search, X, y, saved: SavedFits, wait_for_workers: f
     from joblib import parallel_config
 
     from spotsearch.joblib_backend import ACTIVE, ClusterBackend
+    from spotsearch.s3_data import forget, refit_kept, refit_on_cluster, shared_names
 
-    backend = None
+    backend, tables = None, shared_names(X, y)
     # n_jobs=-1: as many fits at once as the cluster has threads (the search's own joblib calls
     # only; the fits' inner ones keep their n_jobs). pre_dispatch="all": every fit of a round
     # submitted at once, not two per thread of the nodes there are when it starts: the scheduler
@@ -235,20 +255,28 @@ def _fit_with_joblib(client, search, X, y, saved: SavedFits, wait_for_workers: f
     # their share.
     with params_set(search, n_jobs=-1, pre_dispatch="all"), ExitStack() as search_context:
         try:
-            # X and y go to every worker once, now, and the fits refer to those copies.
+            # X and y go to every worker once, now, and the fits refer to those copies (data in
+            # S3: each worker reads it itself).
             with worker_held(client, wait_for_workers):
-                data = [part for part in (X, y) if part is not None]
+                data = [part for part in (X, y) if part is not None and id(part) not in tables]
                 backend = ClusterBackend(
-                    client=client, scatter=data, wait_for_workers_timeout=wait_for_workers, saved=saved
+                    client=client, scatter=data, wait_for_workers_timeout=wait_for_workers, saved=saved, tables=tables
                 )
             search_context.enter_context(parallel_config(backend=backend))
             search_context.enter_context(warning_filters_without_main())
             active = ACTIVE.set(backend)
             try:
-                return search.fit(X, y, **fit_params)
+                with ExitStack() as refit_later:
+                    if tables:  # data in S3: this process has no X to refit on
+                        refit_later.enter_context(refit_kept(search.refit))
+                        refit_later.enter_context(params_set(search, refit=False))
+                    search.fit(X, y, **fit_params)
+                refit_on_cluster(search, X, y, fit_params)
+                return search
             finally:
                 ACTIVE.reset(active)
         finally:
             if backend is not None:
                 with suppress(OSError, TimeoutError):  # a lost scheduler: it holds nothing of ours any more
                     backend.release()
+            forget(client, X)

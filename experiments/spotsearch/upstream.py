@@ -133,6 +133,18 @@ def fit_inputs(search, X, y, params: dict) -> tuple:
     return clone(search.estimator), X, y, splits, refit_metric, keywords
 
 
+def best_index(search, refit, refit_metric: str, results: dict) -> int:
+    """The best candidate's index as the search's `fit` chooses it for `refit` (the halving
+    searches choose among the last round's). Private: the search's `_select_best_index`."""
+    return search._select_best_index(refit, refit_metric, results)
+
+
+def estimator_fit_params(search, params: dict) -> dict:
+    """The fit parameters `BaseSearchCV.fit` gives the estimator's fits and refit (without
+    `groups`, or as metadata routing routes them). Private: `_get_routed_params_for_fit`."""
+    return dict(search._get_routed_params_for_fit(params).estimator.fit)
+
+
 def base_search() -> type:
     """scikit-learn's base class of its searches (`sklearn.model_selection._search.BaseSearchCV`),
     which AdaptiveSearchCV extends as its `_run_search` docstring invites."""

@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from spotsearch.cluster.messages import ClusterError, WithoutMessage, console
@@ -40,6 +40,8 @@ class Where:
     cost_basis: dict | None = None
     # An adaptive stack's bounds (min, max): worker nodes come and go with the work.
     adaptive: tuple[int, int] | None = None
+    # A stack's `data_sources`: the S3 locations its workers may read (None: not known, any cluster).
+    data_sources: tuple[str, ...] | None = None
 
 
 class Cluster:
@@ -190,6 +192,7 @@ def connect(
                 cost_basis=cost_basis,
                 adaptive=bounds if bounds and bounds[0] != bounds[1] else None,
                 ended=lambda: ended_at_cap(found, stack),
+                data_sources=tuple(found.get("data_sources", [])),  # none before the setting existed
             )
     else:
         security = security_for(tls_ca, tls_cert, tls_key)
@@ -249,6 +252,7 @@ def _remote(
     cost_basis: dict | None = None,
     adaptive: tuple[int, int] | None = None,
     ended: Callable[[], str | None] | None = None,
+    data_sources: tuple[str, ...] | None = None,
 ) -> Iterator[tuple[object, Where]]:
     from distributed import Client
 
@@ -273,10 +277,8 @@ def _remote(
         link = contextlib.nullcontext(client.dashboard_link) if dashboard is None else local_link(dashboard, *files)
         with link as dashboard_link:
             startup_over()
-            yield (
-                client,
-                Where("remote", address, dashboard_link, worker_nodes(client), threads, stack, cost_basis, adaptive),
-            )
+            where = Where("remote", address, dashboard_link, worker_nodes(client), threads, stack, cost_basis)
+            yield client, replace(where, adaptive=adaptive, data_sources=data_sources)
 
 
 def startup_over() -> None:
