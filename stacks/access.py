@@ -18,6 +18,7 @@ from constructs import Construct
 
 from stacks.config import NODE_ROLES, ClusterSettings
 from stacks.data_sources import read_statements
+from stacks.uploads import read_statements as uploads_read_statements
 from stacks.userdata import scheduler_group_name, worker_group_name
 
 # What the SSM agent needs for Session Manager, the only way onto a node (no SSH key, no SSH
@@ -133,7 +134,8 @@ class NodeRole(Construct):
     set the desired capacity of this cluster's worker group (to 0 when the cluster ends). The
     scheduler's autoscaler may also protect and terminate instances of that group, and no other;
     a scheduler may set its own group's size, take the scheduler's interface and keep the state.
-    Workers may read the S3 data the settings name (`data_sources`), and nothing else in S3.
+    Workers may read the S3 data the settings name (`data_sources`) and the laptop's uploads
+    (stacks/uploads.py), and nothing else in S3.
     """
 
     def __init__(
@@ -147,6 +149,7 @@ class NodeRole(Construct):
         partition: str,
         account: str,
         scheduler_interface_id: str,
+        uploads_bucket_arn: str,
     ) -> None:
         super().__init__(scope, id)
         assert role in NODE_ROLES, role
@@ -211,8 +214,9 @@ class NodeRole(Construct):
                 if role == "scheduler"
                 else []
             ),
-            # The data the user named: read by the fits, on the workers only.
+            # The data the user named, and what the laptop uploaded: read by the fits, on the workers only.
             *(read_statements(settings.data_sources, partition) if role == "worker" else []),
+            *(uploads_read_statements(uploads_bucket_arn) if role == "worker" else []),
             {
                 "Sid": "SessionManagerRegistration",
                 "Effect": "Allow",

@@ -37,6 +37,7 @@ from stacks.jupyter import JupyterToken
 from stacks.network import ClusterNetwork
 from stacks.nodes import NodeCommon, Scheduler, SchedulerAddress, WorkerGroup
 from stacks.tls import ClusterTls
+from stacks.uploads import UploadsBucket
 from stacks.variables import DeployTimeVariables
 
 # Amazon Linux 2023, resolved at deploy time so nodes always boot a patched image. It ships
@@ -119,10 +120,12 @@ class DaskClusterStack(TerraformStack):
             boot_after=[image.pushed, state, spend, *tls.parameters, *([jupyter.parameter] if jupyter else [])],
         )
         address = SchedulerAddress(self, "scheduler-address", common=common, subnet_id=network.scheduler_subnet_id)
+        uploads = UploadsBucket(self, "uploads", settings=settings)
         roles = {
             role: NodeRole(
                 self, f"{role}-access", settings=settings, role=role, repository_arn=image.repository.arn,
                 partition=partition, account=account, scheduler_interface_id=address.interface.id,
+                uploads_bucket_arn=uploads.arn,
             )
             for role in NODE_ROLES
         }  # fmt: skip
@@ -184,6 +187,7 @@ class DaskClusterStack(TerraformStack):
             ),
             "cluster_spend_parameter": (settings.spend_parameter, "SSM parameter: what the cluster has spent"),
             "data_sources": (list(settings.data_sources), "S3 prefixes and objects the workers may read"),
+            "uploads_bucket": (uploads.bucket.bucket, "The private bucket the experiments upload data to, once"),
         }
         if jupyter:
             outputs["jupyter_url"] = (

@@ -63,6 +63,9 @@ EMULATED_PACE = {"AUTOSCALER_INTERVAL_SECONDS": 1, "SCALE_DOWN_AFTER_SECONDS": 8
 # The emulated deploy's cluster with a dollar cap of USD 1: at moto's spot price (USD 0.00001 an
 # hour) it would take days to spend; a test sets a price that reaches it in seconds.
 EMULATED_COST_CAP = {**EMULATED, "workers": 1, "max_cost_usd": 1}
+# The emulated deploy's cluster whose workers may read one prefix of a bucket (moto's S3).
+EMULATED_DATA_SOURCE = "s3://emu-data/emails/"
+EMULATED_S3 = {**EMULATED, "data_sources": [EMULATED_DATA_SOURCE]}
 
 
 def terraform_env(folder: Path) -> dict[str, str]:
@@ -242,6 +245,12 @@ def emulated_stack():
 def emulated_cost_cap_stack():
     """The emulated deploy's cluster with a dollar cap."""
     return emulated_synth(EMULATED_COST_CAP)
+
+
+@pytest.fixture(scope="session")
+def emulated_s3_stack():
+    """The emulated deploy's cluster with data_sources."""
+    return emulated_synth(EMULATED_S3)
 
 
 @pytest.fixture(scope="session")

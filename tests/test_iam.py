@@ -28,6 +28,11 @@ INTERFACE = "eni-0123456789abcdef0"  # the scheduler's network interface, as AWS
 MANAGED = json.loads(aws_managed_policies_data)
 
 
+def uploads_bucket(cluster: str) -> str:
+    """The cluster's bucket for the laptop's uploads, named as Terraform names it after its prefix."""
+    return f"dask-{cluster}-uploads-20261207000000000000000001"
+
+
 def resolved(text: str, region: str, cluster: str) -> str:
     text = re.sub(r"\$\{data\.aws_partition\.[\w-]+\.partition\}", "aws", text)
     text = re.sub(r"\$\{data\.aws_caller_identity\.[\w-]+\.account_id\}", ACCOUNT, text)
@@ -35,6 +40,7 @@ def resolved(text: str, region: str, cluster: str) -> str:
         r"\$\{aws_ecr_repository\.[\w-]+\.arn\}", f"arn:aws:ecr:{region}:{ACCOUNT}:repository/dask-{cluster}", text
     )
     text = re.sub(r"\$\{aws_network_interface\.[\w-]+\.id\}", INTERFACE, text)
+    text = re.sub(r"\$\{aws_s3_bucket\.[\w-]+\.arn\}", f"arn:aws:s3:::{uploads_bucket(cluster)}", text)
     assert "${" not in text, f"unresolved reference in a policy: {text}"
     return text
 
@@ -343,6 +349,49 @@ def test_workers_read_exactly_the_data_sources_and_nothing_else(settings, synthe
     assert not allowed(
         scheduler, "kms:Decrypt", key, context={**through_s3, "kms:EncryptionContext:aws:s3:arn": readable[0]}
     )
+
+
+def test_only_workers_read_the_laptops_uploads_and_nobody_writes_them(cluster):
+    """stacks/uploads.py: the workers read what the laptop uploaded, under uploads/ only; the
+    cluster writes nothing there (the laptop uploads with the user's own credentials)."""
+    s, policies = cluster
+    worker, scheduler = policies[f"dask-{s.name}-worker"], policies[f"dask-{s.name}-scheduler"]
+    bucket = f"arn:aws:s3:::{uploads_bucket(s.name)}"
+    upload = f"{bucket}/uploads/{'0' * 64}.npz"
+    assert allowed(worker, "s3:GetObject", upload)
+    assert allowed(worker, "s3:ListBucket", bucket, context={"s3:prefix": "uploads/"})
+    assert not allowed(worker, "s3:ListBucket", bucket, context={"s3:prefix": ""})
+    assert not allowed(worker, "s3:GetObject", f"{bucket}/elsewhere/x.npz")
+    assert not allowed(worker, "s3:GetObject", "arn:aws:s3:::dask-other-uploads-20261207000000000000000001/uploads/x")
+    for action in ("s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:PutBucketPolicy"):
+        assert not allowed(worker, action, upload if "Object" in action else bucket), action
+    for action in ("s3:GetObject", "s3:PutObject"):
+        assert not allowed(scheduler, action, upload), f"the scheduler may {action} an upload"
+
+
+def test_the_uploads_bucket_is_private_encrypted_tls_only_and_expires(synthesized):
+    from stacks.uploads import UPLOAD_DAYS
+
+    resources = synthesized["default"]["resource"]
+    (bucket,) = resources["aws_s3_bucket"].values()
+    assert bucket["bucket_prefix"] == "dask-default-uploads-" and bucket["force_destroy"] is True
+    (block,) = resources["aws_s3_bucket_public_access_block"].values()
+    assert all(block[name] is True for name in ("block_public_acls", "block_public_policy", "ignore_public_acls",
+                                                "restrict_public_buckets"))  # fmt: skip
+    (owner,) = resources["aws_s3_bucket_ownership_controls"].values()
+    assert owner["rule"]["object_ownership"] == "BucketOwnerEnforced"
+    (encryption,) = resources["aws_s3_bucket_server_side_encryption_configuration"].values()
+    assert encryption["rule"][0]["apply_server_side_encryption_by_default"]["sse_algorithm"] == "AES256"
+    (lifecycle,) = resources["aws_s3_bucket_lifecycle_configuration"].values()
+    (rule,) = lifecycle["rule"]
+    assert rule["status"] == "Enabled" and rule["filter"] == [{"prefix": ""}]
+    assert rule["expiration"] == [{"days": UPLOAD_DAYS}]
+    assert rule["abort_incomplete_multipart_upload"] == [{"days_after_initiation": UPLOAD_DAYS}]
+    (policy,) = resources["aws_s3_bucket_policy"].values()
+    (statement,) = json.loads(policy["policy"])["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Principal"] == "*" and statement["Action"] == "s3:*"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert len(statement["Resource"]) == 2 and statement["Resource"][1].endswith("/*")
 
 
 def test_only_the_workers_of_a_cluster_with_data_sources_read_s3(cluster):

@@ -92,7 +92,8 @@ def opened(data: S3Data, client, timeout: float) -> tuple[TableOnCluster, object
     every problem with it one line (ClusterError), before any fit."""
     where = getattr(getattr(client, "cluster", None), "where", None)  # a Cluster's: a stack's settings
     sources = getattr(where, "data_sources", None)
-    if sources is not None and not covered(data.url, sources):
+    uploads = (f"s3://{where.uploads_bucket}/uploads/",) if getattr(where, "uploads_bucket", None) else ()
+    if sources is not None and not covered(data.url, sources + uploads):
         raise ClusterError(
             f"{data.url}: not among the S3 data this cluster's workers may read "
             f"(data_sources: {', '.join(sources) or 'none'}){_advice(where)}"

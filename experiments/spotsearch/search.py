@@ -199,12 +199,16 @@ def fit_on_cluster(
 
 
 def _data_in_s3(client, search, X, y, fit_params: dict, timeout: float) -> tuple:
-    """(X, y) as the search gets them: an S3Data's, read on the cluster (s3_data.py), else as given."""
+    """(X, y) as the search gets them: an S3Data's, read on the cluster (s3_data.py), large data
+    for a deployed stack uploaded once and read on the cluster too (uploads.py), else as given."""
     from spotsearch.s3_data import S3Data, opened
+    from spotsearch.uploads import uploaded
     from spotsearch.user_code import ship
 
     if not isinstance(X, S3Data):
-        return X, y
+        if is_dask_ml(search) or (data := uploaded(client, X, y)) is None:
+            return X, y
+        X, y = data, None
     if y is not None:
         raise ClusterError("fit_on_cluster: S3Data holds y too (its target); give no y")
     if is_dask_ml(search):

@@ -102,8 +102,9 @@ def entered(namespace: str):
 
 
 def substitute(
-    expression: str, *, repository_url: str, scheduler_ip: str, interface_id: str, tls: dict[str, str] | None = None
-) -> str:
+    expression: str, *, repository_url: str, scheduler_ip: str, interface_id: str, tls: dict[str, str] | None = None,
+    uploads_bucket: str = "",
+) -> str:  # fmt: skip
     """A synthesized expression with the attributes only AWS (or the TLS provider) knows replaced
     by values, and the user-data asset path pointed at userdata/."""
     values = {
@@ -111,6 +112,7 @@ def substitute(
         # The scheduler's interface and its Elastic IP: one address here, public and private.
         r"aws_network_interface\.[\w-]+\.private_ip|aws_eip\.[\w-]+\.public_ip": scheduler_ip,
         r"aws_network_interface\.[\w-]+\.id": interface_id,
+        r"aws_s3_bucket\.[\w-]+\.bucket": uploads_bucket,
     }
     if tls:
         values |= {
@@ -409,6 +411,10 @@ class EmulatedDeploy:
             if "/cluster/" in parameter["name"]:  # the cluster's state and spend
                 self.aws("ssm", "put_parameter", Name=parameter["name"], Value=parameter["value"],
                          Type=parameter["type"])  # fmt: skip
+        # The bucket for the laptop's uploads, named as Terraform names it after its prefix.
+        (bucket,) = self.document["resource"]["aws_s3_bucket"].values()
+        self.uploads_bucket = f"{bucket['bucket_prefix']}20261207000000000000000001"
+        self.aws("s3", "create_bucket", Bucket=self.uploads_bucket)
         self._refuse_attaching_an_interface_in_use()
         self._spot_prices_set_here()
 
@@ -607,7 +613,7 @@ class EmulatedDeploy:
         doc = self.document
         templates = {t["name"].rsplit("-", 1)[1]: t for t in doc["resource"]["aws_launch_template"].values()}
         values = {"repository_url": self.repository_url, "scheduler_ip": SCHEDULER_ADDRESS, "tls": self.tls,
-                  "interface_id": self.interface_id}  # fmt: skip
+                  "interface_id": self.interface_id, "uploads_bucket": self.uploads_bucket}  # fmt: skip
         outputs = {
             f"user_data_{role}": {"value": substitute(templates[role]["user_data"], **values)}
             for role in ("scheduler", "worker")

@@ -40,8 +40,10 @@ class Where:
     cost_basis: dict | None = None
     # An adaptive stack's bounds (min, max): worker nodes come and go with the work.
     adaptive: tuple[int, int] | None = None
-    # A stack's `data_sources`: the S3 locations its workers may read (None: not known, any cluster).
+    # A stack's `data_sources`: the S3 locations its workers may read (None: not known, any cluster),
+    # and its bucket for the laptop's data (stacks/uploads.py).
     data_sources: tuple[str, ...] | None = None
+    uploads_bucket: str | None = None
 
 
 class Cluster:
@@ -193,6 +195,7 @@ def connect(
                 adaptive=bounds if bounds and bounds[0] != bounds[1] else None,
                 ended=lambda: ended_at_cap(found, stack),
                 data_sources=tuple(found.get("data_sources", [])),  # none before the setting existed
+                uploads_bucket=found.get("uploads_bucket"),
             )
     else:
         security = security_for(tls_ca, tls_cert, tls_key)
@@ -253,6 +256,7 @@ def _remote(
     adaptive: tuple[int, int] | None = None,
     ended: Callable[[], str | None] | None = None,
     data_sources: tuple[str, ...] | None = None,
+    uploads_bucket: str | None = None,
 ) -> Iterator[tuple[object, Where]]:
     from distributed import Client
 
@@ -278,7 +282,7 @@ def _remote(
         with link as dashboard_link:
             startup_over()
             where = Where("remote", address, dashboard_link, worker_nodes(client), threads, stack, cost_basis)
-            yield client, replace(where, adaptive=adaptive, data_sources=data_sources)
+            yield client, replace(where, adaptive=adaptive, data_sources=data_sources, uploads_bucket=uploads_bucket)
 
 
 def startup_over() -> None:

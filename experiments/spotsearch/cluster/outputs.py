@@ -59,6 +59,7 @@ FIELDS = {
     "scheduler_market": ("a string", _text),
     "worker_instance_types": ("a list of strings", lambda v: isinstance(v, list) and all(map(_text, v))),
     "data_sources": ("a list of strings", lambda v: isinstance(v, list) and all(map(_text, v))),
+    "uploads_bucket": ("a string", _text),
     "tls_ca_pem": ("a PEM text", _pem),
     "tls_client_cert_pem": ("a PEM text", _pem),
     "tls_client_key_pem": ("a PEM text", _pem),
