@@ -37,8 +37,25 @@ def in_the_venv() -> dict[str, str]:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
+def data_in_s3(request) -> None:
+    """The S3 object the blocks on data in S3 name, in moto's S3 on loopback (the user's AWS)."""
+    import io
+
+    import boto3
+    from sklearn.datasets import load_breast_cancer
+
+    request.getfixturevalue("aws_on_loopback")
+    s3 = boto3.session.Session().client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="my-data")
+    body = io.BytesIO()
+    load_breast_cancer(as_frame=True).frame.rename(columns={"target": "label"}).to_parquet(body)
+    s3.put_object(Bucket="my-data", Key="emails/train.parquet", Body=body.getvalue())
+
+
 @pytest.mark.parametrize(("where", "code"), blocks("python"), ids=[name for name, _ in blocks("python")])
-def test_every_python_block_runs_as_written(where, code, tmp_path):
+def test_every_python_block_runs_as_written(where, code, tmp_path, request):
+    if "s3://" in code:
+        data_in_s3(request)
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=in_the_venv(), capture_output=True,
                          text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
