@@ -16,7 +16,7 @@ import pytest
 from spotsearch import data_file
 from spotsearch.cluster.messages import ClusterError
 
-from .experiment_runs import assert_one_line_error, run_experiment
+from .experiment_runs import assert_one_line_error, only_run_folder, run_experiment
 
 ROWS = 60
 
@@ -104,7 +104,9 @@ def test_the_flags_and_their_checks():
     data_file.add_arguments(parser)
     args = parser.parse_args(["--data", "emails.parquet", "--target", "spam", "--held-out", "0.3"])
     assert (args.data, args.target, args.held_out) == (Path("emails.parquet"), "spam", 0.3)
-    assert vars(parser.parse_args([])) == {"data": None, "target": None, "held_out": 0.2}
+    assert vars(parser.parse_args([])) == {"data": None, "test_data": None, "target": None, "held_out": 0.2}
+    args = parser.parse_args(["--data", "s3://my-data/emails.parquet", "--test-data", "test.csv"])
+    assert (args.data, args.test_data) == ("s3://my-data/emails.parquet", Path("test.csv"))
     for text in ("0", "1", "-0.1", "1.5", "a fifth", "nan"):
         with pytest.raises(argparse.ArgumentTypeError) as refused:
             data_file.fraction(text)
@@ -162,3 +164,89 @@ def test_a_shipped_script_searches_the_users_file(tmp_path):
     refused = run_experiment("--data", str(tmp_path / "nothing.csv"), "--results", "runs", cwd=tmp_path)
     assert_one_line_error(refused, f"--data {tmp_path / 'nothing.csv'}: no such file")
     assert len(list((tmp_path / "runs").iterdir())) == 1, "nothing is made for a run that did not start"
+
+
+def test_data_in_s3_is_searched_on_the_cluster_and_test_data_read_here(tmp_path, table, aws_on_loopback):
+    """`--data s3://...`: an S3Data, all of it searched (nothing split here); `--test-data`, a
+    local file or an S3 object read here, is the held-out data; each problem one line."""
+    import io
+
+    import boto3
+
+    from spotsearch.s3_data import S3Data
+
+    s3 = boto3.session.Session().client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="flags-data")
+    body = io.BytesIO()
+    table.to_parquet(body)
+    s3.put_object(Bucket="flags-data", Key="test.parquet", Body=body.getvalue())
+    table.head(10).to_csv(tmp_path / "test.csv", index=False)
+    args = argparse.Namespace(data="s3://flags-data/train.parquet", target="label", held_out=0.2,
+                              test_data="s3://flags-data/test.parquet")  # fmt: skip
+    (X_train, X_test, y_train, y_test), record = data_file.replaced(args, None)
+    assert isinstance(X_train, S3Data) and (X_train.url, X_train.target, y_train) == (args.data, "label", None)
+    assert list(X_test.columns) == ["a", "b", "last"] and y_test.tolist() == table["label"].tolist()
+    assert record == {"data": {"s3": args.data, "target": "label", "test_data": "s3://flags-data/test.parquet"}}
+    # A local file with its own held-out data: nothing split off it.
+    table.to_csv(tmp_path / "data.csv", index=False)
+    local = argparse.Namespace(
+        data=tmp_path / "data.csv", target="label", held_out=0.2, test_data=tmp_path / "test.csv"
+    )
+    (X_train, X_test, _, y_test), record = data_file.replaced(local, None)
+    assert len(X_train) == ROWS and len(X_test) == 10 and "held_out" not in record["data"]
+    refusals = {
+        ("s3://flags-data/", None): "--data s3://flags-data/: give an S3 object such as s3://my-data/train.parquet, "
+        "not 's3://flags-data/'",
+        ("s3://flags-data/train.parquet", "s3://flags-data/missing.parquet"): "--test-data "
+        "s3://flags-data/missing.parquet: cannot be read from S3 (NoSuchKey)",
+        (
+            "s3://flags-data/train.parquet",
+            tmp_path / "missing.csv",
+        ): f"--test-data {tmp_path / 'missing.csv'}: no such file",
+        (None, tmp_path / "test.csv"): f"--test-data {tmp_path / 'test.csv'}: needs --data (the script's own data set "
+        "has its own)",
+    }
+    for (data, test), line in refusals.items():
+        with pytest.raises(ClusterError) as refused:
+            data_file.replaced(argparse.Namespace(data=data, target="label", held_out=0.2, test_data=test), None)
+        assert str(refused.value) == line
+
+
+@pytest.mark.slow
+def test_a_shipped_script_searches_data_in_s3_and_resumes_it(tmp_path, aws_on_loopback):
+    import io
+
+    import boto3
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    s3 = boto3.session.Session().client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="script-data")
+    for name, rows in (("train", slice(0, 300)), ("test", slice(300, 500))):
+        body = io.BytesIO()
+        np.savez(body, X=X[rows], y=y[rows])
+        s3.put_object(Bucket="script-data", Key=f"{name}.npz", Body=body.getvalue())
+    flags = ("--data", "s3://script-data/train.npz", "--test-data", "s3://script-data/test.npz", "--results", "runs")
+    refused = run_experiment(*flags, cwd=tmp_path)  # the script's default engine, dask-ml's
+    assert_one_line_error(refused, "fit_on_cluster: dask-ml's GridSearchCV needs X in this process; data in S3")
+    flags = (*flags, "--engine", "scikit-learn")
+    run = run_experiment(*flags, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    folder = only_run_folder(tmp_path / "runs")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["data"]["s3"] == "s3://script-data/train.npz" and summary["data"]["rows"] == 300
+    assert summary["data"]["etag"].startswith('"') and summary["status"] == "finished"
+    assert summary["test_accuracy"] > 0.8, "evaluated on the held-out object, read here"
+    # As a run stopped midway leaves it (tests/test_svc_digits.py stops one for real): half its fits.
+    fits = sorted((folder / "fits").glob("*.fit"))
+    for path in fits[::2]:
+        path.unlink()
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["status"] = "interrupted"
+    del summary["timings_seconds"]
+    (folder / "summary.json").write_text(json.dumps(summary))
+    resumed = run_experiment(*flags, "--resume", str(folder), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {folder}: {len(fits[1::2])} fits saved" in resumed.stderr
+    again = json.loads((folder / "summary.json").read_text())
+    assert again["resumed"] == {"fits_reused": len(fits[1::2])} and again["best_params"] == summary["best_params"]

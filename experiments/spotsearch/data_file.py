@@ -1,11 +1,14 @@
 """A data file of the user's, for any script's `--data FILE`: CSV, Parquet, .npy or .npz, read
 into (X, y) and split into the training part and a held-out part, in place of the script's own
-data set. Every problem with the file is one line naming the flag and the file."""
+data set. `--data s3://bucket/key` is a table in S3 that the cluster's workers read where it lives
+(s3_data.py): all of it is searched, and the best model's report is on `--test-data` if given.
+Every problem with the file is one line naming the flag and the file."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 from pathlib import Path
 
 from spotsearch import node_code
@@ -27,11 +30,22 @@ def fraction(text: str) -> float:
     return value
 
 
+def location(text: str) -> Path | str:
+    """An argparse type: a local file (a Path), or an S3 object (its s3:// URL, a str)."""
+    return text if text.startswith("s3://") else Path(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("your own data (default: the script's own data set)")
     group.add_argument(
-        "--data", metavar="FILE", type=Path,
-        help=f"a CSV, Parquet, .npy or .npz file, one sample per row, searched instead ({', '.join(SUFFIXES)})",
+        "--data", metavar="FILE", type=location,
+        help=f"a CSV, Parquet, .npy or .npz file, one sample per row, searched instead ({', '.join(SUFFIXES)}); "
+        "or s3://bucket/key: a table in S3 that the cluster's workers read where it lives, all of it searched",
+    )  # fmt: skip
+    group.add_argument(
+        "--test-data", metavar="FILE", type=location,
+        help="held-out data for the best model's report, in place of --held-out's share of --data: a file "
+        "as --data, or s3://bucket/key read here with your AWS credentials",
     )  # fmt: skip
     group.add_argument(
         "--target", metavar="COLUMN",
@@ -44,17 +58,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _refuse(path: Path, why: str) -> ClusterError:
-    return ClusterError(f"--data {path}: {why}")
+def _refuse(path: Path | str, why: str, flag: str = "--data") -> ClusterError:
+    return ClusterError(f"{flag} {path}: {why}")
 
 
-def read(path: Path, target: str | None = None) -> tuple:
-    """(X, y) from the file (on_nodes.read_table, which reads the workers' data in S3 too)."""
+def read(path: Path | str, target: str | None = None, flag: str = "--data") -> tuple:
+    """(X, y) from the file, or from the S3 object read here (on_nodes.read_table, which reads
+    the workers' data in S3 too)."""
     node = node_code.module()
     try:
-        return node.read_table(path, path.suffix, target)
+        if isinstance(path, Path):
+            return node.read_table(path, path.suffix, target)
+        return node.read_table(io.BytesIO(_s3_bytes(path, flag)), "." + path.rpartition(".")[2], target)
     except node.DataProblem as problem:
-        raise _refuse(path, str(problem)) from None
+        raise _refuse(path, str(problem), flag) from None
+
+
+def _s3_bytes(url: str, flag: str) -> bytes:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    try:
+        return boto3.session.Session().client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        raise _refuse(
+            url, f"cannot be read from S3 ({error.response.get('Error', {}).get('Code', error)})", flag
+        ) from None
+    except BotoCoreError as error:
+        raise _refuse(url, f"cannot be read from S3 ({error})", flag) from None
 
 
 def split(X, y, held_out: float) -> tuple:
@@ -69,18 +101,33 @@ def split(X, y, held_out: float) -> tuple:
 
 
 def replaced(args: argparse.Namespace, data: tuple) -> tuple[tuple, dict]:
-    """The script's (X_train, X_test, y_train, y_test), or `--data`'s in its place, and what
-    the run's summary records of the file (its path, its content's SHA-256, the target)."""
-    if getattr(args, "data", None) is None:
+    """The script's (X_train, X_test, y_train, y_test), or `--data`'s in its place (for data in
+    S3, X_train an S3Data and y_train None), and what the run's summary records of the file (its
+    path and its content's SHA-256, or its S3 location; the target; the held-out data)."""
+    data_given, test_given = getattr(args, "data", None), getattr(args, "test_data", None)
+    if data_given is None:
+        if test_given is not None:
+            raise ClusterError(f"--test-data {test_given}: needs --data (the script's own data set has its own)")
         return data, {}
-    X, y = read(args.data, args.target)
-    if len(X) < 4:
-        raise _refuse(args.data, f"has {len(X)} rows: too few to split for a search")
+    X_test, y_test = read(test_given, args.target, "--test-data") if test_given is not None else (None, None)
+    record = {**({"target": args.target} if args.target is not None else {}),
+              **({"test_data": str(test_given)} if test_given is not None else {})}  # fmt: skip
+    if isinstance(data_given, str):  # in S3: read on the cluster
+        from spotsearch.s3_data import S3Data
+
+        try:
+            table = S3Data(data_given, args.target)
+        except ClusterError as error:
+            raise _refuse(data_given, str(error).removeprefix("S3Data: ")) from None
+        return (table, X_test, None, y_test), {"data": {"s3": data_given, **record}}
+    X, y = read(data_given, args.target)
+    if len(X) < 4 and test_given is None:
+        raise _refuse(data_given, f"has {len(X)} rows: too few to split for a search")
     digest = hashlib.sha256()
-    with args.data.open("rb") as file:
+    with data_given.open("rb") as file:
         while chunk := file.read(1 << 20):
             digest.update(chunk)
-    record = {"file": str(args.data.resolve()), "sha256": digest.hexdigest(), "rows": len(X), "held_out": args.held_out}
-    if args.target is not None:
-        record["target"] = args.target
-    return split(X, y, args.held_out), {"data": record}
+    record = {"file": str(data_given.resolve()), "sha256": digest.hexdigest(), "rows": len(X), **record}
+    if test_given is not None:
+        return (X, X_test, y, y_test), {"data": record}
+    return split(X, y, args.held_out), {"data": {**record, "held_out": args.held_out}}

@@ -75,7 +75,8 @@ def run_search(
     from distributed import performance_report
     from tqdm import tqdm
 
-    from spotsearch.search import expected_fits, fit_on_cluster
+    from spotsearch.s3_data import S3Data
+    from spotsearch.search import data_on_cluster, expected_fits, fit_on_cluster
 
     data, data_record = data_file.replaced(args, data)  # a bad file is one line, before the cluster starts
     summary.update(data_record)
@@ -85,10 +86,17 @@ def run_search(
     with ExitStack() as running:
         running.enter_context(plotter)  # first: whatever ends the run shuts its process down
         resumed = resumed_run(args)
-        if resumed is not None:  # a run of another search or other data is refused before the cluster starts
+        in_s3 = isinstance(X_train, S3Data)  # known once a worker has read it
+        if resumed is not None and not in_s3:  # a run of another search or data is refused before the cluster starts
             saved = SavedFits(resumed / report.SAVED_FITS).open_for(search, X_train, y_train, fit_params)
             console(f"resuming {resumed}: {len(saved)} fits saved")
         client, where = running.enter_context(cli.connect_from_args(args))
+        if in_s3:
+            X_train, y_train = data_on_cluster(client, search, X_train, None, fit_params, args.timeout)
+            summary["data"].update(rows=len(X_train), etag=X_train.spec["etag"], version=X_train.spec["version"])
+            if resumed is not None:
+                saved = SavedFits(resumed / report.SAVED_FITS).open_for(search, X_train, y_train, fit_params)
+                console(f"resuming {resumed}: {len(saved)} fits saved")
         connected = time.perf_counter()
         print(f"Dask dashboard: {where.dashboard}", flush=True)
         run = resumed or report.new_run_folder(args.results, experiment, where)

@@ -171,7 +171,7 @@ def fit_on_cluster(
         progress = on_fits is None and ("ipykernel" in sys.modules or sys.stderr.isatty())
     refuse_unsupported(search)
     say_at_start(client)
-    X, y = _data_in_s3(client, search, X, y, fit_params, wait_for_workers)
+    X, y = data_on_cluster(client, search, X, y, fit_params, wait_for_workers)
     saved = saved_fits if isinstance(saved_fits, SavedFits) else SavedFits(saved_fits)
     saved.open_for(search, X, y, fit_params)
     shown = progress_bar(expected_fits(search, X, y, fit_params), on_fits) if progress else nullcontext(on_fits)
@@ -198,13 +198,15 @@ def fit_on_cluster(
                 counting.restart()
 
 
-def _data_in_s3(client, search, X, y, fit_params: dict, timeout: float) -> tuple:
+def data_on_cluster(client, search, X, y, fit_params: dict, timeout: float) -> tuple:
     """(X, y) as the search gets them: an S3Data's, read on the cluster (s3_data.py), large data
     for a deployed stack uploaded once and read on the cluster too (uploads.py), else as given."""
-    from spotsearch.s3_data import S3Data, opened
+    from spotsearch.s3_data import S3Data, TableOnCluster, opened
     from spotsearch.uploads import uploaded
     from spotsearch.user_code import ship
 
+    if isinstance(X, TableOnCluster):  # read on the cluster already (experiment.py)
+        return X, y
     if not isinstance(X, S3Data):
         if is_dask_ml(search) or (data := uploaded(client, X, y)) is None:
             return X, y
@@ -213,8 +215,8 @@ def _data_in_s3(client, search, X, y, fit_params: dict, timeout: float) -> tuple
         raise ClusterError("fit_on_cluster: S3Data holds y too (its target); give no y")
     if is_dask_ml(search):
         raise ClusterError(
-            f"fit_on_cluster: dask-ml's {type(search).__name__} needs X in this process; S3Data works with "
-            "scikit-learn's searches and AdaptiveSearchCV"
+            f"fit_on_cluster: dask-ml's {type(search).__name__} needs X in this process; data in S3 (S3Data, "
+            "--data s3://...) works with scikit-learn's searches (--engine scikit-learn) and AdaptiveSearchCV"
         )
     ship(client, search, fit_params)  # the node code, which reads it
     return opened(X, client, timeout)
