@@ -142,3 +142,34 @@ def test_each_object_a_shared_value_stood_for_is_a_copy_of_its_own():
     a, b, c = on_nodes.CallsLoader(io.BytesIO(payload), {name: blob}).load()
     assert a is not b and a is c
     assert isinstance(b, SVC) and b.get_params() == SVC().get_params()
+
+
+def _cannot_load():
+    raise RuntimeError("this object cannot be loaded on a worker")
+
+
+class LoadsNowhereElse:
+    """Pickles here; unpickling it, as a worker does to run a fit, raises."""
+
+    def __reduce__(self):
+        return (_cannot_load, ())
+
+    def __deepcopy__(self, memo):  # scikit-learn's clone copies parameters
+        return self
+
+
+def test_a_fit_whose_call_cannot_be_loaded_on_a_worker_fails_the_search_at_once(process_cluster):
+    """A task that fails outside its fits (here its calls cannot be unpickled; data in S3 that
+    changed is another) raises in the search; joblib's own collector left it waiting for ever."""
+    import time
+
+    from sklearn.dummy import DummyClassifier
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = np.arange(40.0).reshape(20, 2), np.arange(20) % 2
+    search = GridSearchCV(DummyClassifier(), {"constant": [LoadsNowhereElse()]}, cv=2)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="this object cannot be loaded on a worker"):
+        fit_on_cluster(search, X, y, client=process_cluster, progress=False)
+    assert time.monotonic() - started < 60
+    assert_clean(process_cluster)

@@ -232,3 +232,22 @@ def test_dask_ml_searches_are_refused_in_one_line(s3_cluster):
 
     with pytest.raises(ClusterError, match="dask-ml's GridSearchCV needs X in this process"):
         fit_on_cluster(DaskGridSearchCV(LogisticRegression(), {"C": [1]}), S3Data(f"s3://{BUCKET}/emails/train.csv"))
+
+
+def test_an_object_that_changes_mid_search_ends_it_in_one_line(s3_cluster, s3):
+    from spotsearch.search import data_on_cluster
+
+    frame = table()
+    put(s3, "emails/changing.parquet", parquet(frame))
+    data = S3Data(f"s3://{BUCKET}/emails/changing.parquet", target="label")
+    X, y = data_on_cluster(s3_cluster, search(), data, None, {}, 60)
+    put(s3, "emails/changing.parquet", parquet(frame.iloc[::-1]))
+    # The read made for `opened` is dropped too: every fit's read finds the object changed.
+    s3_cluster.run(lambda: sys.modules[node_code.NAME]._tables.clear())
+    with pytest.raises(ClusterError) as refused:
+        fit_on_cluster(search(), X, y, progress=False)
+    assert str(refused.value) == (
+        f"s3://{BUCKET}/emails/changing.parquet: changed in S3 since the search began (another ETag); "
+        "start the search again"
+    )
+    assert_clean(s3_cluster)

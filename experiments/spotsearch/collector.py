@@ -30,6 +30,10 @@ class Collector:
                         continue
                     if future.status == "error":
                         result.set_exception(out[1])
+                        # A task that failed outside its fits (its calls could not be loaded on the
+                        # worker, say): joblib's own collector never tells the search, which then
+                        # waits for ever. Given the error, joblib raises it in the search's thread.
+                        callback(out[1])
                     else:
                         result.set_result(out)
                         callback(out)

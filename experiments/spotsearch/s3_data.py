@@ -162,6 +162,19 @@ def refit_on_cluster(search, X, y, fit_params: dict) -> None:
         search.feature_names_in_ = search.best_estimator_.feature_names_in_
 
 
+@contextlib.contextmanager
+def problems_in_one_line(X):
+    """A worker's read of the search's data that fails midway (the object changed since the
+    search began, say) ends the search with one line naming the object, not a traceback."""
+    node = node_code.module()
+    try:
+        yield
+    except node.DataProblem as problem:
+        if not isinstance(X, TableOnCluster):
+            raise
+        raise ClusterError(f"{X.data.url}: {problem}") from None
+
+
 def forget(client, X) -> None:
     """The search is over: its table leaves the workers' memory."""
     if isinstance(X, TableOnCluster):

@@ -251,7 +251,7 @@ def _fit_with_joblib(client, search, X, y, saved: SavedFits, wait_for_workers: f
     from joblib import parallel_config
 
     from spotsearch.joblib_backend import ACTIVE, ClusterBackend
-    from spotsearch.s3_data import forget, refit_kept, refit_on_cluster, shared_names
+    from spotsearch.s3_data import forget, problems_in_one_line, refit_kept, refit_on_cluster, shared_names
 
     backend, tables = None, shared_names(X, y)
     # n_jobs=-1: as many fits at once as the cluster has threads (the search's own joblib calls
@@ -270,6 +270,7 @@ def _fit_with_joblib(client, search, X, y, saved: SavedFits, wait_for_workers: f
                 )
             search_context.enter_context(parallel_config(backend=backend))
             search_context.enter_context(warning_filters_without_main())
+            search_context.enter_context(problems_in_one_line(X))
             active = ACTIVE.set(backend)
             try:
                 with ExitStack() as refit_later:
