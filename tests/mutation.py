@@ -29,6 +29,7 @@ STAGE = ROOT / ".mutation"
 MODULES = {
     "stacks/checks.py": ["tests/test_config.py"],
     "stacks/config.py": ["tests/test_config.py"],
+    "stacks/data_sources.py": ["tests/test_config.py", "tests/test_data_sources.py"],
     "src/spotsearch/cost.py": ["tests/test_cost.py"],
     "src/spotsearch/data_file.py": ["tests/test_data_file.py"],
     "src/spotsearch/study_loop.py": ["tests/test_study_loop.py"],

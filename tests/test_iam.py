@@ -92,6 +92,19 @@ def _applies(condition: dict, context: dict[str, str]) -> bool:
     return True
 
 
+ELEMENTS = {"Sid", "Effect", "Principal", "NotPrincipal", "Action", "NotAction", "Resource", "NotResource", "Condition"}
+
+
+def well_formed(statement: dict) -> None:
+    """What IAM refuses as a malformed policy (at apply), which moto's evaluator lets by: an
+    element it does not know (names are case-sensitive), an Effect other than Allow or Deny, no
+    Action or no Resource, a Sid that is not letters and digits."""
+    assert set(statement) <= ELEMENTS, f"unknown policy elements {set(statement) - ELEMENTS}: {statement}"
+    assert statement.get("Effect") in ("Allow", "Deny"), statement
+    assert {"Action", "NotAction"} & set(statement) and {"Resource", "NotResource"} & set(statement), statement
+    assert re.fullmatch(r"[A-Za-z0-9]*", statement.get("Sid", "")), statement
+
+
 def allowed(
     documents: list[str], action: str, resource: str, tags: dict[str, str] | None = None, context: dict | None = None
 ) -> bool:
@@ -101,6 +114,7 @@ def allowed(
     results = []
     for document in documents:
         for statement in json.loads(document)["Statement"]:
+            well_formed(statement)
             if "Condition" in statement:
                 if not _applies(statement["Condition"], request):
                     continue  # not applicable to this request
