@@ -99,6 +99,12 @@ def test_every_problem_with_the_file_is_one_line_naming_it(tmp_path, table):
     assert len(data_file.replaced(four, None)[0][0]) == 2
 
 
+def test_the_suffixes_the_flags_name_are_those_the_reader_reads():
+    from spotsearch import node_code
+
+    assert data_file.SUFFIXES == node_code.module().SUFFIXES
+
+
 def test_the_flags_and_their_checks():
     parser = argparse.ArgumentParser()
     data_file.add_arguments(parser)

@@ -127,7 +127,7 @@ def test_remote_run_through_an_outputs_file(loopback, local_run, tmp_path):
         "kind": "remote", "scheduler": loopback.address, "dashboard": dashboard,
         "worker_nodes": 2, "threads": 2, "stack": "loopback",
         "cost_basis": {"region": "us-east-1", "worker_instance_types": ["c6i.xlarge", "c5.xlarge"], "scheduler_instance_types": ["m6i.large", "m5.large"], "scheduler_market": "spot"},
-        "adaptive": None,
+        "adaptive": None, "data_sources": [], "uploads_bucket": None,
     }  # fmt: skip
     assert summary["worker_nodes"]["peak"] == 2
     # Priced against moto's EC2 (it quotes every type at USD 0.00001 an hour).

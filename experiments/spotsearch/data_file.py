@@ -14,7 +14,9 @@ from pathlib import Path
 from spotsearch import node_code
 from spotsearch.cluster.messages import ClusterError, shown
 
-SUFFIXES = node_code.module().SUFFIXES
+# on_nodes.SUFFIXES (the reader's, tests/test_data_file.py checks): written out, since loading the
+# node code at a script's top would load joblib's Dask backend, and Dask with it.
+SUFFIXES = (".csv", ".parquet", ".npy", ".npz")
 HELD_OUT = 0.2  # of a file's rows, kept for the best model's held-out evaluation
 SEED = 0  # of the split: the same file splits the same way, so `--resume` finds the same data
 
