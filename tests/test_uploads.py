@@ -134,3 +134,19 @@ def test_without_credentials_the_data_goes_with_the_search_and_says_why(deployed
     assert uploads.uploaded(deployed, X, y) is None
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"warning: cannot upload the data to s3://{BUCKET}/ (") and "goes with the search" in line
+
+
+def test_saved_fits_are_of_the_users_data_whether_it_went_up_or_with_the_search(deployed, monkeypatch, tmp_path):
+    """A search stopped while its data went with it (too small then, no credentials) resumes on
+    the same data uploaded, and the other way round: the saved fits are of the user's arrays."""
+    from .restartable_cluster import CountedSaves
+
+    X, y = load_breast_cancer(return_X_y=True)
+    monkeypatch.setattr(uploads, "UPLOAD_FROM_BYTES", float("inf"))
+    first = CountedSaves(tmp_path / "fits")
+    fit_on_cluster(search(), X, y, saved_fits=first, progress=False)
+    monkeypatch.setattr(uploads, "UPLOAD_FROM_BYTES", 1)
+    resumed = CountedSaves(tmp_path / "fits")
+    fitted = fit_on_cluster(search(), X, y, saved_fits=resumed, progress=False)
+    assert len(first.saves) == 6 and resumed.saves == [] and resumed.reused == 6
+    assert fitted.best_params_ == search().fit(X, y).best_params_

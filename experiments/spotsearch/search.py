@@ -24,6 +24,7 @@ from spotsearch.cluster.spend import CapWatch, say_at_start
 from spotsearch.dask_ml_engine import dask_ml_scheduler, is_dask_ml, refuse_unsupported
 from spotsearch.progress import FitCounter, expected_fits, progress_bar
 from spotsearch.reconnect import identity, reconnected, scheduler_lost
+from spotsearch.s3_data import S3Data
 from spotsearch.saved_fits import SavedFits
 
 
@@ -171,9 +172,11 @@ def fit_on_cluster(
         progress = on_fits is None and ("ipykernel" in sys.modules or sys.stderr.isatty())
     refuse_unsupported(search)
     say_at_start(client)
-    X, y = data_on_cluster(client, search, X, y, fit_params, wait_for_workers)
     saved = saved_fits if isinstance(saved_fits, SavedFits) else SavedFits(saved_fits)
-    saved.open_for(search, X, y, fit_params)
+    if not isinstance(X, S3Data):  # the user's own data is what its saved fits are of, uploaded or not
+        saved.open_for(search, X, y, fit_params)
+    X, y = data_on_cluster(client, search, X, y, fit_params, wait_for_workers)
+    saved.open_for(search, X, y, fit_params)  # data in S3: known once a worker has read it
     shown = progress_bar(expected_fits(search, X, y, fit_params), on_fits) if progress else nullcontext(on_fits)
     with ExitStack() as searching:
         on_fits = searching.enter_context(shown)
