@@ -251,3 +251,22 @@ def test_an_object_that_changes_mid_search_ends_it_in_one_line(s3_cluster, s3):
         "start the search again"
     )
     assert_clean(s3_cluster)
+
+
+def test_a_search_on_s3_data_goes_on_after_its_scheduler_is_lost(s3, tmp_path):
+    """The workers that come back with a new scheduler at the same address read the object
+    again; the search ends as an uninterrupted one, with only the fits not saved run again."""
+    from .restartable_cluster import RestartableCluster
+
+    frame = table()
+    X, y = frame.drop(columns=["label"]), frame["label"].to_numpy()
+    grid = {"logisticregression__C": list(np.logspace(-3, 2, 10))}
+    wide = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)), grid, cv=3)
+    saved = CountedSaves(tmp_path / "fits")
+    data = S3Data(f"s3://{BUCKET}/emails/train.parquet", target="label")
+    at_loss = RestartableCluster(tmp_path).fit_losing_the_scheduler(wide, data, None, saved, after=5, progress=False)
+    expected = plain(wide.__sklearn_clone__(), X, y)
+    assert 5 <= at_loss < 30 and len(saved) == 30
+    assert wide.best_params_ == expected.best_params_
+    assert np.allclose(wide.cv_results_["mean_test_score"], expected.cv_results_["mean_test_score"])
+    assert np.array_equal(wide.predict(X), expected.predict(X))

@@ -177,6 +177,7 @@ def problems_in_one_line(X):
 
 def forget(client, X) -> None:
     """The search is over: its table leaves the workers' memory."""
-    if isinstance(X, TableOnCluster):
-        with contextlib.suppress(Exception):  # a lost scheduler: its workers went with it
+    # A client without its scheduler would wait for one: its workers went with it anyway.
+    if isinstance(X, TableOnCluster) and client.status == "running":
+        with contextlib.suppress(Exception):
             client.run(node_code.module().forget_tables, [X.spec["name"]])
