@@ -192,4 +192,9 @@ def test_scheduler_waits_for_its_first_worker_only_within_the_boot_grace(tmp_pat
     announced = logged_at(log, r"cluster idle \(no tasks")
     closing = logged_at(log, r"cluster idle for \d+ s: closing the scheduler")
     assert (announced - started).total_seconds() >= 8 - 1, "idle before the boot grace was over"
-    assert (closing - announced).total_seconds() >= 2 - 1, "closed before the idle time was over"
+    idle = int(re.search(r"cluster idle for (\d+) s: closing the scheduler", log).group(1))
+    assert idle >= 2, "closed before the idle time was over"
+    # Announced at the first idle check, closed at the next one (checks a second apart): each
+    # line is logged a moment after its check read the clock, so their gap is a second give or
+    # take those moments (0.998 s was seen on a loaded machine).
+    assert (closing - announced).total_seconds() >= 2 - 1 - 0.1, "closed before the idle time was over"
